@@ -1,0 +1,339 @@
+"""The I/O-free core shared by the sync and async shells: token-cache and JWKS-cache decisions, and
+the checks that make a JWT an acceptable access token. Nothing here performs network I/O."""
+
+from __future__ import annotations
+
+import random
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from .exceptions import (
+    DisallowedAlgorithm,
+    ExpiredToken,
+    ImmatureToken,
+    InsufficientScope,
+    InvalidSignature,
+    MalformedToken,
+    MissingClaim,
+    WrongAudience,
+    WrongIssuer,
+    WrongTokenType,
+)
+
+ASYMMETRIC_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
+TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+REFRESH_MARGIN = 300.0
+_MAX_AGE_RE = re.compile(r"(?:^|,)\s*(s-)?max-age\s*=\s*\"?(\d+)", re.I)
+_ALGS_BY_KEY = {
+    ("EC", "P-256"): ("ES256",),
+    ("EC", "P-384"): ("ES384",),
+    ("RSA", None): ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    ("OKP", "Ed25519"): ("EdDSA",),
+}
+
+
+# ---- tokens held by a client ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """A token held by a client, with the moment it should be refreshed and the moment it is unusable."""
+
+    access_token: str
+    expires_at: float
+    stale_at: float
+    response: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_response(cls, response: dict[str, Any], now: float) -> CachedToken:
+        """Stale at min(exp - 5 min, issued + lifetime/2), so a refresh starts well before expiry."""
+        lifetime = float(response["expires_in"])
+        expires_at = now + lifetime
+        return cls(response["access_token"], expires_at, min(expires_at - REFRESH_MARGIN, now + lifetime / 2), response)
+
+    def fresh(self, now: float) -> bool:
+        return now < self.stale_at
+
+    def usable(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+def token_response(data: Any) -> dict[str, Any]:
+    """Check a token endpoint's 200 body (RFC 6749 §5.1) and return it."""
+    if not isinstance(data, dict) or not isinstance(data.get("access_token"), str) or not data["access_token"]:
+        raise ValueError("response has no access_token")
+    if str(data.get("token_type", "")).lower() != "bearer":
+        raise ValueError("token_type is not Bearer")
+    expires_in = data.get("expires_in")
+    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
+        raise ValueError("expires_in is missing or not positive")
+    return data
+
+
+def backoff_delays(retries: int, base: float, cap: float, budget: float) -> Iterable[float]:
+    """Exponential backoff with full jitter, stopping when the total budget is spent."""
+    spent = 0.0
+    for attempt in range(retries):
+        delay = random.uniform(0, min(cap, base * 2**attempt))
+        if spent + delay > budget:
+            return
+        spent += delay
+        yield delay
+
+
+def retry_after_seconds(value: str | None, default: float, cap: float) -> float:
+    """A Retry-After header in seconds (delta form), bounded."""
+    try:
+        return min(cap, max(0.0, float(value))) if value else default
+    except ValueError:
+        return default
+
+
+def retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+# ---- private_key_jwt ----------------------------------------------------------------------------------
+
+
+def load_private_key(private_key: Any) -> Any:
+    """A private key object from a PEM path, PEM bytes/str, or a key object."""
+    if isinstance(private_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        return private_key
+    if isinstance(private_key, str) and "-----BEGIN" not in private_key:
+        with open(private_key, "rb") as fh:
+            private_key = fh.read()
+    if isinstance(private_key, str):
+        private_key = private_key.encode()
+    return serialization.load_pem_private_key(private_key, password=None)
+
+
+def signing_algorithm(key: Any) -> str:
+    """The JWS algorithm a private key signs assertions with."""
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
+        return "ES256"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    raise ValueError("private_key must be an EC P-256, RSA or Ed25519 key")
+
+
+def client_assertion(client_id: str, audience: str, key: Any, alg: str, key_id: str | None, now: float, lifetime: int = 60) -> str:
+    """An RFC 7523 client assertion: iss = sub = client_id, aud = the token endpoint, a fresh jti."""
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": int(now),
+        "exp": int(now) + lifetime,
+        "jti": secrets.token_urlsafe(18),
+    }
+    headers = {"kid": key_id} if key_id else None
+    return jwt.encode(claims, key, algorithm=alg, headers=headers)
+
+
+# ---- JWKS cache -----------------------------------------------------------------------------------
+
+
+def cache_lifetime(cache_control: str | None, default: float, low: float, high: float) -> float:
+    """Seconds to keep a JWKS: its Cache-Control max-age clamped to [low, high], or `default`."""
+    match = _MAX_AGE_RE.search(cache_control or "")
+    if not match:
+        return default
+    return min(high, max(low, float(match.group(2))))
+
+
+def key_algorithms(jwk: dict[str, Any]) -> tuple[str, ...]:
+    """Algorithms a JWK may verify: its `alg` if it is one its key type allows, else all its type allows."""
+    allowed = _ALGS_BY_KEY.get((jwk.get("kty"), None if jwk.get("kty") == "RSA" else jwk.get("crv")), ())
+    if "alg" in jwk:
+        return (jwk["alg"],) if jwk["alg"] in allowed else ()
+    return allowed
+
+
+def parse_jwks(data: Any) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """kid -> (algorithms, public key) for every usable signing key of a JWK Set; others are skipped."""
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("not a JWK Set")
+    keys = {}
+    for jwk in data["keys"]:
+        if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or jwk.get("use", "sig") != "sig":
+            continue
+        algs = key_algorithms(jwk)
+        if not algs:
+            continue
+        try:
+            keys[jwk["kid"]] = (algs, jwt.PyJWK(jwk, algs[0]).key)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+            continue
+    return keys
+
+
+@dataclass
+class JwksState:
+    """What a verifier knows of the issuer's keys and when it may ask again.
+
+    Keys are replaced only by a successful fetch; a failed one keeps them (stale-if-error, bounded).
+    An unknown kid may trigger a refetch at most once per `cooldown`; kids still unknown after one are
+    remembered for the cooldown, so a flood of random kids costs at most one fetch per cooldown.
+    """
+
+    cooldown: float = 30.0
+    default_lifetime: float = 600.0
+    min_lifetime: float = 60.0
+    max_lifetime: float = 3600.0
+    stale_if_error: float = 86400.0
+    keys: dict[str, tuple[tuple[str, ...], Any]] = field(default_factory=dict)
+    fetched_at: float | None = None
+    expires_at: float = 0.0
+    last_forced: float = float("-inf")
+    last_failure: float = float("-inf")
+    unknown: dict[str, float] = field(default_factory=dict)
+
+    def needs_refresh(self, now: float) -> bool:
+        """True once the cached set is past 80% of its lifetime (refresh ahead) or there is none."""
+        if self.fetched_at is None:
+            return now - self.last_failure >= min(self.cooldown, 5.0)
+        ahead = self.fetched_at + 0.8 * (self.expires_at - self.fetched_at)
+        return now >= ahead and now - self.last_failure >= min(self.cooldown, 5.0)
+
+    def usable(self, now: float) -> bool:
+        """Whether the cached keys may still be used (fresh, or stale within the stale-if-error bound)."""
+        return self.fetched_at is not None and now < self.expires_at + self.stale_if_error
+
+    def may_fetch_for(self, kid: str, now: float) -> bool:
+        """Whether an unknown kid may cause a refetch now."""
+        if self.unknown.get(kid, float("-inf")) > now:
+            return False
+        return now - self.last_forced >= self.cooldown
+
+    def accepted(self, jwks: Any, cache_control: str | None, now: float) -> None:
+        keys = parse_jwks(jwks)
+        self.keys = keys
+        self.fetched_at = now
+        self.expires_at = now + cache_lifetime(cache_control, self.default_lifetime, self.min_lifetime, self.max_lifetime)
+        self.unknown = {k: t for k, t in self.unknown.items() if t > now and k not in keys}
+
+    def failed(self, now: float) -> None:
+        self.last_failure = now
+
+    def forced(self, now: float) -> None:
+        self.last_forced = now
+
+    def still_unknown(self, kid: str, now: float) -> None:
+        if len(self.unknown) > 10000:
+            self.unknown.clear()
+        self.unknown[kid] = now + self.cooldown
+
+    def lookup(self, kid: Any, now: float) -> tuple[tuple[str, ...], Any] | None:
+        if not isinstance(kid, str) or not self.usable(now):
+            return None
+        return self.keys.get(kid)
+
+
+# ---- access-token checks ------------------------------------------------------------------------------
+
+
+def unverified_header(token: Any) -> dict[str, Any]:
+    """The JOSE header, refusing anything but a compact JWS whose typ is at+jwt and alg asymmetric."""
+    if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
+        raise MalformedToken("token is not a compact JWS")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise MalformedToken("token header is not valid") from None
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in TOKEN_TYPES:
+        raise WrongTokenType("token typ must be at+jwt")
+    if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
+        raise DisallowedAlgorithm(f"algorithm {header.get('alg')!r} is not accepted")
+    return header
+
+
+def verify_signature(token: str, header: dict[str, Any], key: tuple[tuple[str, ...], Any]) -> dict[str, Any]:
+    """The payload if the signature verifies with the key, pinned to the algorithms the key allows."""
+    algs, public_key = key
+    if header["alg"] not in algs:
+        raise DisallowedAlgorithm("token algorithm does not match its key")
+    try:
+        return jwt.decode(
+            token,
+            public_key,
+            algorithms=[header["alg"]],
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False},
+        )
+    except jwt.InvalidSignatureError:
+        raise InvalidSignature("signature verification failed") from None
+    except jwt.InvalidTokenError:
+        raise MalformedToken("token payload is not valid") from None
+
+
+def check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float, leeway: float) -> None:
+    """RFC 9068 §4: iss exact, aud contains ours, exp/nbf/iat with leeway, sub/client_id/jti present."""
+    for name in ("exp", "iat"):
+        if name not in claims:
+            raise MissingClaim(f"token lacks the {name} claim")
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
+            raise MissingClaim(f"token {name} is not a number")
+    if claims.get("iss") != issuer:
+        raise WrongIssuer("token issuer is not trusted")
+    aud = claims.get("aud")
+    if audience not in (aud if isinstance(aud, list) else [aud]):
+        raise WrongAudience("token audience does not match")
+    if claims["exp"] <= now - leeway:
+        raise ExpiredToken("token has expired")
+    if claims.get("nbf", 0) > now + leeway or claims["iat"] > now + leeway:
+        raise ImmatureToken("token is not valid yet")
+    for name in ("sub", "client_id", "jti"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise MissingClaim(f"token lacks the {name} claim")
+
+
+def check_scopes(claims: dict[str, Any], required: Iterable[str] | None) -> None:
+    """Raise InsufficientScope unless every required scope is in the token's `scope`."""
+    if not required:
+        return
+    granted = claims.get("scope", "")
+    granted_set = set(granted.split()) if isinstance(granted, str) else set()
+    missing = [s for s in required if s not in granted_set]
+    if missing:
+        raise InsufficientScope(f"token lacks scope {' '.join(missing)}")
+
+
+class VerifiedCache:
+    """token -> claims for tokens already verified, until their exp; bounded in size (oldest dropped)."""
+
+    def __init__(self, size: int = 10000):
+        self.size = size
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    def get(self, token: str, now: float, leeway: float) -> dict[str, Any] | None:
+        claims = self._entries.get(token)
+        if claims is None:
+            return None
+        if claims["exp"] <= now - leeway:
+            self._entries.pop(token, None)
+            raise ExpiredToken("token has expired")
+        return claims
+
+    def put(self, token: str, claims: dict[str, Any]) -> None:
+        if self.size <= 0:
+            return
+        while len(self._entries) >= self.size:
+            try:
+                self._entries.pop(next(iter(self._entries)))
+            except (StopIteration, KeyError, RuntimeError):
+                break
+        self._entries[token] = claims
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,90 @@
+"""client_lib's exceptions: `InvalidToken` for tokens that must be refused, `TokenClientError` for fetching."""
+
+from __future__ import annotations
+
+
+class InvalidToken(Exception):
+    """A presented token must be refused. `error` is the RFC 6750 §3.1 code to answer with."""
+
+    error = "invalid_token"
+    status = 401
+
+
+class MalformedToken(InvalidToken):
+    """Not a compact JWS with a JSON header and payload."""
+
+
+class WrongTokenType(InvalidToken):
+    """The `typ` header is not `at+jwt` (RFC 9068 §4)."""
+
+
+class DisallowedAlgorithm(InvalidToken):
+    """`none`, HMAC, or an algorithm that does not match the key."""
+
+
+class UnknownKey(InvalidToken):
+    """No key in the issuer's JWKS has this `kid`."""
+
+
+class InvalidSignature(InvalidToken):
+    """The signature does not verify."""
+
+
+class ExpiredToken(InvalidToken):
+    """`exp` has passed (beyond the leeway)."""
+
+
+class ImmatureToken(InvalidToken):
+    """`nbf` or `iat` lies in the future (beyond the leeway)."""
+
+
+class WrongIssuer(InvalidToken):
+    """`iss` is not the configured issuer."""
+
+
+class WrongAudience(InvalidToken):
+    """`aud` does not contain the configured audience."""
+
+
+class MissingClaim(InvalidToken):
+    """A required claim (`sub`, `client_id`, `jti`, …) is absent or of the wrong type."""
+
+
+class RevokedToken(InvalidToken):
+    """Introspection says the token is no longer active."""
+
+
+class InsufficientScope(InvalidToken):
+    """The token is valid but lacks a required scope (RFC 6750 §3.1: 403)."""
+
+    error = "insufficient_scope"
+    status = 403
+
+
+class KeySetUnavailable(InvalidToken):
+    """No keys could be had from the issuer, so nothing can be verified (the token may be fine)."""
+
+    status = 503
+
+
+class TokenClientError(Exception):
+    """Fetching a token failed."""
+
+
+class DiscoveryError(TokenClientError):
+    """The issuer's metadata could not be fetched or does not match the issuer."""
+
+
+class TokenEndpointUnavailable(TokenClientError):
+    """The token endpoint did not answer usefully within the retries (network error, 5xx, 429)."""
+
+
+class TokenRequestError(TokenClientError):
+    """The server refused the request (4xx); `error` and `error_description` are the server's."""
+
+    def __init__(self, error: str, description: str | None = None, status: int | None = None):
+        super().__init__(f"{error}: {description}" if description else error)
+        self.error = error
+        self.description = description
+        self.error_description = description
+        self.status = status

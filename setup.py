@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tokendealer",
+    version="1.0.0",
+    description="OAuth 2.0 client-credentials token server issuing RFC 9068 JWT access tokens, with a client library",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tokendealer", "tokendealer.*", "client_lib", "client_lib.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "Flask>=3.0",
+        "PyJWT[crypto]>=2.8",
+        "cryptography>=42.0",
+        "SQLAlchemy>=2.0",
+        "gunicorn>=22.0",
+        "requests>=2.31",
+        "click>=8.1",
+        "limits>=3.10",
+        "prometheus_client>=0.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["tokendealer=tokendealer.cli:run"]},
+)

@@ -1,0 +1,221 @@
+"""Shared fixtures: each test gets its own keys dir, SQLite file and injected clock."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import jwt
+import pytest
+import requests
+
+from tokendealer.app import create_app
+from tokendealer.config import Config
+from tokendealer.db import create_schema, make_engine
+from tokendealer.keyring import FileKeyStore
+
+AUDIENCE = "https://api.example.com"
+TOKENDEALER = str(Path(sys.executable).with_name("tokendealer"))
+
+
+class FakeClock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    settings = {
+        "issuer": "http://localhost:5000",
+        "keys_dir": str(tmp_path / "keys"),
+        "database_url": f"sqlite:///{tmp_path / 'var' / 'tokendealer.db'}",
+        "audit_log": str(tmp_path / "audit.log"),
+    }
+    settings.update(overrides)
+    return Config.load(environ={}, **settings)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+def initialise(config: Config, clock: Callable[[], float] = time.time, alg: str = "ES256") -> FileKeyStore:
+    store = FileKeyStore(config.keys_dir, clock=clock)
+    store.init(alg)
+    create_schema(make_engine(config.database_url))
+    return store
+
+
+@pytest.fixture
+def key_store(config: Config, clock: FakeClock) -> FileKeyStore:
+    return initialise(config, clock)
+
+
+@pytest.fixture
+def app(config: Config, clock: FakeClock, key_store: FileKeyStore):
+    application = create_app(config, clock=clock)
+    yield application
+    application.extensions["tokendealer"].audit.close()
+
+
+@pytest.fixture
+def services(app):
+    return app.extensions["tokendealer"]
+
+
+@pytest.fixture
+def http(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def registry(services):
+    return services.clients
+
+
+@pytest.fixture
+def make_client(registry) -> Callable[..., tuple[str, str]]:
+    """Register a secret client; returns (client_id, client_secret)."""
+
+    def _make(name: str = "svc", scopes=("read", "write"), audiences=(AUDIENCE,), **kwargs: Any) -> tuple[str, str]:
+        client, secret = registry.create(name, scopes=scopes, audiences=audiences, **kwargs)
+        return client.client_id, secret
+
+    return _make
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+def fetch_token(http, client_id: str, secret: str, **form: Any) -> dict[str, Any]:
+    response = http.post("/oauth/token", data={"grant_type": "client_credentials", **form}, headers=basic(client_id, secret))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def decode_with_jwks(token: str, jwks: dict[str, Any], audience: str, issuer: str, **options: Any) -> dict[str, Any]:
+    """Verify a token with PyJWT against a JWK Set, strictly."""
+    kid = jwt.get_unverified_header(token)["kid"]
+    jwk = next(k for k in jwks["keys"] if k["kid"] == kid)
+    key = jwt.PyJWK(jwk)
+    return jwt.decode(
+        token,
+        key.key,
+        algorithms=[jwk["alg"]],
+        audience=audience,
+        issuer=issuer,
+        options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"], **options},
+    )
+
+
+# ---- live servers (gunicorn on loopback) ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """`tokendealer serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.workers = workers
+        self.process: subprocess.Popen | None = None
+        self.log_path = Path(env["TOKENDEALER_KEYS_DIR"]).parent / f"serve-{self.port}.log"
+
+    def start(self) -> LiveServer:
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [TOKENDEALER, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become ready: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
+    env.update(
+        TOKENDEALER_KEYS_DIR=str(tmp_path / "keys"),
+        TOKENDEALER_DATABASE_URL=f"sqlite:///{tmp_path / 'var' / 'tokendealer.db'}",
+        TOKENDEALER_AUDIT_LOG=str(tmp_path / "audit.log"),
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([TOKENDEALER, *args], env=env, capture_output=True, text=True, input=input, timeout=timeout)
+
+
+@pytest.fixture
+def live_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers sharing tmp_path's keys and database; all are stopped after the test."""
+    started: list[LiveServer] = []
+
+    def _start(workers: int = 2, **extra: str) -> LiveServer:
+        port = free_port()
+        env = server_env(tmp_path, TOKENDEALER_ISSUER=extra.pop("TOKENDEALER_ISSUER", f"http://127.0.0.1:{port}"), **extra)
+        if not (tmp_path / "keys" / "manifest.json").exists():
+            result = run_cli("init", env=env)
+            assert result.returncode == 0, result.stderr
+        server = LiveServer(env, workers=workers, port=port).start()
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop()

@@ -1,0 +1,289 @@
+"""The Flask application: `create_app(config)` wires the services together; views only translate HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, g, request
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import db
+from .assertions import AssertionVerifier, ReplayCache
+from .audit import AuditLog
+from .authentication import AuthFailureGuard, ClientAuthenticator, Params
+from .clients import ClientStore, SecretHasher
+from .config import Config
+from .discovery import openapi_document, server_metadata
+from .endpoints import IntrospectionEndpoint, RevocationEndpoint, TokenEndpoint
+from .errors import InvalidRequest, InvalidToken, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
+from .keyring import FileKeyStore, KeyringSource, KeyStore
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .tokens import NoSigningKey, RevocationList, TokenRejected, TokenService
+
+log = logging.getLogger(__name__)
+
+FORM = "application/x-www-form-urlencoded"
+MAX_PARAMS = 32
+MAX_PARAM_LENGTH = 16384
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass
+class Services:
+    """Everything one server process holds, built once per app."""
+
+    config: Config
+    clock: Callable[[], float]
+    engine: Engine
+    store: KeyStore
+    keys: KeyringSource
+    clients: ClientStore
+    tokens: TokenService
+    token_endpoint: TokenEndpoint
+    introspection: IntrospectionEndpoint
+    revocation: RevocationEndpoint
+    audit: AuditLog
+    metrics: Metrics
+
+
+def make_key_store(config: Config, clock: Callable[[], float] = time.time) -> KeyStore:
+    """The keyring store the configuration names."""
+    return FileKeyStore(config.keys_dir, clock=clock)
+
+
+def build_services(config: Config, clock: Callable[[], float] = time.time) -> Services:
+    """Wire the server's parts; opens nothing that fails when the database or keyring is down."""
+    engine = db.make_engine(config.database_url)
+    store = make_key_store(config, clock)
+    keys = KeyringSource(store, config.keyring_reload_interval)
+    hasher = SecretHasher(store.pepper())
+    clients = ClientStore(engine, hasher, clock, cache_seconds=config.client_cache_seconds, max_token_ttl=config.max_token_ttl)
+    revocations = RevocationList(engine, clock)
+    tokens = TokenService(config, keys, clients, revocations, clock)
+    assertions = AssertionVerifier(
+        audiences=(config.issuer, config.token_endpoint, config.url("/oauth/introspect"), config.url("/oauth/revoke")),
+        replay=ReplayCache(engine, clock),
+        max_lifetime=config.assertion_max_lifetime,
+        leeway=config.leeway,
+        clock=clock,
+    )
+    guard = AuthFailureGuard(config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, clock)
+    authenticator = ClientAuthenticator(clients, hasher, assertions, guard, clock)
+    audit = AuditLog(config.audit_log, clock)
+    metrics = Metrics(keys, clock)
+    return Services(
+        config=config,
+        clock=clock,
+        engine=engine,
+        store=store,
+        keys=keys,
+        clients=clients,
+        tokens=tokens,
+        token_endpoint=TokenEndpoint(authenticator, tokens, audit, metrics),
+        introspection=IntrospectionEndpoint(authenticator, tokens),
+        revocation=RevocationEndpoint(authenticator, tokens, audit),
+        audit=audit,
+        metrics=metrics,
+    )
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_dumps(body), status=status, headers=headers, mimetype="application/json")
+
+
+def form_params() -> Params:
+    """The form body as name -> values, bounded in count and length; query-string parameters are ignored."""
+    if request.mimetype != FORM:
+        raise InvalidRequest(f"the body must be {FORM}")
+    params = request.form.to_dict(flat=False)
+    if len(params) > MAX_PARAMS or sum(len(v) for v in params.values()) > MAX_PARAMS:
+        raise InvalidRequest("too many parameters")
+    for name, values in params.items():
+        if len(name) > 64 or any(len(v) > MAX_PARAM_LENGTH for v in values):
+            raise InvalidRequest(f"parameter {name[:64]!r} is too long")
+    return params
+
+
+def create_app(config: Config | None = None, clock: Callable[[], float] = time.time) -> Flask:
+    """Build a fresh application; `config` defaults to the environment (SPEC §2)."""
+    config = config or Config.load()
+    services = build_services(config, clock)
+    app = Flask("tokendealer")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["MAX_FORM_PARTS"] = MAX_PARAMS * 2
+    app.extensions["tokendealer"] = services
+    if config.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
+    _register_hooks(app, services)
+    _register_errors(app, services)
+    _register_views(app, services)
+    return app
+
+
+def _register_hooks(app: Flask, s: Services) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        s.metrics.latency.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        if response.status_code == 429:
+            s.metrics.rate_limited.labels(endpoint).inc()
+        return response
+
+
+def _register_errors(app: Flask, s: Services) -> None:
+    @app.errorhandler(OAuthError)
+    def _oauth_error(exc: OAuthError) -> Response:
+        headers = dict(exc.headers)
+        if request.path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
+            headers.update(NO_STORE)
+        return json_response(exc.body(), exc.status, headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:
+            return _oauth_error(RequestTooLarge(f"the body is larger than {s.config.max_body_bytes} bytes"))
+        if exc.code == 404:
+            return _oauth_error(NotFound("no such endpoint"))
+        error = OAuthError(exc.description or exc.name)
+        error.status = exc.code or 400
+        if exc.code == 405 and exc.valid_methods:
+            error.headers["Allow"] = ", ".join(exc.valid_methods)
+        return _oauth_error(error)
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database_error(exc: SQLAlchemyError) -> Response:
+        log.error("database error: %s", exc.__class__.__name__)
+        return _oauth_error(TemporarilyUnavailable("the database is not available; retry shortly", headers={"Retry-After": "1"}))
+
+    @app.errorhandler(NoSigningKey)
+    def _no_key(exc: NoSigningKey) -> Response:
+        return _oauth_error(TemporarilyUnavailable("no signing key is loaded", headers={"Retry-After": "5"}))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _oauth_error(ServerError("internal error"))
+
+
+def _register_views(app: Flask, s: Services) -> None:
+    config = s.config
+    discovery_cache: dict[str, Any] = {"at": -1.0, "body": None}
+    jwks_cache: dict[Any, tuple[bytes, str]] = {}
+
+    def _address() -> str | None:
+        return request.remote_addr
+
+    @app.post("/oauth/token")
+    def token() -> Response:
+        body = s.token_endpoint.create_token_response(form_params(), request.headers.get("Authorization"), _address())
+        return json_response(body, 200, NO_STORE)
+
+    @app.post("/oauth/introspect")
+    def introspect() -> Response:
+        return json_response(s.introspection.introspect(form_params(), request.headers.get("Authorization"), _address()), 200, NO_STORE)
+
+    @app.post("/oauth/revoke")
+    def revoke() -> Response:
+        s.revocation.revoke(form_params(), request.headers.get("Authorization"), _address())
+        return json_response({}, 200, NO_STORE)
+
+    @app.post("/verify_token")
+    def verify_token() -> Response:
+        data = request.get_json(silent=True) if request.is_json else None
+        if data is None and request.mimetype == FORM:
+            data = request.form.to_dict()
+        if not isinstance(data, dict):
+            raise InvalidRequest('the body must be JSON {"access_token": ..., "audience": ...}')
+        token, audience = data.get("access_token"), data.get("audience")
+        if not isinstance(token, str) or not token:
+            raise InvalidRequest("access_token is required")
+        if not isinstance(audience, str) or not audience:
+            raise InvalidRequest("audience is required")
+        try:
+            claims = s.tokens.validate(token, audience)
+        except TokenRejected as exc:
+            raise InvalidToken(str(exc)) from None
+        return json_response(claims, 200, NO_STORE)
+
+    @app.get("/.well-known/jwks.json")
+    def jwks() -> Response:
+        keyring = s.keys.current()
+        if keyring is None:
+            raise TemporarilyUnavailable("no keyring is loaded")
+        published = keyring.published(s.clock(), s.tokens.max_token_lifetime)
+        cache_key = tuple(r.kid for r in published)
+        if cache_key not in jwks_cache:
+            body = _dumps({"keys": [r.jwk for r in published]}).encode()
+            jwks_cache.clear()
+            jwks_cache[cache_key] = (body, hashlib.sha256(body).hexdigest()[:32])
+        body, etag = jwks_cache[cache_key]
+        headers = {"Cache-Control": f"public, max-age={config.jwks_max_age}", "ETag": f'"{etag}"'}
+        if request.if_none_match.contains(etag):
+            return Response(status=304, headers=headers)
+        return Response(body, 200, headers=headers, mimetype="application/json")
+
+    def _metadata() -> Response:
+        now = time.monotonic()
+        if discovery_cache["body"] is None or now - discovery_cache["at"] > 10:
+            discovery_cache["body"] = _dumps(server_metadata(config, s.clients.scopes_supported()))
+            discovery_cache["at"] = now
+        return Response(discovery_cache["body"], 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")
+
+    app.add_url_rule("/.well-known/oauth-authorization-server", "metadata", _metadata)
+    app.add_url_rule("/.well-known/openid-configuration", "openid_configuration", _metadata)
+    issuer_path = config.issuer.split("://", 1)[1].partition("/")[2].strip("/")
+    if issuer_path:
+        # RFC 8414 §3: for an issuer with a path, the well-known segment goes before that path.
+        app.add_url_rule(f"/.well-known/oauth-authorization-server/{issuer_path}", "metadata_path", _metadata)
+        app.add_url_rule(f"/{issuer_path}/.well-known/openid-configuration", "openid_configuration_path", _metadata)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        problems = []
+        try:
+            db.ping(s.engine)
+        except SQLAlchemyError as exc:
+            problems.append(f"database: {exc.__class__.__name__}")
+        keyring = s.keys.current()
+        if keyring is None or keyring.active is None:
+            problems.append("keyring: no active signing key loaded")
+        if s.keys.error:
+            problems.append(f"keyring: {s.keys.error}")
+        if problems:
+            return json_response({"status": "unavailable", "problems": problems}, 503)
+        return json_response({"status": "ok"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(s.metrics.render(), 200, mimetype=None, content_type=METRICS_CONTENT_TYPE)
+
+    openapi_body = _dumps(openapi_document(config))
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return Response(openapi_body, 200, mimetype="application/json")

@@ -1,0 +1,412 @@
+"""The `tokendealer` command line (SPEC §5). Exit status: 0 done, 1 refused, 2 bad usage or configuration."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import db
+from .clients import ClientError, ClientStore, SecretHasher, parse_claims
+from .config import Config, ConfigError
+from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore
+
+
+class Refused(click.ClickException):
+    """A request the command cannot carry out: one line on stderr, exit 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class BadConfig(Refused):
+    exit_code = 2
+
+
+class State:
+    """What the commands share: the configuration (loaded once) and the stores built from it."""
+
+    def __init__(self, config_file: str | None):
+        self.config_file = config_file
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = Config.load(config_file=self.config_file)
+            except ConfigError as exc:
+                raise BadConfig(str(exc)) from None
+        return self._config
+
+    def key_store(self) -> KeyStore:
+        from .app import make_key_store  # noqa: PLC0415 (keeps `serve` able to set up metrics first)
+
+        return make_key_store(self.config)
+
+    def clients(self) -> ClientStore:
+        engine = db.make_engine(self.config.database_url)
+        return ClientStore(engine, SecretHasher(self.key_store().pepper()), max_token_ttl=self.config.max_token_ttl)
+
+
+def refusals(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's errors into one readable line and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ClientError, KeyringError) as exc:
+            raise Refused(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise Refused(f"database error ({exc.__class__.__name__}); has `tokendealer init` been run?") from None
+
+    return wrapper
+
+
+def emit(data: Any, as_json: bool, text: str | None = None) -> None:
+    """Print JSON for scripts, or the human text when given."""
+    click.echo(json.dumps(data, indent=2, default=str) if as_json or text is None else text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with settings.")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None) -> None:
+    """TokenDealer: an OAuth2 client-credentials token server issuing JWT access tokens."""
+    ctx.obj = State(config_file)
+
+
+@main.command()
+@click.option("--alg", type=click.Choice(ALGORITHMS), default=DEFAULT_ALG, show_default=True, help="Algorithm of new keys.")
+@json_option
+@click.pass_obj
+@refusals
+def init(state: State, alg: str, as_json: bool) -> None:
+    """Create the keyring and the database (idempotent)."""
+    created = state.key_store().init(alg)
+    db.create_schema(db.make_engine(state.config.database_url))
+    result = {"keys_dir": str(state.config.keys_dir), "keys_created": created, "database": "ready"}
+    emit(result, as_json, f"keyring {'created' if created else 'already present'} in {state.config.keys_dir}; database ready")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default: sized to the cores).")
+@click.option("--dev", is_flag=True, help="Flask's development server instead of the production one.")
+@click.pass_obj
+@refusals
+def serve(state: State, host: str, port: int, workers: int | None, dev: bool) -> None:
+    """Serve the API (gunicorn; --dev for Flask's server)."""
+    from .serving import run  # noqa: PLC0415 (sets up multiprocess metrics before they are imported)
+
+    state.key_store().load()
+    run(state.config, host, port, workers, dev)
+
+
+# ---- client ---------------------------------------------------------------------------------------
+
+
+def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeatable; space-separated too)."),
+        click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable)."),
+        click.option("--default-scope", "default_scopes", multiple=True, help="Scope granted when none is asked."),
+        click.option("--default-audience", help="Audience used when none is asked."),
+        click.option("--ttl", type=int, help="Token lifetime in seconds for this client."),
+        click.option("--claim", "claims", multiple=True, help="Extra claim name=value (repeatable)."),
+        click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False), help="Public JWK Set file (private_key_jwt)."),
+        click.option("--jwks-uri", help="URL of the client's public JWK Set (private_key_jwt)."),
+        json_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _read_jwks(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise Refused(f"--jwks {path}: cannot read ({exc.strerror})") from None
+    except ValueError:
+        raise Refused(f"--jwks {path}: not valid JSON") from None
+
+
+@main.group()
+def client() -> None:
+    """Register and manage clients."""
+
+
+@client.command("create")
+@click.argument("name")
+@_client_options
+@click.pass_obj
+@refusals
+def client_create(
+    state: State, name: str, scopes, audiences, default_scopes, default_audience, ttl, claims, jwks_file, jwks_uri, as_json
+) -> None:  # noqa: ANN001
+    """Register client NAME; prints its client_id and (once) its client_secret as JSON."""
+    record, secret = state.clients().create(
+        name,
+        scopes=scopes,
+        audiences=audiences,
+        default_scopes=default_scopes or None,
+        default_audience=default_audience,
+        token_ttl=ttl,
+        claims=parse_claims(claims),
+        jwks=_read_jwks(jwks_file),
+        jwks_uri=jwks_uri,
+    )
+    out = record.public_view()
+    if secret:
+        out["client_secret"] = secret
+    emit(out, True)
+
+
+@client.command("update")
+@click.argument("client_id")
+@_client_options
+@click.pass_obj
+@refusals
+def client_update(
+    state: State, client_id: str, scopes, audiences, default_scopes, default_audience, ttl, claims, jwks_file, jwks_uri, as_json
+) -> None:  # noqa: ANN001
+    """Replace the fields given (a repeatable option replaces the whole list)."""
+    changes: dict[str, Any] = {}
+    if scopes:
+        changes["scopes"] = scopes
+    if audiences:
+        changes["audiences"] = audiences
+    if default_scopes:
+        changes["default_scopes"] = default_scopes
+    if default_audience is not None:
+        changes["default_audience"] = default_audience
+    if ttl is not None:
+        changes["token_ttl"] = ttl
+    if claims:
+        changes["claims"] = parse_claims(claims)
+    if jwks_file is not None:
+        changes["jwks"] = _read_jwks(jwks_file)
+    if jwks_uri is not None:
+        changes["jwks_uri"] = jwks_uri
+    if not changes:
+        raise click.UsageError("nothing to update: give at least one option")
+    emit(state.clients().update(client_id, **changes).public_view(), True)
+
+
+@client.command("list")
+@json_option
+@click.pass_obj
+@refusals
+def client_list(state: State, as_json: bool) -> None:
+    """List clients (never their secrets)."""
+    records = state.clients().list()
+    lines = [f"{'CLIENT_ID':<24} {'ENABLED':<8} {'AUTH':<16} {'SCOPES':<30} AUDIENCES"]
+    for r in records:
+        lines.append(f"{r.client_id:<24} {str(r.enabled).lower():<8} {r.auth_method:<16} {' '.join(r.scopes):<30} {' '.join(r.audiences)}")
+    emit([r.public_view() for r in records], as_json, "\n".join(lines))
+
+
+@client.command("show")
+@click.argument("client_id")
+@json_option
+@click.pass_obj
+@refusals
+def client_show(state: State, client_id: str, as_json: bool) -> None:
+    """Show one client (never its secret)."""
+    view = state.clients().require(client_id).public_view()
+    emit(view, as_json, "\n".join(f"{k}: {v}" for k, v in view.items()))
+
+
+def _client_action(name: str, doc: str, action: Callable[[ClientStore, str], Any]) -> None:
+    @client.command(name, help=doc)
+    @click.argument("client_id")
+    @json_option
+    @click.pass_obj
+    @refusals
+    def command(state: State, client_id: str, as_json: bool) -> None:
+        action(state.clients(), client_id)
+        emit({"client_id": client_id, "result": name}, as_json, f"{name}: {client_id}")
+
+
+_client_action("disable", "Refuse the client's authentication and its tokens.", lambda s, c: s.set_enabled(c, False))
+_client_action("enable", "Allow a disabled client again.", lambda s, c: s.set_enabled(c, True))
+_client_action("delete", "Delete the client.", lambda s, c: s.delete(c))
+
+
+@client.command("rotate-secret")
+@click.argument("client_id")
+@click.option("--grace", type=click.IntRange(0), default=0, show_default=True, help="Seconds the old secret stays valid.")
+@json_option
+@click.pass_obj
+@refusals
+def client_rotate_secret(state: State, client_id: str, grace: int, as_json: bool) -> None:
+    """Give the client a new secret (printed once)."""
+    record, secret = state.clients().rotate_secret(client_id, grace)
+    emit({"client_id": record.client_id, "client_secret": secret, "previous_secret_valid_until": record.previous_secret_expires_at}, True)
+
+
+# ---- keys -----------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Manage the signing keyring."""
+
+
+def _key_rows(state: State) -> list[dict[str, Any]]:
+    store = state.key_store()
+    keyring = store.load()
+    now = time.time()
+    lifetime = state.config.max_token_ttl + state.config.leeway
+    rows = []
+    for r in keyring.records:
+        data = {k: v for k, v in r.to_json().items() if k != "jwk"}
+        data["age_seconds"] = int(now - r.created_at)
+        data["prunable_at"] = r.prunable_at(lifetime)
+        rows.append(data)
+    return rows
+
+
+def _key_table(rows: list[dict[str, Any]]) -> str:
+    def when(ts: float | None) -> str:
+        return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+    lines = [f"{'KID':<44} {'ALG':<6} {'STATE':<8} {'AGE':>9} {'CREATED':<21} PRUNABLE AT"]
+    for r in rows:
+        lines.append(
+            f"{r['kid']:<44} {r['alg']:<6} {r['state']:<8} {r['age_seconds']:>8}s {when(r['created_at']):<21} {when(r['prunable_at'])}"
+        )
+    return "\n".join(lines)
+
+
+@keys.command("init")
+@click.option("--alg", type=click.Choice(ALGORITHMS), default=DEFAULT_ALG, show_default=True)
+@json_option
+@click.pass_obj
+@refusals
+def keys_init(state: State, alg: str, as_json: bool) -> None:
+    """Create the first active key and a next key."""
+    created = state.key_store().init(alg)
+    rows = _key_rows(state)
+    emit(rows, as_json, ("keyring created\n" if created else "keyring already present\n") + _key_table(rows))
+
+
+@keys.command("rotate")
+@click.option("--alg", type=click.Choice(ALGORITHMS), help="Algorithm of the new key (default: the active key's).")
+@click.option("--now", "emergency", is_flag=True, help="Emergency: replace the active key at once (leaked key).")
+@json_option
+@click.pass_obj
+@refusals
+def keys_rotate(state: State, alg: str | None, emergency: bool, as_json: bool) -> None:
+    """Promote next to active and retire the old active key (--now: replace it at once)."""
+    store = state.key_store()
+    before = store.load().record("next") if store.exists() else None
+    if before and not emergency and time.time() - before.created_at < state.config.jwks_max_age:
+        click.echo(
+            f"warning: the next key has been published for less than the JWKS max-age ({state.config.jwks_max_age} s); "
+            "verifiers with a cached JWKS may not know it yet",
+            err=True,
+        )
+    store.rotate(alg=alg, emergency=emergency)
+    rows = _key_rows(state)
+    emit(rows, as_json, ("emergency rotation done\n" if emergency else "rotation done\n") + _key_table(rows))
+
+
+@keys.command("prune")
+@json_option
+@click.pass_obj
+@refusals
+def keys_prune(state: State, as_json: bool) -> None:
+    """Delete retired keys whose tokens have all expired."""
+    gone = state.key_store().prune(state.config.max_token_ttl + state.config.leeway)
+    emit([r.kid for r in gone], as_json, f"pruned {len(gone)} key(s)" + "".join(f"\n  {r.kid}" for r in gone))
+
+
+@keys.command("list")
+@json_option
+@click.pass_obj
+@refusals
+def keys_list(state: State, as_json: bool) -> None:
+    """Show every key: state, algorithm, age and when it may be pruned."""
+    rows = _key_rows(state)
+    emit(rows, as_json, _key_table(rows))
+
+
+# ---- token and verify -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--client-id", envvar="TOKENDEALER_CLIENT_ID", required=True, help="Or TOKENDEALER_CLIENT_ID.")
+@click.option("--client-secret", envvar="TOKENDEALER_CLIENT_SECRET", help="Or TOKENDEALER_CLIENT_SECRET.")
+@click.option("--private-key", type=click.Path(dir_okay=False), help="PEM key for private_key_jwt instead of a secret.")
+@click.option("--key-id", help="kid of the private key.")
+@click.option("--audience", help="Audience of the token.")
+@click.option("--scope", help="Space-separated scopes.")
+@click.option("--url", envvar="TOKENDEALER_URL", help="Server base URL (default: the issuer).")
+@json_option
+@click.pass_obj
+def token(state: State, client_id, client_secret, private_key, key_id, audience, scope, url, as_json) -> None:  # noqa: ANN001
+    """Fetch an access token as a client and print it."""
+    from client_lib import TokenClient, TokenClientError  # noqa: PLC0415
+
+    if bool(client_secret) == bool(private_key):
+        raise click.UsageError("give exactly one of --client-secret and --private-key")
+    issuer = state.config.issuer
+    # With --url the server is reached at another address than its issuer: skip discovery.
+    endpoint = url.rstrip("/") + "/oauth/token" if url else None
+    try:
+        client = TokenClient(issuer, client_id, client_secret, private_key=private_key, key_id=key_id, token_endpoint=endpoint, retries=0)
+        response = client.fetch_token_response(audience=audience, scope=scope)
+    except TokenClientError as exc:
+        raise Refused(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise Refused(f"cannot use the private key: {exc}") from None
+    emit(response, as_json, response["access_token"])
+
+
+@main.command()
+@click.argument("token", default="-")
+@click.option("--audience", required=True, help="The audience the token must carry.")
+@json_option
+@click.pass_obj
+@refusals
+def verify(state: State, token: str, audience: str, as_json: bool) -> None:
+    """Verify TOKEN (or stdin) against the local keyring and print its claims."""
+    from .app import build_services  # noqa: PLC0415
+    from .tokens import TokenRejected  # noqa: PLC0415
+
+    if token == "-":
+        token = sys.stdin.read().strip()
+    services = build_services(state.config)
+    services.keys.current()
+    if services.keys.error:
+        raise Refused(services.keys.error)
+    try:
+        claims = services.tokens.validate(token, audience)
+    except TokenRejected as exc:
+        raise Refused(f"invalid token: {exc}") from None
+    emit(claims, True)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main(prog_name="tokendealer")

@@ -1,0 +1,341 @@
+"""The client registry: records, secret generation and hashing, and a short-lived in-process cache."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from . import db
+
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN_RE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+# Claims the server sets itself; a client's extra claims may not shadow them.
+RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "auth_time", "acr", "amr", "cnf"})
+SECRET_BYTES = 32
+
+
+class ClientError(Exception):
+    """A registry request that cannot be done (unknown client, duplicate, bad field)."""
+
+
+class ClientNotFound(ClientError):
+    pass
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered service allowed to use the client-credentials grant."""
+
+    client_id: str
+    name: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    default_scopes: tuple[str, ...] | None = None
+    default_audience: str | None = None
+    token_ttl: int | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = None
+    enabled: bool = True
+    secret_hash: str | None = field(default=None, repr=False)
+    previous_secret_hash: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def auth_method(self) -> str:
+        return "client_secret" if self.secret_hash else "private_key_jwt"
+
+    def granted_scopes(self) -> tuple[str, ...]:
+        """Scopes a token gets when the request names none."""
+        return self.scopes if self.default_scopes is None else self.default_scopes
+
+    def granted_audience(self) -> str | None:
+        """Audience a token gets when the request names none."""
+        if self.default_audience:
+            return self.default_audience
+        return self.audiences[0] if len(self.audiences) == 1 else None
+
+    def public_view(self) -> dict[str, Any]:
+        """The record without secret material, for `client show` and `client list`."""
+        data = asdict(self)
+        for name in ("secret_hash", "previous_secret_hash"):
+            data.pop(name)
+        data["scopes"] = list(self.scopes)
+        data["audiences"] = list(self.audiences)
+        data["default_scopes"] = None if self.default_scopes is None else list(self.default_scopes)
+        data["auth_method"] = self.auth_method
+        return data
+
+
+def parse_scopes(values: Iterable[str]) -> tuple[str, ...]:
+    """Split space-separated scope values, check each token (RFC 6749 §3.3), keep order, drop repeats."""
+    out: list[str] = []
+    for value in values:
+        for token in value.split():
+            if not SCOPE_TOKEN_RE.match(token):
+                raise ClientError(f"invalid scope {token!r}")
+            if token not in out:
+                out.append(token)
+    return tuple(out)
+
+
+def check_audience(value: str) -> str:
+    """An audience is a non-empty printable string without spaces; URIs must be absolute."""
+    if not value or len(value) > 2048 or not SCOPE_TOKEN_RE.match(value):
+        raise ClientError(f"invalid audience {value!r}")
+    if ":" in value and not urlsplit(value).scheme:
+        raise ClientError(f"invalid audience {value!r}")
+    return value
+
+
+def parse_claims(items: Iterable[str]) -> dict[str, Any]:
+    """`k=v` pairs; v is read as JSON when it parses (numbers, booleans, lists), else kept as text."""
+    claims: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ClientError(f"claim {item!r} is not of the form name=value")
+        if name in RESERVED_CLAIMS:
+            raise ClientError(f"claim {name!r} is set by the server and cannot be registered")
+        try:
+            claims[name] = json.loads(text)
+        except ValueError:
+            claims[name] = text
+    return claims
+
+
+def check_jwks(jwks: Any) -> dict[str, Any]:
+    """A public JWK Set usable for private_key_jwt (RFC 7523): no private or symmetric members."""
+    from .assertions import usable_jwks  # noqa: PLC0415 (assertions imports this module)
+
+    return usable_jwks(jwks)
+
+
+class SecretHasher:
+    """Keyed hash of client secrets: HMAC-SHA256 under a server-side pepper.
+
+    Secrets are 256-bit random values, so a slow password hash adds no protection and would cap
+    throughput; the pepper keeps a stolen database from being enough to test guesses offline.
+    """
+
+    def __init__(self, pepper: bytes):
+        self._pepper = pepper
+
+    def hash(self, secret: str) -> str:
+        return hmac.new(self._pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def matches(self, client: Client, secret: str, now: float) -> bool:
+        """Constant-time check of `secret` against the current and, during its grace, the previous secret."""
+        presented = self.hash(secret)
+        ok = hmac.compare_digest(presented, client.secret_hash or "")
+        if client.previous_secret_hash and (client.previous_secret_expires_at or 0) > now:
+            ok |= hmac.compare_digest(presented, client.previous_secret_hash)
+        return ok
+
+
+def new_secret() -> str:
+    """A fresh client secret: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+class ClientStore:
+    """CRUD for client records on a SQLAlchemy engine, with a cache bounded in staleness for reads."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        hasher: SecretHasher,
+        clock: Callable[[], float] = time.time,
+        cache_seconds: float = 0.0,
+        max_token_ttl: int | None = None,
+    ):
+        self.engine = engine
+        self.hasher = hasher
+        self.clock = clock
+        self.cache_seconds = cache_seconds
+        self.max_token_ttl = max_token_ttl
+        self._cache: dict[str, tuple[float, Client | None]] = {}
+        self._cache_lock = threading.Lock()
+
+    def get(self, client_id: str, cached: bool = True) -> Client | None:
+        """The client, or None; a cached read is at most `cache_seconds` old."""
+        now = time.monotonic()
+        if cached and self.cache_seconds:
+            hit = self._cache.get(client_id)
+            if hit and hit[0] > now:
+                return hit[1]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.clients).where(db.clients.c.client_id == client_id)).first()
+        client = _from_row(row) if row else None
+        if self.cache_seconds and CLIENT_ID_RE.match(client_id):
+            with self._cache_lock:
+                if len(self._cache) > 10000:
+                    self._cache.clear()
+                self._cache[client_id] = (now + self.cache_seconds, client)
+        return client
+
+    def require(self, client_id: str) -> Client:
+        client = self.get(client_id, cached=False)
+        if client is None:
+            raise ClientNotFound(f"no client {client_id!r}")
+        return client
+
+    def list(self) -> list[Client]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(db.clients).order_by(db.clients.c.client_id)).all()
+        return [_from_row(r) for r in rows]
+
+    def create(
+        self,
+        client_id: str,
+        scopes: Iterable[str] = (),
+        audiences: Iterable[str] = (),
+        default_scopes: Iterable[str] | None = None,
+        default_audience: str | None = None,
+        token_ttl: int | None = None,
+        claims: dict[str, Any] | None = None,
+        jwks: dict[str, Any] | None = None,
+        jwks_uri: str | None = None,
+    ) -> tuple[Client, str | None]:
+        """Register a client; returns it and its secret (None for a key-authenticated client)."""
+        if not CLIENT_ID_RE.match(client_id):
+            raise ClientError("client name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        now = self.clock()
+        secret = None if (jwks or jwks_uri) else new_secret()
+        client = Client(
+            client_id=client_id,
+            name=client_id,
+            scopes=parse_scopes(scopes),
+            audiences=tuple(check_audience(a) for a in audiences),
+            default_scopes=None if default_scopes is None else parse_scopes(default_scopes),
+            default_audience=default_audience,
+            token_ttl=token_ttl,
+            claims=dict(claims or {}),
+            jwks=check_jwks(jwks) if jwks else None,
+            jwks_uri=jwks_uri,
+            secret_hash=self.hasher.hash(secret) if secret else None,
+            created_at=now,
+            updated_at=now,
+        )
+        self._check(client)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(db.clients.insert().values(**_to_row(client)))
+        except sa.exc.IntegrityError:
+            raise ClientError(f"client {client_id!r} already exists") from None
+        return client, secret
+
+    def update(self, client_id: str, **changes: Any) -> Client:
+        """Replace the fields given (a repeated option replaces the whole list)."""
+        client = self.require(client_id)
+        if "scopes" in changes:
+            changes["scopes"] = parse_scopes(changes["scopes"])
+        if changes.get("default_scopes") is not None:
+            changes["default_scopes"] = parse_scopes(changes["default_scopes"])
+        if "audiences" in changes:
+            changes["audiences"] = tuple(check_audience(a) for a in changes["audiences"])
+        if changes.get("jwks") is not None:
+            changes["jwks"] = check_jwks(changes["jwks"])
+        if client.secret_hash and (changes.get("jwks") or changes.get("jwks_uri")):
+            raise ClientError("a secret client cannot take keys; create a new client for private_key_jwt")
+        updated = replace(client, **changes, updated_at=self.clock())
+        self._check(updated)
+        self._save(updated)
+        return updated
+
+    def set_enabled(self, client_id: str, enabled: bool) -> Client:
+        client = replace(self.require(client_id), enabled=enabled, updated_at=self.clock())
+        self._save(client)
+        return client
+
+    def delete(self, client_id: str) -> None:
+        with self.engine.begin() as conn:
+            count = conn.execute(db.clients.delete().where(db.clients.c.client_id == client_id)).rowcount
+        if not count:
+            raise ClientNotFound(f"no client {client_id!r}")
+        self._forget(client_id)
+
+    def rotate_secret(self, client_id: str, grace: int = 0) -> tuple[Client, str]:
+        """A new secret; the old one stays valid for `grace` seconds."""
+        client = self.require(client_id)
+        if not client.secret_hash:
+            raise ClientError(f"client {client_id!r} authenticates with private_key_jwt and has no secret")
+        if grace < 0:
+            raise ClientError("--grace must not be negative")
+        now = self.clock()
+        secret = new_secret()
+        client = replace(
+            client,
+            secret_hash=self.hasher.hash(secret),
+            previous_secret_hash=client.secret_hash if grace else None,
+            previous_secret_expires_at=now + grace if grace else None,
+            updated_at=now,
+        )
+        self._save(client)
+        return client, secret
+
+    def _check(self, client: Client) -> None:
+        if not client.audiences:
+            raise ClientError("a client needs at least one --audience")
+        if client.default_scopes is not None and not set(client.default_scopes) <= set(client.scopes):
+            raise ClientError("--default-scope must be among the client's --scope values")
+        if client.default_audience is not None and client.default_audience not in client.audiences:
+            raise ClientError("--default-audience must be one of the client's --audience values")
+        if client.token_ttl is not None:
+            if client.token_ttl <= 0:
+                raise ClientError("--ttl must be a positive number of seconds")
+            if self.max_token_ttl and client.token_ttl > self.max_token_ttl:
+                raise ClientError(f"--ttl must not exceed the maximum token lifetime ({self.max_token_ttl} s)")
+        if client.jwks_uri is not None and urlsplit(client.jwks_uri).scheme not in ("https", "http"):
+            raise ClientError("--jwks-uri must be an http(s) URL")
+        bad = RESERVED_CLAIMS & set(client.claims)
+        if bad:
+            raise ClientError(f"claim {sorted(bad)[0]!r} is set by the server and cannot be registered")
+
+    def _save(self, client: Client) -> None:
+        row = _to_row(client)
+        with self.engine.begin() as conn:
+            conn.execute(db.clients.update().where(db.clients.c.client_id == client.client_id).values(**row))
+        self._forget(client.client_id)
+
+    def _forget(self, client_id: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(client_id, None)
+
+    def scopes_supported(self) -> list[str]:
+        """Every scope any enabled client may ask for (RFC 8414 scopes_supported)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(db.clients.c.scopes).where(db.clients.c.enabled.is_(True))).all()
+        return sorted({s for (scopes,) in rows for s in scopes})
+
+
+def _to_row(client: Client) -> dict[str, Any]:
+    row = asdict(client)
+    row["scopes"] = list(client.scopes)
+    row["audiences"] = list(client.audiences)
+    row["default_scopes"] = None if client.default_scopes is None else list(client.default_scopes)
+    return row
+
+
+def _from_row(row: Any) -> Client:
+    data = dict(row._mapping)
+    data["scopes"] = tuple(data["scopes"])
+    data["audiences"] = tuple(data["audiences"])
+    if data["default_scopes"] is not None:
+        data["default_scopes"] = tuple(data["default_scopes"])
+    return Client(**data)

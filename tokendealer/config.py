@@ -1,0 +1,170 @@
+"""Typed configuration read once from the environment and an optional TOML file (SPEC §2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+PREFIX = "TOKENDEALER_"
+_LIMIT_RE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*$", re.I)
+
+
+class ConfigError(Exception):
+    """A configuration value is unusable; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the server, validated by `Config.load`."""
+
+    issuer: str = "http://localhost:5000"
+    keys_dir: Path = Path("./keys")
+    database_url: str = "sqlite:///./var/tokendealer.db"
+    token_ttl: int = 3600
+    max_token_ttl: int = 86400
+    ratelimit_storage: str = "memory://"
+    auth_failure_limit: str = "10/minute"
+    auth_failure_limit_per_address: str = "100/minute"
+    ratelimit: str | None = None
+    keyring: str = "file"
+    key_encryption_key: str | None = None
+    # How often each process looks for a changed keyring on disk (seconds).
+    keyring_reload_interval: float = 2.0
+    # JWKS Cache-Control max-age; the rotation interval must exceed it (README).
+    jwks_max_age: int = 300
+    # Accepted clock skew when checking exp/nbf/iat of tokens and assertions.
+    leeway: int = 30
+    # private_key_jwt: how far ahead an assertion's exp may lie.
+    assertion_max_lifetime: int = 3600
+    max_body_bytes: int = 65536
+    trusted_proxies: int = 0
+    # How long a process may serve a cached client record before re-reading it.
+    client_cache_seconds: float = 2.0
+    audit_log: str | None = None
+    log_json: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.url("/oauth/token")
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` under the issuer."""
+        return self.issuer.rstrip("/") + path
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> Config:
+        """Merge defaults, the TOML file, the environment and overrides (later wins); validate."""
+        raw: dict[str, Any] = {}
+        if config_file is not None:
+            raw.update(_read_toml(Path(config_file)))
+        env = os.environ if environ is None else environ
+        names = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+        for name in names:
+            value = env.get(PREFIX + name.upper())
+            if value is not None:
+                raw[name] = value
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(raw) - names
+        if unknown:
+            raise ConfigError(f"unknown setting {PREFIX}{sorted(unknown)[0].upper()}")
+        return cls(**{k: _coerce(k, v) for k, v in raw.items()}).validated()
+
+    def validated(self) -> Config:
+        """Return self after checking every value, or raise ConfigError naming the variable."""
+        parts = urlsplit(self.issuer)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            _bad("issuer", "must be an http(s) URL without query or fragment")
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            _bad("database_url", "is not a database URL (sqlite:///path or postgresql://...)")
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            _bad("database_url", "must be sqlite:// or postgresql://")
+        if self.token_ttl <= 0:
+            _bad("token_ttl", "must be a positive number of seconds")
+        if self.max_token_ttl <= 0:
+            _bad("max_token_ttl", "must be a positive number of seconds")
+        if self.token_ttl > self.max_token_ttl:
+            _bad("token_ttl", "must not exceed TOKENDEALER_MAX_TOKEN_TTL")
+        for name in ("jwks_max_age", "leeway", "trusted_proxies"):
+            if getattr(self, name) < 0:
+                _bad(name, "must not be negative")
+        for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes"):
+            if getattr(self, name) <= 0:
+                _bad(name, "must be positive")
+        for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit"):
+            value = getattr(self, name)
+            if value is not None and not all(_LIMIT_RE.match(p) for p in value.split(";")):
+                _bad(name, "must be a rate such as 10/minute")
+        if self.keyring not in ("file", "database"):
+            _bad("keyring", "must be file or database")
+        if self.keyring == "database" and not self.key_encryption_key:
+            _bad("key_encryption_key", "is required when TOKENDEALER_KEYRING=database")
+        if self.keys_dir.exists() and not self.keys_dir.is_dir():
+            _bad("keys_dir", f"{self.keys_dir} is not a directory")
+        if self.keys_dir.is_dir() and not os.access(self.keys_dir, os.R_OK | os.X_OK):
+            _bad("keys_dir", f"{self.keys_dir} is not readable")
+        return self
+
+
+def _bad(name: str, why: str) -> None:
+    raise ConfigError(f"{PREFIX}{name.upper()} {why}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Config)}[name]
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or not str(value).strip().lstrip("-").isdigit():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
+        if kind == "Path":
+            return Path(str(value))
+        if kind == "str | None":
+            text = str(value)
+            return None if text.lower() in ("", "off", "none") else text
+        return str(value)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name.upper()} has a bad value: {value!r}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+    out = {}
+    for key, value in data.items():
+        name = key.lower()
+        if name.startswith(PREFIX.lower()):
+            name = name[len(PREFIX) :]
+        out[name] = value
+    return out

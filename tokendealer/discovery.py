@@ -1,0 +1,212 @@
+"""Server metadata (RFC 8414, also served as OpenID discovery) and the OpenAPI 3 description of the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Config
+from .keyring import ALGORITHMS
+
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+def server_metadata(config: Config, scopes: list[str]) -> dict[str, Any]:
+    """RFC 8414 §2 authorization server metadata."""
+    return {
+        "issuer": config.issuer,
+        "token_endpoint": config.token_endpoint,
+        "jwks_uri": config.url("/.well-known/jwks.json"),
+        "introspection_endpoint": config.url("/oauth/introspect"),
+        "revocation_endpoint": config.url("/oauth/revoke"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        "scopes_supported": scopes,
+        "service_documentation": config.url("/openapi.json"),
+    }
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _form_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": properties, "required": required}}},
+    }
+
+
+_CLIENT_AUTH_FIELDS = {
+    "client_id": {"type": "string"},
+    "client_secret": {"type": "string"},
+    "client_assertion_type": {"type": "string"},
+    "client_assertion": {"type": "string"},
+}
+_ERRORS = {
+    "400": _error_response("Invalid request"),
+    "401": _error_response("Client authentication failed"),
+    "413": _error_response("Request body too large"),
+    "429": _error_response("Too many requests or failed authentications"),
+    "503": _error_response("Temporarily unavailable"),
+}
+_GET_ERRORS = {"405": _error_response("Method not allowed")}
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    """An OpenAPI 3.0 document of every endpoint."""
+    claims = {"type": "object", "additionalProperties": True}
+    status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"], "additionalProperties": True}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "TokenDealer", "version": "1.0.0", "description": "OAuth 2.0 client-credentials token server"},
+        "servers": [{"url": config.issuer}],
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+                    "required": ["error"],
+                },
+                "Token": {
+                    "type": "object",
+                    "properties": {
+                        "access_token": {"type": "string"},
+                        "token_type": {"type": "string", "enum": ["Bearer"]},
+                        "expires_in": {"type": "integer"},
+                        "scope": {"type": "string"},
+                    },
+                    "required": ["access_token", "token_type", "expires_in", "scope"],
+                },
+            },
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+        },
+        "paths": {
+            "/oauth/token": {
+                "post": {
+                    "summary": "Client-credentials grant (RFC 6749 §4.4)",
+                    "security": [{"basic": []}, {}],
+                    "requestBody": _form_body(
+                        {
+                            "grant_type": {"type": "string"},
+                            "scope": {"type": "string"},
+                            "audience": {"type": "string"},
+                            "resource": {"type": "array", "items": {"type": "string"}},
+                            **_CLIENT_AUTH_FIELDS,
+                        },
+                        ["grant_type"],
+                    ),
+                    "responses": {"200": _json_response("Access token", {"$ref": "#/components/schemas/Token"}), **_ERRORS},
+                }
+            },
+            "/oauth/introspect": {
+                "post": {
+                    "summary": "Token introspection (RFC 7662)",
+                    "security": [{"basic": []}, {}],
+                    "requestBody": _form_body(
+                        {"token": {"type": "string"}, "token_type_hint": {"type": "string"}, **_CLIENT_AUTH_FIELDS}, ["token"]
+                    ),
+                    "responses": {
+                        "200": _json_response(
+                            "Introspection result",
+                            {
+                                "type": "object",
+                                "properties": {"active": {"type": "boolean"}},
+                                "required": ["active"],
+                                "additionalProperties": True,
+                            },
+                        ),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/oauth/revoke": {
+                "post": {
+                    "summary": "Token revocation (RFC 7009)",
+                    "security": [{"basic": []}, {}],
+                    "requestBody": _form_body(
+                        {"token": {"type": "string"}, "token_type_hint": {"type": "string"}, **_CLIENT_AUTH_FIELDS}, ["token"]
+                    ),
+                    "responses": {"200": _json_response("Revoked, or nothing to revoke", {"type": "object"}), **_ERRORS},
+                }
+            },
+            "/verify_token": {
+                "post": {
+                    "summary": "Verify an access token and return its claims",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"access_token": {"type": "string"}, "audience": {"type": "string"}},
+                                    "required": ["access_token", "audience"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json_response("The token's claims", claims),
+                        "400": _error_response("Invalid request or invalid token"),
+                        "413": _ERRORS["413"],
+                        "503": _ERRORS["503"],
+                    },
+                }
+            },
+            "/.well-known/jwks.json": {
+                "get": {
+                    "summary": "JWK Set of the published public keys (RFC 7517)",
+                    "responses": {
+                        "200": _json_response(
+                            "JWK Set",
+                            {
+                                "type": "object",
+                                "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
+                                "required": ["keys"],
+                            },
+                        ),
+                        "304": {"description": "Not modified"},
+                        **_GET_ERRORS,
+                    },
+                }
+            },
+            "/.well-known/oauth-authorization-server": {
+                "get": {
+                    "summary": "RFC 8414 metadata",
+                    "responses": {"200": _json_response("Metadata", claims), "503": _ERRORS["503"], **_GET_ERRORS},
+                }
+            },
+            "/.well-known/openid-configuration": {
+                "get": {
+                    "summary": "The same metadata for OIDC discovery",
+                    "responses": {"200": _json_response("Metadata", claims), "503": _ERRORS["503"], **_GET_ERRORS},
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json_response("Alive", status), **_GET_ERRORS}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {"200": _json_response("Ready", status), "503": _json_response("Not ready", status), **_GET_ERRORS},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **_GET_ERRORS,
+                    },
+                }
+            },
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json_response("OpenAPI", claims), **_GET_ERRORS}}},
+        },
+    }

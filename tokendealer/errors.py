@@ -1,0 +1,93 @@
+"""OAuth errors as classes carrying their RFC code and HTTP status (RFC 6749 §5.2)."""
+
+from __future__ import annotations
+
+
+class OAuthError(Exception):
+    """An error the web layer answers as `{"error", "error_description"}` JSON."""
+
+    error = "invalid_request"
+    status = 400
+
+    def __init__(self, description: str = "", headers: dict[str, str] | None = None):
+        super().__init__(description)
+        self.description = description
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, str]:
+        """The JSON body of the error response."""
+        body = {"error": self.error}
+        if self.description:
+            body["error_description"] = self.description
+        return body
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status = 401
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: the requested resource or audience is not allowed."""
+
+    error = "invalid_target"
+
+
+class InvalidToken(OAuthError):
+    """A presented access token is not valid (used by /verify_token)."""
+
+    error = "invalid_token"
+
+
+class UnsupportedTokenType(OAuthError):
+    """RFC 7009 §2.2.1."""
+
+    error = "unsupported_token_type"
+
+
+class NotFound(OAuthError):
+    error = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(OAuthError):
+    error = "invalid_request"
+    status = 405
+
+
+class RequestTooLarge(OAuthError):
+    error = "invalid_request"
+    status = 413
+
+
+class TooManyRequests(OAuthError):
+    """Rate limit exceeded; `Retry-After` says when to come back."""
+
+    error = "slow_down"
+    status = 429
+
+
+class TemporarilyUnavailable(OAuthError):
+    error = "temporarily_unavailable"
+    status = 503
+
+
+class ServerError(OAuthError):
+    error = "server_error"
+    status = 500

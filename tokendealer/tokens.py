@@ -1,0 +1,165 @@
+"""Access tokens: the one place they are built (RFC 9068) and the one place the server checks them."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jwt
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from . import db
+from .clients import Client, ClientStore
+from .config import Config
+from .keyring import ALGORITHMS, KeyringSource
+
+TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+REQUIRED_CLAIMS = ("iss", "sub", "client_id", "aud", "iat", "exp", "jti")
+
+
+class TokenRejected(Exception):
+    """A token failed a check; the message is the reason, safe to show to the caller."""
+
+
+class NoSigningKey(Exception):
+    """The keyring has no active key loaded."""
+
+
+class RevocationList:
+    """RFC 7009 deny list: revoked jtis kept until the token's own expiry."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.clock = clock
+
+    def revoke(self, jti: str, client_id: str, expires_at: float) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(db.revoked_tokens.c.jti).where(db.revoked_tokens.c.jti == jti)).first()
+            if not exists:
+                conn.execute(db.revoked_tokens.insert().values(jti=jti, client_id=client_id, expires_at=expires_at))
+            conn.execute(db.revoked_tokens.delete().where(db.revoked_tokens.c.expires_at < self.clock()))
+
+    def is_revoked(self, jti: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(db.revoked_tokens.c.jti).where(db.revoked_tokens.c.jti == jti)).first() is not None
+
+
+class TokenService:
+    """Issues access tokens signed by the active key and validates presented ones."""
+
+    def __init__(
+        self,
+        config: Config,
+        keys: KeyringSource,
+        clients: ClientStore,
+        revocations: RevocationList,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.keys = keys
+        self.clients = clients
+        self.revocations = revocations
+        self.clock = clock
+        self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def max_token_lifetime(self) -> int:
+        """How long after retirement a key may still have valid tokens out."""
+        return self.config.max_token_ttl + self.config.leeway
+
+    def lifetime_for(self, client: Client) -> int:
+        """The client's own TTL or the default, never above the maximum."""
+        return min(client.token_ttl or self.config.token_ttl, self.config.max_token_ttl)
+
+    def issue(self, client: Client, audiences: Iterable[str], scopes: Iterable[str]) -> tuple[str, dict[str, Any]]:
+        """A signed RFC 9068 access token for `client`, and its claims."""
+        keyring = self.keys.current()
+        key = keyring.active if keyring else None
+        if key is None:
+            raise NoSigningKey("no active signing key is loaded")
+        now = int(self.clock())
+        audiences = list(audiences)
+        claims = {
+            **client.claims,
+            "iss": self.config.issuer,
+            "sub": client.client_id,
+            "client_id": client.client_id,
+            "aud": audiences[0] if len(audiences) == 1 else audiences,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.lifetime_for(client),
+            "jti": secrets.token_urlsafe(18),
+            "scope": " ".join(scopes),
+        }
+        return key.sign(self._encoder.encode(claims).encode("utf-8")), claims
+
+    def validate(self, token: str, audience: str | None = None, check_state: bool = True) -> dict[str, Any]:
+        """The claims of a token this server issued and that is valid now, or raise TokenRejected.
+
+        Checks the signature with a published key pinned to that key's algorithm, typ (RFC 9068 §4), iss,
+        aud, exp, nbf and iat with leeway, the required claims and, with `check_state`, that the token is
+        not revoked and its client exists and is enabled.
+        """
+        if not isinstance(token, str) or not token or len(token) > 16384:
+            raise TokenRejected("token is missing or too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise TokenRejected("token is not a well-formed JWT") from None
+        if header.get("typ") not in TOKEN_TYPES:
+            raise TokenRejected("token typ is not at+jwt")
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise TokenRejected(f"algorithm {alg!r} is not accepted")
+        kid = header.get("kid")
+        keyring = self.keys.current()
+        found = keyring.verification_key(kid, self.clock(), self.max_token_lifetime) if keyring and isinstance(kid, str) else None
+        if found is None:
+            raise TokenRejected("token was signed by an unknown or withdrawn key")
+        key_alg, public_key = found
+        if alg != key_alg:
+            raise TokenRejected("token algorithm does not match its key")
+        try:
+            claims = jwt.decode(
+                token,
+                public_key,
+                algorithms=[key_alg],
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False},
+            )
+        except jwt.InvalidSignatureError:
+            raise TokenRejected("signature verification failed") from None
+        except jwt.InvalidTokenError:
+            raise TokenRejected("token is not a well-formed JWT") from None
+        self._check_claims(claims, audience)
+        if check_state:
+            if self.revocations.is_revoked(claims["jti"]):
+                raise TokenRejected("token has been revoked")
+            client = self.clients.get(claims["client_id"])
+            if client is None or not client.enabled:
+                raise TokenRejected("token's client is unknown or disabled")
+        return claims
+
+    def _check_claims(self, claims: dict[str, Any], audience: str | None) -> None:
+        missing = [name for name in REQUIRED_CLAIMS if name not in claims]
+        if missing:
+            raise TokenRejected(f"token lacks the {missing[0]} claim")
+        if claims["iss"] != self.config.issuer:
+            raise TokenRejected("token issuer is not this server")
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
+                raise TokenRejected(f"token {name} is not a number")
+        now, leeway = self.clock(), self.config.leeway
+        if claims["exp"] <= now - leeway:
+            raise TokenRejected("token has expired")
+        if claims.get("nbf", 0) > now + leeway:
+            raise TokenRejected("token is not valid yet")
+        if claims["iat"] > now + leeway:
+            raise TokenRejected("token was issued in the future")
+        if audience is not None:
+            aud = claims["aud"]
+            if audience not in (aud if isinstance(aud, list) else [aud]):
+                raise TokenRejected("token audience does not match")
