@@ -319,10 +319,11 @@ def keys_rotate(state: State, alg: str | None, emergency: bool, as_json: bool) -
     """Promote next to active and retire the old active key (--now: replace it at once)."""
     store = state.key_store()
     before = store.load().record("next") if store.exists() else None
-    if before and not emergency and time.time() - before.created_at < state.config.jwks_max_age:
+    needed = state.config.jwks_max_age + state.config.keyring_reload_interval
+    if before and not emergency and time.time() - before.created_at < needed:
         click.echo(
-            f"warning: the next key has been published for less than the JWKS max-age ({state.config.jwks_max_age} s); "
-            "verifiers with a cached JWKS may not know it yet",
+            f"warning: the next key has been published for less than the JWKS max-age plus reload interval ({needed:g} s); "
+            "verifiers holding a cached JWKS may not know it yet",
             err=True,
         )
     store.rotate(alg=alg, emergency=emergency)
