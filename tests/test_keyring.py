@@ -12,7 +12,7 @@ import pytest
 
 from tokendealer.keyring import FileKeyStore, KeyringError, KeyringSource
 
-from .conftest import AUDIENCE, fetch_token, run_cli, server_env
+from .conftest import AUDIENCE, TOKENDEALER, fetch_token, run_cli, server_env
 
 MAX_LIFETIME = 86400 + 30
 
@@ -176,7 +176,6 @@ def test_crash_of_a_real_process_mid_rotation(tmp_path):
 def test_two_concurrent_rotations_leave_a_consistent_keyring(tmp_path):
     env = server_env(tmp_path)
     assert run_cli("init", env=env).returncode == 0
-    from .conftest import TOKENDEALER
 
     procs = [subprocess.Popen([TOKENDEALER, "keys", "rotate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     codes = [p.wait(60) for p in procs]
