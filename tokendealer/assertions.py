@@ -73,17 +73,25 @@ class ReplayCache:
 class JwksFetcher:
     """Fetches a client's `jwks_uri` with a timeout and a size bound, caching each set for a while."""
 
-    def __init__(self, ttl: float = 300.0, timeout: float = 3.0, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float = 300.0, timeout: float = 3.0, cooldown: float = 30.0, monotonic: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.timeout = timeout
+        self.cooldown = cooldown
         self.monotonic = monotonic
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._forced: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get(self, uri: str, force: bool = False) -> dict[str, Any]:
+        """The client's key set; `force` (an unknown kid) refetches at most once per cooldown."""
+        now = self.monotonic()
         hit = self._cache.get(uri)
-        if hit and not force and hit[0] > self.monotonic():
+        if force and hit and now - self._forced.get(uri, float("-inf")) < self.cooldown:
+            force = False
+        if hit and not force and hit[0] > now:
             return hit[1]
+        if force:
+            self._forced[uri] = now
         try:
             with requests.get(uri, timeout=self.timeout, stream=True, allow_redirects=False) as response:
                 response.raise_for_status()

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
-from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore
+from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore, default_alg, public_jwk
 
 
 class Refused(click.ClickException):
@@ -261,6 +262,25 @@ def client_rotate_secret(state: State, client_id: str, grace: int, as_json: bool
     """Give the client a new secret (printed once)."""
     record, secret = state.clients().rotate_secret(client_id, grace)
     emit({"client_id": record.client_id, "client_secret": secret, "previous_secret_valid_until": record.previous_secret_expires_at}, True)
+
+
+@client.command("jwks")
+@click.argument("pem_file", type=click.Path(dir_okay=False))
+@click.option("--alg", type=click.Choice(ALGORITHMS), help="Algorithm the key signs with (default: from the key type).")
+def client_jwks(pem_file: str, alg: str | None) -> None:
+    """Print the public JWK Set of a private or public key PEM, for `client create --jwks`."""
+    try:
+        data = Path(pem_file).read_bytes()
+        if b"PUBLIC KEY" in data:
+            public = serialization.load_pem_public_key(data)
+        else:
+            public = serialization.load_pem_private_key(data, password=None).public_key()
+        jwk = public_jwk(public, alg or default_alg(public))
+    except OSError as exc:
+        raise Refused(f"{pem_file}: cannot read ({exc.strerror})") from None
+    except (ValueError, TypeError):
+        raise Refused(f"{pem_file}: not a PEM EC P-256, RSA or Ed25519 key") from None
+    emit({"keys": [jwk]}, True)
 
 
 # ---- keys -----------------------------------------------------------------------------------------

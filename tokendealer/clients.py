@@ -216,7 +216,7 @@ class ClientStore:
         if not CLIENT_ID_RE.match(client_id):
             raise ClientError("client name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         now = self.clock()
-        secret = None if (jwks or jwks_uri) else new_secret()
+        secret = None if (jwks is not None or jwks_uri) else new_secret()
         client = Client(
             client_id=client_id,
             name=client_id,
@@ -226,7 +226,7 @@ class ClientStore:
             default_audience=default_audience,
             token_ttl=token_ttl,
             claims=dict(claims or {}),
-            jwks=check_jwks(jwks) if jwks else None,
+            jwks=check_jwks(jwks) if jwks is not None else None,
             jwks_uri=jwks_uri,
             secret_hash=self.hasher.hash(secret) if secret else None,
             created_at=now,

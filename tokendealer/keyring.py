@@ -67,9 +67,20 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     return b64url(hashlib.sha256(canonical).digest())
 
 
-def public_jwk(private_key: Any, alg: str) -> dict[str, Any]:
-    """The public JWK (RFC 7517) of a private key, with kid, alg and use."""
-    jwk = _JWA[alg].to_jwk(private_key.public_key(), as_dict=True)
+def default_alg(public_key: Any) -> str:
+    """The algorithm a key of this type signs with by default."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1":
+        return "ES256"
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    raise ValueError("only EC P-256, RSA and Ed25519 keys are supported")
+
+
+def public_jwk(public_key: Any, alg: str) -> dict[str, Any]:
+    """The public JWK (RFC 7517) of a key, with kid (RFC 7638 thumbprint), alg and use."""
+    jwk = _JWA[alg].to_jwk(public_key, as_dict=True)
     jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
     return {**jwk, "kid": jwk_thumbprint(jwk), "alg": alg, "use": "sig"}
 
@@ -336,7 +347,7 @@ class FileKeyStore:
 
     def _new_key(self, alg: str, now: float) -> KeyRecord:
         private_key = generate_private_key(alg)
-        jwk = public_jwk(private_key, alg)
+        jwk = public_jwk(private_key.public_key(), alg)
         pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         _atomic_write(self.directory / f"{jwk['kid']}.pem", pem)
         return KeyRecord(kid=jwk["kid"], alg=alg, state="next", created_at=now, jwk=jwk)
@@ -361,7 +372,7 @@ class FileKeyStore:
             raise KeyringError(f"{path}: cannot read ({exc.strerror})") from None
         except (ValueError, TypeError):
             raise KeyringError(f"{path}: not a PKCS#8 PEM private key") from None
-        if public_jwk(key, record.alg)["kid"] != record.kid:
+        if public_jwk(key.public_key(), record.alg)["kid"] != record.kid:
             raise KeyringError(f"{path}: key does not match its kid in the manifest")
         return key
 
