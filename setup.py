@@ -17,11 +17,14 @@ setup(
         "requests>=2.31",
         "click>=8.1",
         "limits>=3.10",
+        "Flask-Limiter>=3.5",
         "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [
             "pytest>=8.0",
+            "schemathesis>=4.0",
+            "hypothesis>=6.100",
             "ruff>=0.5",
         ],
     },

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import jwt
 import pytest
 import requests
 
+from tokendealer import clients as clients_module
 from tokendealer.app import create_app
 from tokendealer.config import Config
 from tokendealer.db import create_schema, make_engine
@@ -198,7 +202,14 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, env: dict[str, str], input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([TOKENDEALER, *args], env=env, capture_output=True, text=True, input=input, timeout=timeout)
+    result = subprocess.run([TOKENDEALER, *args], env=env, capture_output=True, text=True, input=input, timeout=timeout)
+    try:
+        secret = json.loads(result.stdout).get("client_secret") if result.stdout.startswith("{") else None
+    except ValueError:
+        secret = None
+    if secret:
+        ISSUED_SECRETS.add(secret)
+    return result
 
 
 @pytest.fixture
@@ -219,3 +230,47 @@ def live_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield _start
     for server in started:
         server.stop()
+
+
+# ---- no secret, token or assertion in any log the suite produces ------------------------------------
+
+ISSUED_SECRETS: set[str] = set()
+JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(record.getMessage())
+        except Exception:  # a record that cannot format is not a leak
+            pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_credentials_in_logs(tmp_path_factory):
+    """After the whole suite: every log line (in-process records, server logs, audit logs) is scanned for
+    an issued client secret or anything shaped like a JWT (tokens and assertions)."""
+    original = clients_module.new_secret
+
+    def recording_secret() -> str:
+        secret = original()
+        ISSUED_SECRETS.add(secret)
+        return secret
+
+    clients_module.new_secret = recording_secret
+    collector = _Collect()
+    logging.getLogger().addHandler(collector)
+    yield
+    logging.getLogger().removeHandler(collector)
+    clients_module.new_secret = original
+    texts = list(collector.lines)
+    for path in Path(tmp_path_factory.getbasetemp()).rglob("*.log"):
+        texts.append(path.read_text(errors="replace"))
+    leaks = [m.group(0)[:40] for text in texts for m in JWT_RE.finditer(text)]
+    leaks += [s[:6] + "…" for s in ISSUED_SECRETS for text in texts if s in text]
+    assert not leaks, f"credentials found in logs: {leaks[:5]}"
+    assert ISSUED_SECRETS, "the scan saw no issued secret: it would prove nothing"

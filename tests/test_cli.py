@@ -162,7 +162,11 @@ def test_keys_list_json(cli):
 
 
 def test_keys_init_with_alg(tmp_path):
-    env = {"TOKENDEALER_KEYS_DIR": str(tmp_path / "k2"), "TOKENDEALER_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    env = {
+        "TOKENDEALER_KEYS_DIR": str(tmp_path / "k2"),
+        "TOKENDEALER_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+        "TOKENDEALER_AUDIT_LOG": str(tmp_path / "a.log"),
+    }
     result = CliRunner().invoke(main, ["keys", "init", "--alg", "RS256", "--json"], env=env)
     assert result.exit_code == 0
     assert {r["alg"] for r in json.loads(result.output)} == {"RS256"}

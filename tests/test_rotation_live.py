@@ -76,15 +76,15 @@ def test_rotation_under_load(live_factory):
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
-    rotations: list[tuple[float, str]] = []
+    rotations: list[tuple[float, float, str]] = []  # (command started, command done, new active kid)
     try:
         for _ in range(3):
             time.sleep(6.5)
+            begun = time.monotonic()
             result = run_cli("keys", "rotate", "--json", env=server.env)
             assert result.returncode == 0, result.stderr
-            done = time.monotonic()
             active = next(r["kid"] for r in json.loads(result.stdout) if r["state"] == "active")
-            rotations.append((done, active))
+            rotations.append((begun, time.monotonic(), active))
         time.sleep(6)
     finally:
         stop.set()
@@ -93,7 +93,7 @@ def test_rotation_under_load(live_factory):
 
     assert failures == []
     assert len(results) > 200
-    for i, (rotated_at, kid) in enumerate(rotations):
+    for i, (_, rotated_at, kid) in enumerate(rotations):
         until = rotations[i + 1][0] if i + 1 < len(rotations) else float("inf")
         window = [k for started, k in results if rotated_at + 5 <= started < until]
         assert window, f"no requests after rotation {i}"

@@ -26,8 +26,17 @@ from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint, TokenEndpoint
-from .errors import InvalidRequest, InvalidToken, NotFound, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
-from .keyring import FileKeyStore, KeyringSource, KeyStore
+from .errors import (
+    InvalidRequest,
+    InvalidToken,
+    NotFound,
+    OAuthError,
+    RequestTooLarge,
+    ServerError,
+    TemporarilyUnavailable,
+    TooManyRequests,
+)
+from .keyring import KeyringSource, KeyStore, make_key_store
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .tokens import NoSigningKey, RevocationList, TokenRejected, TokenService
@@ -58,11 +67,6 @@ class Services:
     revocation: RevocationEndpoint
     audit: AuditLog
     metrics: Metrics
-
-
-def make_key_store(config: Config, clock: Callable[[], float] = time.time) -> KeyStore:
-    """The keyring store the configuration names."""
-    return FileKeyStore(config.keys_dir, clock=clock)
 
 
 def build_services(config: Config, clock: Callable[[], float] = time.time) -> Services:
@@ -131,7 +135,37 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
     _register_hooks(app, services)
     _register_errors(app, services)
     _register_views(app, services)
+    if config.ratelimit:
+        _register_request_limits(app, services)
     return app
+
+
+def _register_request_limits(app: Flask, s: Services) -> None:
+    """TOKENDEALER_RATELIMIT: request rates per address and per claimed client id (Flask-Limiter)."""
+    from flask_limiter import Limiter  # noqa: PLC0415 (only loaded when limits are configured)
+
+    def address() -> str:
+        return request.remote_addr or "unknown"
+
+    def claimed_client() -> str:
+        try:
+            params = request.form.to_dict(flat=False) if request.mimetype == FORM else {}
+            return s.token_endpoint.authenticator.credentials(params, request.headers.get("Authorization")).client_id
+        except (OAuthError, ValueError):
+            return "anonymous"
+
+    limiter = Limiter(
+        key_func=address,
+        app=app,
+        storage_uri=s.config.ratelimit_storage,
+        strategy="moving-window",
+        headers_enabled=True,
+    )
+    for endpoint in ("token", "introspect", "revoke"):
+        view = app.view_functions[endpoint]
+        view = limiter.limit(s.config.ratelimit, key_func=address, scope=f"{endpoint}-address")(view)
+        view = limiter.limit(s.config.ratelimit, key_func=claimed_client, scope=f"{endpoint}-client")(view)
+        app.view_functions[endpoint] = view
 
 
 def _register_hooks(app: Flask, s: Services) -> None:
@@ -161,6 +195,9 @@ def _register_errors(app: Flask, s: Services) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        if exc.code == 429:
+            retry_after = exc.get_headers() and dict(exc.get_headers()).get("Retry-After")
+            return _oauth_error(TooManyRequests("request rate limit exceeded; retry later", headers={"Retry-After": retry_after or "1"}))
         if exc.code == 413:
             return _oauth_error(RequestTooLarge(f"the body is larger than {s.config.max_body_bytes} bytes"))
         if exc.code == 404:

@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
+from .audit import AuditLog
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
-from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore, default_alg, public_jwk
+from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore, default_alg, make_key_store, public_jwk
 
 
 class Refused(click.ClickException):
@@ -51,9 +52,15 @@ class State:
         return self._config
 
     def key_store(self) -> KeyStore:
-        from .app import make_key_store  # noqa: PLC0415 (keeps `serve` able to set up metrics first)
-
         return make_key_store(self.config)
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Record a client or key change in the audit log."""
+        log = AuditLog(self.config.audit_log)
+        try:
+            log.emit(event, outcome="done", actor="cli", **fields)
+        finally:
+            log.close()
 
     def clients(self) -> ClientStore:
         engine = db.make_engine(self.config.database_url)
@@ -99,6 +106,8 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 def init(state: State, alg: str, as_json: bool) -> None:
     """Create the keyring and the database (idempotent)."""
     created = state.key_store().init(alg)
+    if created:
+        state.audit("keys.initialised", alg=alg)
     db.create_schema(db.make_engine(state.config.database_url))
     result = {"keys_dir": str(state.config.keys_dir), "keys_created": created, "database": "ready"}
     emit(result, as_json, f"keyring {'created' if created else 'already present'} in {state.config.keys_dir}; database ready")
@@ -175,6 +184,7 @@ def client_create(
         jwks=_read_jwks(jwks_file),
         jwks_uri=jwks_uri,
     )
+    state.audit("client.created", client_id=record.client_id, auth_method=record.auth_method)
     out = record.public_view()
     if secret:
         out["client_secret"] = secret
@@ -209,7 +219,9 @@ def client_update(
         changes["jwks_uri"] = jwks_uri
     if not changes:
         raise click.UsageError("nothing to update: give at least one option")
-    emit(state.clients().update(client_id, **changes).public_view(), True)
+    updated = state.clients().update(client_id, **changes)
+    state.audit("client.updated", client_id=client_id, fields=sorted(changes))
+    emit(updated.public_view(), True)
 
 
 @client.command("list")
@@ -244,6 +256,7 @@ def _client_action(name: str, doc: str, action: Callable[[ClientStore, str], Any
     @refusals
     def command(state: State, client_id: str, as_json: bool) -> None:
         action(state.clients(), client_id)
+        state.audit(f"client.{name}d", client_id=client_id)
         emit({"client_id": client_id, "result": name}, as_json, f"{name}: {client_id}")
 
 
@@ -261,6 +274,7 @@ _client_action("delete", "Delete the client.", lambda s, c: s.delete(c))
 def client_rotate_secret(state: State, client_id: str, grace: int, as_json: bool) -> None:
     """Give the client a new secret (printed once)."""
     record, secret = state.clients().rotate_secret(client_id, grace)
+    state.audit("client.secret_rotated", client_id=client_id, grace=grace)
     emit({"client_id": record.client_id, "client_secret": secret, "previous_secret_valid_until": record.previous_secret_expires_at}, True)
 
 
@@ -325,6 +339,8 @@ def _key_table(rows: list[dict[str, Any]]) -> str:
 def keys_init(state: State, alg: str, as_json: bool) -> None:
     """Create the first active key and a next key."""
     created = state.key_store().init(alg)
+    if created:
+        state.audit("keys.initialised", alg=alg)
     rows = _key_rows(state)
     emit(rows, as_json, ("keyring created\n" if created else "keyring already present\n") + _key_table(rows))
 
@@ -346,7 +362,8 @@ def keys_rotate(state: State, alg: str | None, emergency: bool, as_json: bool) -
             "verifiers holding a cached JWKS may not know it yet",
             err=True,
         )
-    store.rotate(alg=alg, emergency=emergency)
+    keyring = store.rotate(alg=alg, emergency=emergency)
+    state.audit("keys.emergency_rotated" if emergency else "keys.rotated", active_kid=keyring.active.kid)
     rows = _key_rows(state)
     emit(rows, as_json, ("emergency rotation done\n" if emergency else "rotation done\n") + _key_table(rows))
 
@@ -358,6 +375,8 @@ def keys_rotate(state: State, alg: str | None, emergency: bool, as_json: bool) -
 def keys_prune(state: State, as_json: bool) -> None:
     """Delete retired keys whose tokens have all expired."""
     gone = state.key_store().prune(state.config.max_token_ttl + state.config.leeway)
+    if gone:
+        state.audit("keys.pruned", kids=[r.kid for r in gone])
     emit([r.kid for r in gone], as_json, f"pruned {len(gone)} key(s)" + "".join(f"\n  {r.kid}" for r in gone))
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 from . import db
-from .app import make_key_store
 from .clients import ClientStore, SecretHasher
 from .config import Config, ConfigError
+from .keyring import make_key_store
 
 DEMO_ID = "demo"
 DEMO_AUDIENCE = "https://api.example.com"

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
+from .config import Config
+
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("ES256", "RS256", "RS512", "PS256", "EdDSA")
@@ -480,3 +482,8 @@ class KeyringSource:
             log.error("keyring reload failed, keeping the last good keyring: %s", message)
             self.reload_failures += 1
         self.error = message
+
+
+def make_key_store(config: Config, clock: Callable[[], float] = time.time) -> KeyStore:
+    """The keyring store the configuration names."""
+    return FileKeyStore(config.keys_dir, clock=clock)

@@ -8,6 +8,7 @@ import tempfile
 from typing import Any
 
 from .config import Config
+from .logs import configure_logging
 
 
 def default_workers() -> int:
@@ -24,6 +25,7 @@ def _prepare_multiprocess_metrics() -> str:
 
 def run(config: Config, host: str, port: int, workers: int | None, dev: bool) -> None:
     """Serve until interrupted."""
+    configure_logging(config.log_json)
     if dev:
         from .app import create_app  # noqa: PLC0415
 
@@ -54,7 +56,8 @@ def _gunicorn(config: Config, host: str, port: int, workers: int) -> None:
                 "graceful_timeout": 30,
                 "keepalive": 5,
                 "accesslog": "-",
-                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss %({x-request-id}o)s',
+                # The path without its query string: a misplaced credential in a URL never reaches the log.
+                "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss %({x-request-id}o)s',
                 "errorlog": "-",
                 "child_exit": child_exit,
                 "proc_name": "tokendealer",
