@@ -136,7 +136,7 @@ def decode_with_jwks(token: str, jwks: dict[str, Any], audience: str, issuer: st
     )
 
 
-# ---- live servers (gunicorn on loopback) ----------------------------------------------------------
+# ---- live servers (`tokendealer serve` on loopback) ----------------------------------------------------------
 
 
 def free_port() -> int:
@@ -146,7 +146,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """`tokendealer serve` in a subprocess on a free loopback port."""
+    """`tokendealer serve` (granian, the production server) in a subprocess on a free loopback port."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, port: int | None = None):
         self.port = port or free_port()

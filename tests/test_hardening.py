@@ -187,7 +187,7 @@ def test_binary_and_huge_input_never_5xx(http, path):
         assert 400 <= response.status_code < 500, (path, ctype, response.status_code)
 
 
-def test_metrics_under_gunicorn(live_factory):
+def test_metrics_under_the_production_server(live_factory):
     server = live_factory(workers=2)
     created = run_cli("client", "create", "svc", "--scope", "read", "--audience", AUDIENCE, env=server.env)
     secret = json.loads(created.stdout)["client_secret"]

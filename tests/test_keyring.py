@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import jwt
 import pytest
@@ -226,3 +227,21 @@ def test_broken_key_file_keeps_last_good(services, config, damage):
     services.keys.refresh_now()
     assert services.keys.current().active.kid == good
     assert services.keys.error and new_active in services.keys.error
+
+
+def test_first_load_is_seen_by_every_thread(key_store):
+    """Threads racing on a fresh source all get the keyring (none sees None while another loads it)."""
+    source = KeyringSource(key_store, interval=5)
+    barrier = threading.Barrier(16)
+    seen = []
+
+    def worker():
+        barrier.wait()
+        seen.append(source.current())
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(seen) == 16 and all(k is not None and k.active for k in seen)

@@ -306,3 +306,26 @@ def test_other_algorithms_sign_and_verify(tmp_path, alg):
     token = fetch_token(http, "svc", secret)["access_token"]
     assert jwt.get_unverified_header(token)["alg"] == alg
     decode_with_jwks(token, http.get("/.well-known/jwks.json").get_json(), AUDIENCE, config.issuer)
+
+
+def test_fast_path_and_flask_path_answer_alike(tmp_path, make_client, http):
+    """With request-rate limits on, /oauth/token goes through Flask; the answers must be the same."""
+    cid, secret = make_client()
+    config = make_config(tmp_path / "other", ratelimit="1000/minute")
+    initialise(config)
+    flask_app = create_app(config)
+    flask_app.extensions["tokendealer"].clients.create("svc", scopes=["read", "write"], audiences=[AUDIENCE])
+    flask_http = flask_app.test_client()
+    cases = [
+        {"data": {"grant_type": "password"}},
+        {"data": {"grant_type": "client_credentials"}},
+        {"json": {"grant_type": "client_credentials"}},
+        {"data": {"grant_type": "client_credentials", "scope": ["a", "b"]}},
+        {"data": "x" * 70000, "content_type": "application/x-www-form-urlencoded"},
+    ]
+    for case in cases:
+        fast = http.post("/oauth/token", **case)
+        slow = flask_http.post("/oauth/token", **case)
+        assert (fast.status_code, fast.get_json()["error"]) == (slow.status_code, slow.get_json()["error"]), case
+        assert fast.headers.get("Cache-Control") == slow.headers.get("Cache-Control") == "no-store"
+        assert "X-Request-ID" in fast.headers and "X-Request-ID" in slow.headers

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import db
 from .assertions import AssertionVerifier, ReplayCache
 from .audit import AuditLog
-from .authentication import AuthFailureGuard, ClientAuthenticator, Params
+from .authentication import AuthFailureGuard, ClientAuthenticator
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
@@ -32,23 +29,16 @@ from .errors import (
     NotFound,
     OAuthError,
     RequestTooLarge,
-    ServerError,
     TemporarilyUnavailable,
     TooManyRequests,
 )
 from .keyring import KeyringSource, KeyStore, make_key_store
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .tokens import NoSigningKey, RevocationList, TokenRejected, TokenService
+from .tokens import RevocationList, TokenRejected, TokenService
+from .wsgi import FORM, MAX_PARAMS, NO_STORE, Params, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
 
 log = logging.getLogger(__name__)
-
-FORM = "application/x-www-form-urlencoded"
-MAX_PARAMS = 32
-MAX_PARAM_LENGTH = 16384
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass
@@ -74,6 +64,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time) -> Se
     engine = db.make_engine(config.database_url)
     store = make_key_store(config, clock)
     keys = KeyringSource(store, config.keyring_reload_interval)
+    keys.current()  # load now, so a worker is ready (or /readyz says why not) before its first request
     hasher = SecretHasher(store.pepper())
     clients = ClientStore(engine, hasher, clock, cache_seconds=config.client_cache_seconds, max_token_ttl=config.max_token_ttl)
     revocations = RevocationList(engine, clock)
@@ -106,20 +97,12 @@ def build_services(config: Config, clock: Callable[[], float] = time.time) -> Se
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_dumps(body), status=status, headers=headers, mimetype="application/json")
+    return Response(dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
 def form_params() -> Params:
-    """The form body as name -> values, bounded in count and length; query-string parameters are ignored."""
-    if request.mimetype != FORM:
-        raise InvalidRequest(f"the body must be {FORM}")
-    params = request.form.to_dict(flat=False)
-    if len(params) > MAX_PARAMS or sum(len(v) for v in params.values()) > MAX_PARAMS:
-        raise InvalidRequest("too many parameters")
-    for name, values in params.items():
-        if len(name) > 64 or any(len(v) > MAX_PARAM_LENGTH for v in values):
-            raise InvalidRequest(f"parameter {name[:64]!r} is too long")
-    return params
+    """The request's form body (query-string parameters are ignored)."""
+    return parse_form(request.content_type, request.get_data(cache=True))
 
 
 def create_app(config: Config | None = None, clock: Callable[[], float] = time.time) -> Flask:
@@ -130,13 +113,16 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_PARAMS * 2
     app.extensions["tokendealer"] = services
-    if config.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
     _register_hooks(app, services)
     _register_errors(app, services)
     _register_views(app, services)
     if config.ratelimit:
+        # Request-rate limits are Flask-Limiter's, so the token endpoint then goes through Flask.
         _register_request_limits(app, services)
+    else:
+        app.wsgi_app = TokenFastPath(app.wsgi_app, services)
+    if config.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
     return app
 
 
@@ -149,9 +135,9 @@ def _register_request_limits(app: Flask, s: Services) -> None:
 
     def claimed_client() -> str:
         try:
-            params = request.form.to_dict(flat=False) if request.mimetype == FORM else {}
+            params = form_params()
             return s.token_endpoint.authenticator.credentials(params, request.headers.get("Authorization")).client_id
-        except (OAuthError, ValueError):
+        except OAuthError:
             return "anonymous"
 
     limiter = Limiter(
@@ -172,8 +158,7 @@ def _register_hooks(app: Flask, s: Services) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        g.request_id = request_id(request.headers.get("X-Request-ID"))
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -186,41 +171,28 @@ def _register_hooks(app: Flask, s: Services) -> None:
 
 
 def _register_errors(app: Flask, s: Services) -> None:
-    @app.errorhandler(OAuthError)
-    def _oauth_error(exc: OAuthError) -> Response:
-        headers = dict(exc.headers)
-        if request.path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
-            headers.update(NO_STORE)
-        return json_response(exc.body(), exc.status, headers)
+    def _answer(exc: OAuthError) -> Response:
+        status, headers, body = error_parts(exc, request.path)
+        return Response(body, status, headers, mimetype="application/json")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         if exc.code == 429:
-            retry_after = exc.get_headers() and dict(exc.get_headers()).get("Retry-After")
-            return _oauth_error(TooManyRequests("request rate limit exceeded; retry later", headers={"Retry-After": retry_after or "1"}))
+            retry_after = dict(exc.get_headers()).get("Retry-After") or "1"
+            return _answer(TooManyRequests("request rate limit exceeded; retry later", headers={"Retry-After": retry_after}))
         if exc.code == 413:
-            return _oauth_error(RequestTooLarge(f"the body is larger than {s.config.max_body_bytes} bytes"))
+            return _answer(RequestTooLarge(f"the body is larger than {s.config.max_body_bytes} bytes"))
         if exc.code == 404:
-            return _oauth_error(NotFound("no such endpoint"))
+            return _answer(NotFound("no such endpoint"))
         error = OAuthError(exc.description or exc.name)
         error.status = exc.code or 400
         if exc.code == 405 and exc.valid_methods:
             error.headers["Allow"] = ", ".join(exc.valid_methods)
-        return _oauth_error(error)
-
-    @app.errorhandler(SQLAlchemyError)
-    def _database_error(exc: SQLAlchemyError) -> Response:
-        log.error("database error: %s", exc.__class__.__name__)
-        return _oauth_error(TemporarilyUnavailable("the database is not available; retry shortly", headers={"Retry-After": "1"}))
-
-    @app.errorhandler(NoSigningKey)
-    def _no_key(exc: NoSigningKey) -> Response:
-        return _oauth_error(TemporarilyUnavailable("no signing key is loaded", headers={"Retry-After": "5"}))
+        return _answer(error)
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return _oauth_error(ServerError("internal error"))
+    def _any_error(exc: Exception) -> Response:
+        return _answer(as_oauth_error(exc))
 
 
 def _register_views(app: Flask, s: Services) -> None:
@@ -249,7 +221,7 @@ def _register_views(app: Flask, s: Services) -> None:
     def verify_token() -> Response:
         data = request.get_json(silent=True) if request.is_json else None
         if data is None and request.mimetype == FORM:
-            data = request.form.to_dict()
+            data = {name: values[0] for name, values in form_params().items()}
         if not isinstance(data, dict):
             raise InvalidRequest('the body must be JSON {"access_token": ..., "audience": ...}')
         token, audience = data.get("access_token"), data.get("audience")
@@ -271,7 +243,7 @@ def _register_views(app: Flask, s: Services) -> None:
         published = keyring.published(s.clock(), s.tokens.max_token_lifetime)
         cache_key = tuple(r.kid for r in published)
         if cache_key not in jwks_cache:
-            body = _dumps({"keys": [r.jwk for r in published]}).encode()
+            body = dumps({"keys": [r.jwk for r in published]}).encode()
             jwks_cache.clear()
             jwks_cache[cache_key] = (body, hashlib.sha256(body).hexdigest()[:32])
         body, etag = jwks_cache[cache_key]
@@ -283,7 +255,7 @@ def _register_views(app: Flask, s: Services) -> None:
     def _metadata() -> Response:
         now = time.monotonic()
         if discovery_cache["body"] is None or now - discovery_cache["at"] > 10:
-            discovery_cache["body"] = _dumps(server_metadata(config, s.clients.scopes_supported()))
+            discovery_cache["body"] = dumps(server_metadata(config, s.clients.scopes_supported()))
             discovery_cache["at"] = now
         return Response(discovery_cache["body"], 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")
 
@@ -319,7 +291,7 @@ def _register_views(app: Flask, s: Services) -> None:
     def metrics() -> Response:
         return Response(s.metrics.render(), 200, mimetype=None, content_type=METRICS_CONTENT_TYPE)
 
-    openapi_body = _dumps(openapi_document(config))
+    openapi_body = dumps(openapi_document(config))
 
     @app.get("/openapi.json")
     def openapi() -> Response:

@@ -3,35 +3,37 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 # Fields that could carry credentials are never written, whatever a caller passes.
 _FORBIDDEN = frozenset({"client_secret", "secret", "client_assertion", "assertion", "token", "access_token"})
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 class AuditLog:
-    """Writes events to a file (appending) or to stderr."""
+    """Appends events to a file (0600) or writes them to stderr.
+
+    Each event is a single write() on an O_APPEND descriptor, so the lines of several worker
+    processes sharing the file never interleave.
+    """
 
     def __init__(self, target: str | None = None, clock: Callable[[], float] = time.time):
         self.clock = clock
-        self.logger = logging.getLogger(f"tokendealer.audit.{id(self)}")
-        self.logger.propagate = False
-        self.logger.setLevel(logging.INFO)
-        handler = logging.FileHandler(target, encoding="utf-8") if target else logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self.logger.addHandler(handler)
+        self._own = target is not None
+        self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if target else 2
 
     def emit(self, event: str, **fields: Any) -> None:
         """Log `event` with its non-empty fields."""
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())), "event": event}
-        record.update({k: v for k, v in fields.items() if v is not None and k not in _FORBIDDEN})
-        self.logger.info(json.dumps(record, separators=(",", ":"), default=str))
+        for name, value in fields.items():
+            if value is not None and name not in _FORBIDDEN:
+                record[name] = value
+        os.write(self._fd, (_encode(record) + "\n").encode("utf-8"))
 
     def close(self) -> None:
-        for handler in list(self.logger.handlers):
-            handler.close()
-            self.logger.removeHandler(handler)
+        if self._own and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

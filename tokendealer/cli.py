@@ -121,11 +121,11 @@ def init(state: State, alg: str, as_json: bool) -> None:
 @click.pass_obj
 @refusals
 def serve(state: State, host: str, port: int, workers: int | None, dev: bool) -> None:
-    """Serve the API (gunicorn; --dev for Flask's server)."""
+    """Serve the API (granian; --dev for Flask's server)."""
     from .serving import run  # noqa: PLC0415 (sets up multiprocess metrics before they are imported)
 
     state.key_store().load()
-    run(state.config, host, port, workers, dev)
+    run(state.config, host, port, workers, dev, state.config_file)
 
 
 # ---- client ---------------------------------------------------------------------------------------

@@ -442,13 +442,19 @@ class KeyringSource:
         self.on_reload: Callable[[Keyring], None] | None = None
 
     def current(self) -> Keyring | None:
-        """The newest good keyring (None if none ever loaded)."""
-        if self.monotonic() >= self._next_check and self._lock.acquire(blocking=self._keyring is None):
-            try:
-                self._next_check = self.monotonic() + self.interval
-                self._refresh()
-            finally:
-                self._lock.release()
+        """The newest good keyring (None if none ever loaded).
+
+        One thread checks the store per interval while the others go on with the current keyring;
+        before the first load every thread waits for it.
+        """
+        if self._keyring is None or self.monotonic() >= self._next_check:
+            if self._lock.acquire(blocking=self._keyring is None):
+                try:
+                    if self.monotonic() >= self._next_check:
+                        self._next_check = self.monotonic() + self.interval
+                        self._refresh()
+                finally:
+                    self._lock.release()
         return self._keyring
 
     def refresh_now(self) -> Keyring | None:

@@ -1,4 +1,10 @@
-"""Running the app under the production WSGI server (gunicorn) or Flask's development server."""
+"""Running the app under the production WSGI server (granian) or Flask's development server.
+
+granian was chosen by measurement (benchmarks/servers.py, benchmarks/RESULTS.md): on two cores it served
+the token endpoint at about 2.2x gunicorn sync and 1.7x gunicorn gthread with a lower p99, thanks to its
+Rust HTTP layer and keep-alive. One blocking thread per worker keeps p99 low; workers are sized to the
+cores. It keeps graceful restarts (SIGHUP respawns the workers), timeouts and an access log.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,24 @@ from typing import Any
 from .config import Config
 from .logs import configure_logging
 
+# The access log records the path without its query string: a misplaced credential never reaches it.
+ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).3fms'
+CONFIG_FILE_ENV = "TOKENDEALER_SERVE_CONFIG_FILE"
+
 
 def default_workers() -> int:
-    """Workers sized to the cores: the token endpoint is CPU-bound (signing)."""
+    """Two workers per core: the token endpoint is CPU-bound (signing), with short waits on the database."""
     return max(2, (os.cpu_count() or 1) * 2)
 
 
-def _prepare_multiprocess_metrics() -> str:
-    """A fresh directory for prometheus_client's per-worker files; must exist before it is imported."""
-    directory = tempfile.mkdtemp(prefix="tokendealer-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    return directory
+def worker_app() -> Any:
+    """Application factory each worker calls: the same configuration the `serve` command validated."""
+    from .app import create_app  # noqa: PLC0415 (imported in the worker, after the metrics set-up)
+
+    return create_app(Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None))
 
 
-def run(config: Config, host: str, port: int, workers: int | None, dev: bool) -> None:
+def run(config: Config, host: str, port: int, workers: int | None, dev: bool, config_file: str | None = None) -> None:
     """Serve until interrupted."""
     configure_logging(config.log_json)
     if dev:
@@ -31,43 +41,34 @@ def run(config: Config, host: str, port: int, workers: int | None, dev: bool) ->
 
         create_app(config).run(host=host, port=port, debug=False, threaded=True)
         return
-    metrics_dir = _prepare_multiprocess_metrics()
+    # prometheus_client must see this directory before it is first imported, in every worker.
+    metrics_dir = tempfile.mkdtemp(prefix="tokendealer-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if config_file:
+        os.environ[CONFIG_FILE_ENV] = os.path.abspath(config_file)
     try:
-        _gunicorn(config, host, port, workers or default_workers())
+        _granian(host, port, workers or default_workers())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _gunicorn(config: Config, host: str, port: int, workers: int) -> None:
-    from gunicorn.app.base import BaseApplication  # noqa: PLC0415
+def _granian(host: str, port: int, workers: int) -> None:
+    from granian import Granian  # noqa: PLC0415
+    from granian.constants import Interfaces  # noqa: PLC0415
+    from granian.http import HTTP1Settings  # noqa: PLC0415
 
-    def child_exit(_server: Any, worker: Any) -> None:
-        from prometheus_client import multiprocess  # noqa: PLC0415
-
-        multiprocess.mark_process_dead(worker.pid)
-
-    class Application(BaseApplication):
-        def load_config(self) -> None:
-            settings = {
-                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "workers": workers,
-                "worker_class": "sync",
-                "timeout": 30,
-                "graceful_timeout": 30,
-                "keepalive": 5,
-                "accesslog": "-",
-                # The path without its query string: a misplaced credential in a URL never reaches the log.
-                "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss %({x-request-id}o)s',
-                "errorlog": "-",
-                "child_exit": child_exit,
-                "proc_name": "tokendealer",
-            }
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            from .app import create_app  # noqa: PLC0415
-
-            return create_app(config)
-
-    Application().run()
+    Granian(
+        "tokendealer.serving:worker_app",
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        websockets=False,
+        workers=workers,
+        blocking_threads=1,
+        factory=True,
+        http1_settings=HTTP1Settings(header_read_timeout=30_000, keep_alive=True),
+        log_access=True,
+        log_access_format=ACCESS_LOG_FORMAT,
+        respawn_failed_workers=True,
+        workers_kill_timeout=30,
+    ).serve()

@@ -1,0 +1,146 @@
+"""Shared benchmark plumbing: a throw-away TokenDealer set-up, servers on loopback, and wrk runs.
+
+Every load is bounded: wrk runs for a fixed duration against 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+AUDIENCE = "https://api.example.com"
+SCOPE = "read"
+_RESULT_RE = re.compile(r"RESULT (.*)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Setup:
+    """A keyring, a SQLite database and one client in a temporary directory."""
+
+    directory: Path
+    env: dict[str, str]
+    client_id: str
+    client_secret: str
+
+    @classmethod
+    def create(cls, port: int, alg: str = "ES256") -> Setup:
+        directory = Path(tempfile.mkdtemp(prefix="td-bench-"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
+        env.update(
+            TOKENDEALER_ISSUER=f"http://127.0.0.1:{port}",
+            TOKENDEALER_KEYS_DIR=str(directory / "keys"),
+            TOKENDEALER_DATABASE_URL=f"sqlite:///{directory / 'tokendealer.db'}",
+            TOKENDEALER_AUDIT_LOG=str(directory / "audit.log"),
+        )
+        subprocess.run([BIN / "tokendealer", "init", "--alg", alg], env=env, check=True, capture_output=True)
+        out = subprocess.run(
+            [BIN / "tokendealer", "client", "create", "bench", "--scope", SCOPE, "--audience", AUDIENCE],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return cls(directory, env, "bench", json.loads(out.stdout)["client_secret"])
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Server:
+    """A server process on a loopback port, waited on until it answers `ready_path`."""
+
+    def __init__(self, command: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/healthz", cwd: str | None = None):
+        self.command = command
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = env
+        self.ready_path = ready_path
+        self.cwd = cwd
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {' '.join(map(str, self.command))}")
+            try:
+                requests.get(self.url + self.ready_path, timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def rss_mb(self) -> list[float]:
+        """Resident memory of each child process (the workers), in MB."""
+        out = subprocess.run(["ps", "-o", "pid=,rss=", "--ppid", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(line.split()[1]) / 1024 for line in out.strip().splitlines() if line.strip()]
+
+
+def basic_header(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def wrk(url: str, authorization: str, body: str, connections: int, seconds: int = 10, threads: int = 2) -> dict[str, float]:
+    """One bounded wrk run with token.lua; returns requests/s, latency percentiles and failure counts."""
+    env = {**os.environ, "WRK_AUTHORIZATION": authorization, "WRK_BODY": body}
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", os.environ.get("WRK_SCRIPT", str(HERE / "token.lua")), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    if os.environ.get("WRK_SCRIPT"):
+        print(out)
+    match = _RESULT_RE.search(out)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    return {k: float(v) for k, v in (item.split("=") for item in match.group(1).split())}
+
+
+def token_body(audience: str = AUDIENCE, scope: str = SCOPE) -> str:
+    return f"grant_type=client_credentials&audience={requests.utils.quote(audience, safe='')}&scope={scope}"
+
+
+def check_token(url: str, authorization: str, body: str) -> None:
+    """One real request first: a benchmark of error answers would be worthless."""
+    response = requests.post(url, data=body, headers={"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"}, timeout=5)
+    if response.status_code != 200 or "access_token" not in response.json():
+        raise RuntimeError(f"{url} did not issue a token: {response.status_code} {response.text[:200]}")
+
+
+def fmt(result: dict[str, float]) -> str:
+    return (
+        f"{result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  p90 {result['p90_ms']:6.2f} ms  "
+        f"p99 {result['p99_ms']:6.2f} ms  non-200 {int(result['non200'])}  socket errors {int(result['errors'])}"
+    )
