@@ -3,6 +3,8 @@ the checks that make a JWT an acceptable access token. Nothing here performs net
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import re
 import secrets
@@ -13,6 +15,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import get_default_algorithms
 
 from .exceptions import (
     DisallowedAlgorithm,
@@ -30,6 +33,9 @@ from .exceptions import (
 ASYMMETRIC_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 REFRESH_MARGIN = 300.0
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_JWA = get_default_algorithms()
 _MAX_AGE_RE = re.compile(r"(?:^|,)\s*(s-)?max-age\s*=\s*\"?(\d+)", re.I)
 _ALGS_BY_KEY = {
     ("EC", "P-256"): ("ES256",),
@@ -242,38 +248,59 @@ class JwksState:
 # ---- access-token checks ------------------------------------------------------------------------------
 
 
-def unverified_header(token: Any) -> dict[str, Any]:
-    """The JOSE header, refusing anything but a compact JWS whose typ is at+jwt and alg asymmetric."""
-    if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
+@dataclass(frozen=True)
+class CompactJws:
+    """A compact JWS split and decoded once (RFC 7515 §7.1); nothing in it is trusted yet."""
+
+    header: dict[str, Any]
+    signing_input: bytes
+    payload_b64: str
+    signature: bytes
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def parse_token(token: Any) -> CompactJws:
+    """Split and decode a token, refusing anything but a compact JWS whose typ is at+jwt and alg asymmetric."""
+    if not isinstance(token, str) or len(token) > 16384:
+        raise MalformedToken("token is not a compact JWS")
+    parts = token.split(".")
+    if len(parts) != 3 or not _SEGMENT_RE.match(parts[0]) or not _SEGMENT_RE.match(parts[1]) or not _SIGNATURE_RE.match(parts[2]):
         raise MalformedToken("token is not a compact JWS")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
+        header = json.loads(_b64decode(parts[0]))
+        signature = _b64decode(parts[2])
+    except ValueError:
         raise MalformedToken("token header is not valid") from None
+    if not isinstance(header, dict):
+        raise MalformedToken("token header is not a JSON object")
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower() not in TOKEN_TYPES:
         raise WrongTokenType("token typ must be at+jwt")
     if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
         raise DisallowedAlgorithm(f"algorithm {header.get('alg')!r} is not accepted")
-    return header
+    if "crit" in header or "b64" in header:
+        raise MalformedToken("token uses JWS extensions this verifier does not support")
+    return CompactJws(header, f"{parts[0]}.{parts[1]}".encode("ascii"), parts[1], signature)
 
 
-def verify_signature(token: str, header: dict[str, Any], key: tuple[tuple[str, ...], Any]) -> dict[str, Any]:
+def verify_signature(jws: CompactJws, key: tuple[tuple[str, ...], Any]) -> dict[str, Any]:
     """The payload if the signature verifies with the key, pinned to the algorithms the key allows."""
     algs, public_key = key
-    if header["alg"] not in algs:
+    alg = jws.header["alg"]
+    if alg not in algs:
         raise DisallowedAlgorithm("token algorithm does not match its key")
+    if not _JWA[alg].verify(jws.signing_input, public_key, jws.signature):
+        raise InvalidSignature("signature verification failed")
     try:
-        return jwt.decode(
-            token,
-            public_key,
-            algorithms=[header["alg"]],
-            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False},
-        )
-    except jwt.InvalidSignatureError:
-        raise InvalidSignature("signature verification failed") from None
-    except jwt.InvalidTokenError:
+        claims = json.loads(_b64decode(jws.payload_b64))
+    except ValueError:
         raise MalformedToken("token payload is not valid") from None
+    if not isinstance(claims, dict):
+        raise MalformedToken("token payload is not a JSON object")
+    return claims
 
 
 def check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float, leeway: float) -> None:

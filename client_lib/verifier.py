@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from .client import DEFAULT_TIMEOUT, TokenClient, discover
-from .core import JwksState, VerifiedCache, check_claims, check_scopes, unverified_header, verify_signature
+from .core import JwksState, VerifiedCache, check_claims, check_scopes, parse_token, verify_signature
 from .exceptions import KeySetUnavailable, RevokedToken, TokenClientError, UnknownKey
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ class TokenVerifier:
         return dict(claims)
 
     def _verify_cold(self, token: str, now: float) -> dict[str, Any]:
-        header = unverified_header(token)
-        key = self._key_for(header.get("kid"), now)
-        claims = verify_signature(token, header, key)
+        jws = parse_token(token)
+        key = self._key_for(jws.header.get("kid"), now)
+        claims = verify_signature(jws, key)
         check_claims(claims, self.issuer, self.audience, now, self.leeway)
         return claims
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jwt
-import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -92,6 +91,8 @@ class JwksFetcher:
             return hit[1]
         if force:
             self._forced[uri] = now
+        import requests  # noqa: PLC0415 (only jwks_uri clients need it; keeps every worker smaller)
+
         try:
             with requests.get(uri, timeout=self.timeout, stream=True, allow_redirects=False) as response:
                 response.raise_for_status()

@@ -1,0 +1,77 @@
+"""client_lib's I/O-free core: token-cache timing, JWKS-cache decisions and token parsing."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from client_lib import DisallowedAlgorithm, MalformedToken, WrongTokenType
+from client_lib.core import CachedToken, JwksState, backoff_delays, cache_lifetime, parse_token, retry_after_seconds
+
+
+def _b64(data) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_token_stale_at_min_of_exp_minus_5min_and_half_life():
+    long = CachedToken.from_response({"access_token": "t", "expires_in": 3600}, now=1000)
+    assert long.stale_at == 1000 + 1800 and long.expires_at == 4600
+    short = CachedToken.from_response({"access_token": "t", "expires_in": 400}, now=1000)
+    assert short.stale_at == 1000 + 100  # exp - 5 min comes first
+    assert short.fresh(1099) and not short.fresh(1100) and short.usable(1399) and not short.usable(1400)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"), [("public, max-age=300", 300), ("max-age=5", 60), ("max-age=999999", 3600), (None, 600), ("no-cache", 600)]
+)
+def test_jwks_cache_lifetime_clamped(header, expected):
+    assert cache_lifetime(header, 600, 60, 3600) == expected
+
+
+def test_jwks_state_refresh_ahead_cooldown_and_stale_if_error():
+    state = JwksState(cooldown=30, stale_if_error=100)
+    assert state.needs_refresh(0)
+    state.accepted({"keys": []}, "max-age=100", now=0)
+    assert not state.needs_refresh(79) and state.needs_refresh(80)  # refresh ahead at 80% of the lifetime
+    state.failed(80)
+    assert not state.needs_refresh(81)  # a failure is not retried at once
+    assert state.usable(199) and not state.usable(200)  # stale-if-error is bounded
+    assert state.may_fetch_for("k", 0)
+    state.forced(0)
+    assert not state.may_fetch_for("k", 29) and state.may_fetch_for("k", 30)
+    state.still_unknown("k", 30)
+    assert not state.may_fetch_for("k", 59) and state.may_fetch_for("other", 60)
+
+
+def test_backoff_is_bounded_by_count_and_budget():
+    assert len(list(backoff_delays(4, 0.2, 5.0, 100))) == 4
+    assert sum(backoff_delays(50, 1.0, 5.0, 3.0)) <= 3.0
+    assert retry_after_seconds("7", 0, 5) == 5 and retry_after_seconds("x", 1.5, 5) == 1.5 and retry_after_seconds(None, 0, 5) == 0
+
+
+@pytest.mark.parametrize(
+    ("token", "error"),
+    [
+        (None, MalformedToken),
+        ("a.b", MalformedToken),
+        ("a.b.c.d", MalformedToken),
+        ("!!.b.c", MalformedToken),
+        (f"{_b64([1])}.{_b64({})}.c2ln", MalformedToken),
+        (f"{_b64({'alg': 'ES256'})}.{_b64({})}.c2ln", WrongTokenType),
+        (f"{_b64({'alg': 'ES256', 'typ': 'JWT'})}.{_b64({})}.c2ln", WrongTokenType),
+        (f"{_b64({'alg': 'HS256', 'typ': 'at+jwt'})}.{_b64({})}.c2ln", DisallowedAlgorithm),
+        (f"{_b64({'alg': 'none', 'typ': 'at+jwt'})}.{_b64({})}.", DisallowedAlgorithm),
+        (f"{_b64({'alg': 'ES256', 'typ': 'at+jwt', 'crit': ['exp']})}.{_b64({})}.c2ln", MalformedToken),
+        ("x" * 20000, MalformedToken),
+    ],
+)
+def test_parse_token_refuses(token, error):
+    with pytest.raises(error):
+        parse_token(token)
+
+
+def test_parse_token_accepts_application_at_jwt():
+    jws = parse_token(f"{_b64({'alg': 'ES256', 'typ': 'application/at+jwt', 'kid': 'k'})}.{_b64({'a': 1})}.c2ln")
+    assert jws.header["kid"] == "k" and jws.signature == b"sig"
