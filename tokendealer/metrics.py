@@ -1,4 +1,4 @@
-"""Prometheus metrics; under gunicorn (PROMETHEUS_MULTIPROC_DIR set) every worker's values are summed."""
+"""Prometheus metrics; under `tokendealer serve` (PROMETHEUS_MULTIPROC_DIR set) every worker's values are summed."""
 
 from __future__ import annotations
 
