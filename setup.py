@@ -25,8 +25,13 @@ setup(
             "pytest>=8.0",
             "schemathesis>=4.0",
             "hypothesis>=6.100",
+            "httpx>=0.27",
+            "fastapi>=0.110",
+            "anyio>=4.0",
             "ruff>=0.5",
         ],
+        "httpx": ["httpx>=0.27"],
+        "fastapi": ["httpx>=0.27", "fastapi>=0.110"],
         "bench": [
             "gunicorn>=22.0",
             "matplotlib>=3.7",

@@ -113,7 +113,7 @@ def bench_algorithm(alg: str, count: int) -> dict[str, float]:
 
 def bench_cached_get_token(count: int) -> float:
     client = TokenClient("http://127.0.0.1:9", "svc", "secret", token_endpoint="http://127.0.0.1:9/token")
-    client._tokens[("https://api.example.com", "read")] = CachedToken("t" * 400, time.time() + 3600, time.time() + 1800)
+    client.cache.entries[("https://api.example.com", "read")] = CachedToken("t" * 400, time.time() + 3600, time.time() + 1800)
     keys = [("https://api.example.com", "read")] * count
     return rate(lambda k: client.get_token(*k), keys)
 

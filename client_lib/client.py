@@ -12,39 +12,37 @@ from typing import Any
 import requests
 
 from .core import (
-    CachedToken,
-    backoff_delays,
-    client_assertion,
-    load_private_key,
-    retry_after_seconds,
+    DISCOVERY_PATHS,
+    Credentials,
+    RetrySchedule,
+    TokenCache,
+    check_metadata,
     retryable_status,
-    signing_algorithm,
+    token_error,
+    token_form,
     token_response,
 )
-from .exceptions import DiscoveryError, TokenEndpointUnavailable, TokenRequestError
+from .exceptions import DiscoveryError, TokenRequestError
 
 log = logging.getLogger(__name__)
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEFAULT_TIMEOUT = (3.05, 10.0)
+Key = tuple[str | None, str | None]
 
 
 def discover(session: requests.Session, issuer: str, timeout: Any) -> dict[str, Any]:
     """RFC 8414 metadata of `issuer` (OIDC discovery as fallback); its `issuer` must match exactly."""
     base = issuer.rstrip("/")
-    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+    for path in DISCOVERY_PATHS:
         try:
             response = session.get(base + path, timeout=timeout)
         except requests.RequestException as exc:
             raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
         if response.status_code == 200:
             try:
-                metadata = response.json()
+                return check_metadata(issuer, base + path, response.json())
             except ValueError:
                 raise DiscoveryError(f"{base + path} did not return JSON") from None
-            if not isinstance(metadata, dict) or metadata.get("issuer") != issuer:
-                raise DiscoveryError(f"metadata issuer does not match {issuer!r} (RFC 8414 §3.3)")
-            return metadata
     raise DiscoveryError(f"no authorization server metadata at {base}")
 
 
@@ -72,14 +70,9 @@ class TokenClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        if (client_secret is None) == (private_key is None):
-            raise ValueError("give exactly one of client_secret and private_key")
         self.issuer = issuer
         self.client_id = client_id
-        self._secret = client_secret
-        self._key = load_private_key(private_key) if private_key is not None else None
-        self._alg = signing_algorithm(self._key) if self._key is not None else None
-        self.key_id = key_id
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock)
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
         self.session = session or requests.Session()
@@ -89,8 +82,8 @@ class TokenClient:
         self.retry_budget = retry_budget
         self.clock = clock
         self.sleep = sleep
-        self._tokens: dict[tuple[str | None, str | None], CachedToken] = {}
-        self._locks: dict[tuple[str | None, str | None], threading.Lock] = {}
+        self.cache = TokenCache()
+        self._locks: dict[Key, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
     @classmethod
@@ -106,8 +99,6 @@ class TokenClient:
     def __repr__(self) -> str:
         return f"TokenClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
 
-    # ---- discovery ----
-
     @property
     def metadata(self) -> dict[str, Any]:
         """The issuer's metadata, fetched once."""
@@ -121,17 +112,14 @@ class TokenClient:
             self._token_endpoint = self.metadata["token_endpoint"]
         return self._token_endpoint
 
-    # ---- tokens ----
-
     def get_token(self, audience: str | None = None, scope: str | None = None) -> str:
         """A valid access token for (audience, scope), from the cache when fresh."""
         key = (audience, scope)
-        entry = self._tokens.get(key)
-        now = self.clock()
-        if entry is not None and now < entry.stale_at:
-            return entry.access_token
+        token = self.cache.fresh(key, self.clock())
+        if token is not None:
+            return token
         lock = self._lock(key)
-        if entry is not None and entry.usable(now):
+        if self.cache.usable(key, self.clock()) is not None:
             if lock.acquire(blocking=False):
                 try:
                     self._refresh(key)
@@ -139,88 +127,60 @@ class TokenClient:
                     log.warning("token refresh failed, serving the cached token: %s", exc)
                 finally:
                     lock.release()
-            entry = self._tokens.get(key, entry)
-            if entry.usable(self.clock()):
-                return entry.access_token
+            token = self.cache.usable(key, self.clock())
+            if token is not None:
+                return token
         with lock:
-            entry = self._tokens.get(key)
-            if entry is not None and entry.fresh(self.clock()):
-                return entry.access_token
-            return self._refresh(key).access_token
+            return self.cache.fresh(key, self.clock()) or self._refresh(key)
 
     def invalidate(self, token: str) -> None:
         """Forget a token the resource server refused, so the next call fetches a new one."""
-        for key, entry in list(self._tokens.items()):
-            if entry.access_token == token:
-                self._tokens.pop(key, None)
+        self.cache.invalidate(token)
 
     def fetch_token_response(self, audience: str | None = None, scope: str | None = None) -> dict[str, Any]:
         """A new token response from the server, bypassing the cache."""
-        return self._request(self._form(audience, scope))
+        return self._request(token_form(audience, scope))
 
     def client_auth(self, audience: str | None = None) -> tuple[dict[str, str], tuple[str, str] | None]:
-        """Form fields and HTTP Basic pair that authenticate this client (RFC 6749 §2.3.1, RFC 7523)."""
-        if self._key is not None:
-            assertion = client_assertion(self.client_id, audience or self.token_endpoint, self._key, self._alg, self.key_id, self.clock())
-            return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}, None
-        from urllib.parse import quote_plus  # noqa: PLC0415
+        """Form fields and HTTP Basic pair that authenticate this client at `audience` (default: token endpoint)."""
+        return self.credentials.auth(audience or self.token_endpoint)
 
-        return {}, (quote_plus(self.client_id), quote_plus(self._secret))
-
-    def _lock(self, key: tuple[str | None, str | None]) -> threading.Lock:
+    def _lock(self, key: Key) -> threading.Lock:
         lock = self._locks.get(key)
         if lock is None:
             with self._locks_guard:
                 lock = self._locks.setdefault(key, threading.Lock())
         return lock
 
-    def _form(self, audience: str | None, scope: str | None) -> dict[str, str]:
-        form = {"grant_type": "client_credentials"}
-        if audience:
-            form["audience"] = audience
-        if scope:
-            form["scope"] = scope
-        return form
-
-    def _refresh(self, key: tuple[str | None, str | None]) -> CachedToken:
-        before = self.clock()
-        entry = CachedToken.from_response(self._request(self._form(*key)), before)
-        self._tokens[key] = entry
-        return entry
+    def _refresh(self, key: Key) -> str:
+        requested_at = self.clock()
+        return self.cache.store(key, self._request(token_form(*key)), requested_at)
 
     def _request(self, form: dict[str, str]) -> dict[str, Any]:
         """POST to the token endpoint with retries on network errors, 5xx and 429."""
-        delays = iter(backoff_delays(self.retries, self.backoff, 5.0, self.retry_budget))
+        schedule = RetrySchedule(self.token_endpoint, self.retries, self.backoff, self.retry_budget)
         while True:
             fields, basic = self.client_auth()
             try:
                 response = self.session.post(self.token_endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout)
             except requests.RequestException as exc:
-                problem, wait = f"{exc.__class__.__name__}", None
-            else:
-                if response.status_code == 200:
-                    try:
-                        return token_response(response.json())
-                    except ValueError as exc:
-                        raise TokenRequestError("invalid_response", str(exc), 200) from None
-                if not retryable_status(response.status_code):
-                    raise _request_error(response)
-                problem = f"HTTP {response.status_code}"
-                wait = retry_after_seconds(response.headers.get("Retry-After"), 0.0, self.retry_budget)
-            delay = next(delays, None)
-            if delay is None:
-                raise TokenEndpointUnavailable(f"token endpoint {self.token_endpoint} failed: {problem}")
-            self.sleep(max(delay, wait or 0.0))
+                self.sleep(schedule.next_wait(exc.__class__.__name__))
+                continue
+            if response.status_code == 200:
+                try:
+                    return token_response(response.json())
+                except ValueError as exc:
+                    raise TokenRequestError("invalid_response", str(exc), 200) from None
+            if not retryable_status(response.status_code):
+                raise token_error(response.status_code, _json_or_none(response))
+            self.sleep(schedule.next_wait(f"HTTP {response.status_code}", response.headers.get("Retry-After")))
 
 
-def _request_error(response: requests.Response) -> TokenRequestError:
+def _json_or_none(response: requests.Response) -> Any:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
-    return TokenRequestError(str(body.get("error") or f"http_{response.status_code}"), body.get("error_description"), response.status_code)
+        return None
 
 
 class TokenAuth(requests.auth.AuthBase):

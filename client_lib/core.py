@@ -8,9 +8,10 @@ import json
 import random
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote_plus
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -19,17 +20,23 @@ from jwt.algorithms import get_default_algorithms
 
 from .exceptions import (
     DisallowedAlgorithm,
+    DiscoveryError,
     ExpiredToken,
     ImmatureToken,
     InsufficientScope,
     InvalidSignature,
+    KeySetUnavailable,
     MalformedToken,
     MissingClaim,
+    TokenEndpointUnavailable,
+    TokenRequestError,
+    UnknownKey,
     WrongAudience,
     WrongIssuer,
     WrongTokenType,
 )
 
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASYMMETRIC_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 REFRESH_MARGIN = 300.0
@@ -104,6 +111,96 @@ def retry_after_seconds(value: str | None, default: float, cap: float) -> float:
 
 def retryable_status(status: int) -> bool:
     return status == 429 or status >= 500
+
+
+class RetrySchedule:
+    """When to try a token request again: exponential backoff with jitter, honouring Retry-After,
+    within a bounded count and total time. Raises TokenEndpointUnavailable once they are spent."""
+
+    def __init__(self, endpoint: str, retries: int, base: float, budget: float):
+        self.endpoint = endpoint
+        self.budget = budget
+        self._delays = iter(backoff_delays(retries, base, 5.0, budget))
+
+    def next_wait(self, problem: str, retry_after: str | None = None) -> float:
+        delay = next(self._delays, None)
+        if delay is None:
+            raise TokenEndpointUnavailable(f"token endpoint {self.endpoint} failed: {problem}")
+        return max(delay, retry_after_seconds(retry_after, 0.0, self.budget))
+
+
+def token_form(audience: str | None, scope: str | None) -> dict[str, str]:
+    """The body of a client-credentials request (RFC 6749 §4.4.2)."""
+    form = {"grant_type": "client_credentials"}
+    if audience:
+        form["audience"] = audience
+    if scope:
+        form["scope"] = scope
+    return form
+
+
+def token_error(status: int, body: Any) -> TokenRequestError:
+    """The exception for a refused token request, carrying the server's error (RFC 6749 §5.2)."""
+    body = body if isinstance(body, dict) else {}
+    return TokenRequestError(str(body.get("error") or f"http_{status}"), body.get("error_description"), status)
+
+
+def check_metadata(issuer: str, url: str, metadata: Any) -> dict[str, Any]:
+    """RFC 8414 §3.3: the metadata's issuer must be exactly the one asked for."""
+    if not isinstance(metadata, dict) or metadata.get("issuer") != issuer:
+        raise DiscoveryError(f"metadata at {url} does not name issuer {issuer!r} (RFC 8414 §3.3)")
+    return metadata
+
+
+DISCOVERY_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
+
+
+class TokenCache:
+    """One token per (audience, scope) and the decisions about it; the shells do the locking and I/O."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str | None, str | None], CachedToken] = {}
+
+    def fresh(self, key: tuple[str | None, str | None], now: float) -> str | None:
+        """The token if it is not stale yet."""
+        entry = self.entries.get(key)
+        return entry.access_token if entry is not None and now < entry.stale_at else None
+
+    def usable(self, key: tuple[str | None, str | None], now: float) -> str | None:
+        """The token if it has not expired, stale or not."""
+        entry = self.entries.get(key)
+        return entry.access_token if entry is not None and now < entry.expires_at else None
+
+    def store(self, key: tuple[str | None, str | None], response: dict[str, Any], requested_at: float) -> str:
+        entry = CachedToken.from_response(response, requested_at)
+        self.entries[key] = entry
+        return entry.access_token
+
+    def invalidate(self, token: str) -> None:
+        for key, entry in list(self.entries.items()):
+            if entry.access_token == token:
+                self.entries.pop(key, None)
+
+
+class Credentials:
+    """How a client proves itself: a secret (HTTP Basic, RFC 6749 §2.3.1) or a private key (RFC 7523)."""
+
+    def __init__(self, client_id: str, client_secret: str | None, private_key: Any, key_id: str | None, clock: Callable[[], float]):
+        if (client_secret is None) == (private_key is None):
+            raise ValueError("give exactly one of client_secret and private_key")
+        self.client_id = client_id
+        self._secret = client_secret
+        self._key = load_private_key(private_key) if private_key is not None else None
+        self._alg = signing_algorithm(self._key) if self._key is not None else None
+        self.key_id = key_id
+        self.clock = clock
+
+    def auth(self, audience: str) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """Form fields and the HTTP Basic pair for one request to `audience` (an endpoint URL)."""
+        if self._key is not None:
+            assertion = client_assertion(self.client_id, audience, self._key, self._alg, self.key_id, self.clock())
+            return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}, None
+        return {}, (quote_plus(self.client_id), quote_plus(self._secret))
 
 
 # ---- private_key_jwt ----------------------------------------------------------------------------------
@@ -364,3 +461,64 @@ class VerifiedCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+class Verification:
+    """Everything a verifier decides, shared by the sync and async shells, which only fetch and lock."""
+
+    def __init__(self, issuer: str, audience: str, leeway: float, cooldown: float, stale_if_error: float, cache_size: int):
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.jwks = JwksState(cooldown=cooldown, stale_if_error=stale_if_error)
+        self.verified = VerifiedCache(cache_size)
+        self._active: dict[str, float] = {}
+
+    def cached(self, token: Any, now: float) -> dict[str, Any] | None:
+        """Claims of a token verified before and not expired since."""
+        return self.verified.get(token, now, self.leeway) if isinstance(token, str) else None
+
+    def must_wait_for_keys(self, now: float) -> bool:
+        """True when there are no usable keys, so a refresh must finish before verifying."""
+        return not self.jwks.usable(now)
+
+    def needs_fetch_for(self, kid: Any, now: float) -> bool:
+        """An unknown kid that may trigger a refetch now (at most once per cooldown)."""
+        return isinstance(kid, str) and self.jwks.lookup(kid, now) is None and self.jwks.may_fetch_for(kid, now)
+
+    def fetched_for(self, kid: str, now: float) -> None:
+        """After a refetch for `kid`: remember it if it is still unknown."""
+        if self.jwks.lookup(kid, now) is None:
+            self.jwks.still_unknown(kid, now)
+
+    def accept_keys(self, data: Any, cache_control: str | None, now: float) -> None:
+        before = set(self.jwks.keys)
+        self.jwks.accepted(data, cache_control, now)
+        if before - set(self.jwks.keys):
+            # A key was withdrawn (emergency rotation): tokens it signed must be checked again.
+            self.verified.clear()
+
+    def complete(self, token: str, jws: CompactJws, now: float) -> dict[str, Any]:
+        """Check signature and claims of a parsed token with the cached keys, and remember it."""
+        key = self.jwks.lookup(jws.header.get("kid"), now)
+        if key is None:
+            if not self.jwks.usable(now):
+                raise KeySetUnavailable("the issuer's keys could not be fetched")
+            raise UnknownKey("token was signed by a key the issuer does not publish")
+        claims = verify_signature(jws, key)
+        check_claims(claims, self.issuer, self.audience, now, self.leeway)
+        self.verified.put(token, claims)
+        return claims
+
+    def known_active(self, jti: str, now: float) -> bool:
+        return self._active.get(jti, 0) > now
+
+    def remember_active(self, jti: str, until: float) -> None:
+        if len(self._active) > 10000:
+            self._active.clear()
+        self._active[jti] = until
+
+    @staticmethod
+    def result(claims: dict[str, Any], scopes: Iterable[str] | None) -> dict[str, Any]:
+        check_scopes(claims, scopes)
+        return dict(claims)

@@ -10,8 +10,10 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -210,6 +212,109 @@ def run_cli(*args: str, env: dict[str, str], input: str | None = None, timeout: 
     if secret:
         ISSUED_SECRETS.add(secret)
     return result
+
+
+# ---- a live server behind a counting, fault-injecting proxy (client_lib tests) -----------------------
+
+BILLING = "https://billing"
+
+
+class Proxy:
+    """A loopback HTTP proxy to the live server that counts requests and can fail on demand."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.counts: dict[str, int] = {}
+        self.fail_token = 0  # answer the next N token requests with 503
+        self.token_status: int | None = None
+        self.jwks_down = False
+        self.jwks_delay = 0.0  # seconds to wait before answering the JWKS
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _relay(self, method: str) -> None:
+                path = self.path.split("?")[0]
+                with proxy.lock:
+                    proxy.counts[path] = proxy.counts.get(path, 0) + 1
+                    failing = path == "/oauth/token" and proxy.fail_token > 0
+                    if failing:
+                        proxy.fail_token -= 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if failing:
+                    return self._send(503, b'{"error":"temporarily_unavailable"}', {"Retry-After": "0"})
+                if path == "/.well-known/jwks.json" and proxy.jwks_down:
+                    return self._send(502, b"bad gateway", {})
+                if path == "/.well-known/jwks.json" and proxy.jwks_delay:
+                    time.sleep(proxy.jwks_delay)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                upstream = requests.request(method, proxy.upstream + self.path, data=body, headers=headers, timeout=10)
+                keep = {
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() in ("content-type", "cache-control", "www-authenticate", "etag", "retry-after")
+                }
+                self._send(upstream.status_code, upstream.content, keep)
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._relay("GET")
+
+            def do_POST(self):
+                self._relay("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def count(self, path: str) -> int:
+        return self.counts.get(path, 0)
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.fail_token = 0
+        self.jwks_down = False
+        self.jwks_delay = 0.0
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """One live TokenDealer whose issuer is the proxy's URL, so every client_lib request goes through it."""
+    tmp = tmp_path_factory.mktemp("clientlib")
+    port = free_port()
+    server = None
+    proxy = Proxy(f"http://127.0.0.1:{port}")
+    env = server_env(tmp, TOKENDEALER_ISSUER=proxy.url, TOKENDEALER_KEYRING_RELOAD_INTERVAL="0.5")
+    assert run_cli("init", env=env).returncode == 0
+    secrets_by_id = {}
+    for name, scopes in (("caller", "invoices:read invoices:write"), ("reader", "other:read")):
+        out = run_cli("client", "create", name, "--scope", scopes, "--audience", BILLING, env=env)
+        secrets_by_id[name] = json.loads(out.stdout)["client_secret"]
+    server = LiveServer(env, workers=2, port=port).start()
+    yield {"proxy": proxy, "server": server, "env": env, "secrets": secrets_by_id, "issuer": proxy.url, "keys": tmp / "keys"}
+    server.stop()
+    proxy.close()
+
+
+@pytest.fixture
+def proxy(stack):
+    stack["proxy"].reset()
+    return stack["proxy"]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -17,7 +16,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from werkzeug.serving import make_server
 
-import client_lib.verifier as verifier_module
+import client_lib.core as core_module
 from client_lib import (
     DisallowedAlgorithm,
     ExpiredToken,
@@ -39,103 +38,9 @@ from client_lib.core import CachedToken
 from examples.caller import list_invoices
 from examples.service import create_service
 
-from .conftest import FakeClock, LiveServer, free_port, run_cli, server_env
+from .conftest import BILLING, FakeClock, free_port, run_cli
 
-AUDIENCE = "https://billing"
-
-
-class Proxy:
-    """A loopback HTTP proxy to the live server that counts requests and can fail on demand."""
-
-    def __init__(self, upstream: str):
-        self.upstream = upstream
-        self.counts: dict[str, int] = {}
-        self.fail_token = 0  # answer the next N token requests with 503
-        self.token_status: int | None = None
-        self.jwks_down = False
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _relay(self, method: str) -> None:
-                path = self.path.split("?")[0]
-                with proxy.lock:
-                    proxy.counts[path] = proxy.counts.get(path, 0) + 1
-                    failing = path == "/oauth/token" and proxy.fail_token > 0
-                    if failing:
-                        proxy.fail_token -= 1
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if failing:
-                    return self._send(503, b'{"error":"temporarily_unavailable"}', {"Retry-After": "0"})
-                if path == "/.well-known/jwks.json" and proxy.jwks_down:
-                    return self._send(502, b"bad gateway", {})
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                upstream = requests.request(method, proxy.upstream + self.path, data=body, headers=headers, timeout=10)
-                keep = {
-                    k: v
-                    for k, v in upstream.headers.items()
-                    if k.lower() in ("content-type", "cache-control", "www-authenticate", "etag", "retry-after")
-                }
-                self._send(upstream.status_code, upstream.content, keep)
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._relay("GET")
-
-            def do_POST(self):
-                self._relay("POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def count(self, path: str) -> int:
-        return self.counts.get(path, 0)
-
-    def reset(self) -> None:
-        self.counts.clear()
-        self.fail_token = 0
-        self.jwks_down = False
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """One live TokenDealer whose issuer is the proxy's URL, so every client_lib request goes through it."""
-    tmp = tmp_path_factory.mktemp("clientlib")
-    port = free_port()
-    server = None
-    proxy = Proxy(f"http://127.0.0.1:{port}")
-    env = server_env(tmp, TOKENDEALER_ISSUER=proxy.url, TOKENDEALER_KEYRING_RELOAD_INTERVAL="0.5")
-    assert run_cli("init", env=env).returncode == 0
-    secrets_by_id = {}
-    for name, scopes in (("caller", "invoices:read invoices:write"), ("reader", "other:read")):
-        out = run_cli("client", "create", name, "--scope", scopes, "--audience", AUDIENCE, env=env)
-        secrets_by_id[name] = json.loads(out.stdout)["client_secret"]
-    server = LiveServer(env, workers=2, port=port).start()
-    yield {"proxy": proxy, "server": server, "env": env, "secrets": secrets_by_id, "issuer": proxy.url, "keys": tmp / "keys"}
-    server.stop()
-    proxy.close()
-
-
-@pytest.fixture
-def proxy(stack):
-    stack["proxy"].reset()
-    return stack["proxy"]
+AUDIENCE = BILLING
 
 
 def make_client(stack, name="caller", **kwargs) -> TokenClient:
@@ -413,8 +318,8 @@ def test_random_kid_flood_costs_one_fetch_per_cooldown(stack, proxy, token):
 
 def test_verified_cache_skips_the_crypto(stack, token, monkeypatch):
     calls = []
-    real = verifier_module.verify_signature
-    monkeypatch.setattr(verifier_module, "verify_signature", lambda *a: calls.append(1) or real(*a))
+    real = core_module.verify_signature
+    monkeypatch.setattr(core_module, "verify_signature", lambda *a: calls.append(1) or real(*a))
     verifier = TokenVerifier(stack["issuer"], AUDIENCE)
     for _ in range(100):
         verifier.verify(token, scopes=["invoices:read"])
@@ -471,7 +376,7 @@ def test_require_token_answers(stack, service):
 def test_token_auth_retries_once_on_invalid_token(stack, service, proxy):
     client = make_client(stack)
     key = (AUDIENCE, "invoices:read")
-    client._tokens[key] = CachedToken("stale.bad.token", time.time() + 600, time.time() + 300)
+    client.cache.entries[key] = CachedToken("stale.bad.token", time.time() + 600, time.time() + 300)
     response = requests.get(service + "/invoices", auth=TokenAuth(client, audience=AUDIENCE, scope="invoices:read"), timeout=5)
     assert response.status_code == 200
     assert len(response.history) == 1 and response.history[0].status_code == 401
@@ -480,7 +385,7 @@ def test_token_auth_retries_once_on_invalid_token(stack, service, proxy):
 
 def test_token_auth_does_not_retry_a_stream(stack, service):
     client = make_client(stack)
-    client._tokens[(AUDIENCE, "invoices:read")] = CachedToken("stale.bad.token", time.time() + 600, time.time() + 300)
+    client.cache.entries[(AUDIENCE, "invoices:read")] = CachedToken("stale.bad.token", time.time() + 600, time.time() + 300)
     response = requests.get(
         service + "/invoices", data=iter([b"a", b"b"]), auth=TokenAuth(client, audience=AUDIENCE, scope="invoices:read"), timeout=5
     )

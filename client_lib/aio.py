@@ -1,0 +1,268 @@
+"""Async shells (httpx) over the same I/O-free core as the sync client: AsyncTokenClient, AsyncTokenVerifier.
+
+Needs the `httpx` extra: `pip install 'tokendealer[httpx]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+
+from .core import (
+    DISCOVERY_PATHS,
+    Credentials,
+    RetrySchedule,
+    TokenCache,
+    Verification,
+    check_metadata,
+    parse_token,
+    retryable_status,
+    token_error,
+    token_form,
+    token_response,
+)
+from .exceptions import DiscoveryError, KeySetUnavailable, RevokedToken, TokenRequestError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
+Key = tuple[str | None, str | None]
+
+
+async def discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
+    """RFC 8414 metadata of `issuer` (OIDC discovery as fallback); its `issuer` must match exactly."""
+    base = issuer.rstrip("/")
+    for path in DISCOVERY_PATHS:
+        try:
+            response = await http.get(base + path)
+        except httpx.HTTPError as exc:
+            raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
+        if response.status_code == 200:
+            try:
+                return check_metadata(issuer, base + path, response.json())
+            except ValueError:
+                raise DiscoveryError(f"{base + path} did not return JSON") from None
+    raise DiscoveryError(f"no authorization server metadata at {base}")
+
+
+class _LoopLocks:
+    """asyncio locks per (event loop, key): single-flight within each loop."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[int, Any], asyncio.Lock] = {}
+
+    def get(self, key: Any) -> asyncio.Lock:
+        loop_key = (id(asyncio.get_running_loop()), key)
+        lock = self._locks.get(loop_key)
+        if lock is None:
+            lock = self._locks[loop_key] = asyncio.Lock()
+        return lock
+
+
+class AsyncTokenClient:
+    """The async twin of TokenClient: the same cache, refresh, single-flight, retry and error rules."""
+
+    def __init__(
+        self,
+        issuer: str,
+        client_id: str,
+        client_secret: str | None = None,
+        *,
+        private_key: Any = None,
+        key_id: str | None = None,
+        token_endpoint: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retries: int = 4,
+        backoff: float = 0.2,
+        retry_budget: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ):
+        self.issuer = issuer
+        self.client_id = client_id
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock)
+        self._token_endpoint = token_endpoint
+        self._metadata: dict[str, Any] | None = None
+        self.http = http or httpx.AsyncClient(timeout=timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.retry_budget = retry_budget
+        self.clock = clock
+        self.sleep = sleep
+        self.cache = TokenCache()
+        self._locks = _LoopLocks()
+
+    def __repr__(self) -> str:
+        return f"AsyncTokenClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def metadata(self) -> dict[str, Any]:
+        """The issuer's metadata, fetched once."""
+        if self._metadata is None:
+            self._metadata = await discover(self.http, self.issuer)
+        return self._metadata
+
+    async def token_endpoint(self) -> str:
+        if self._token_endpoint is None:
+            self._token_endpoint = (await self.metadata())["token_endpoint"]
+        return self._token_endpoint
+
+    async def get_token(self, audience: str | None = None, scope: str | None = None) -> str:
+        """A valid access token for (audience, scope), from the cache when fresh."""
+        key = (audience, scope)
+        token = self.cache.fresh(key, self.clock())
+        if token is not None:
+            return token
+        lock = self._locks.get(key)
+        if self.cache.usable(key, self.clock()) is not None:
+            if not lock.locked():
+                async with lock:
+                    try:
+                        await self._refresh(key)
+                    except Exception as exc:  # the old token is still valid: keep serving it
+                        log.warning("token refresh failed, serving the cached token: %s", exc)
+            token = self.cache.usable(key, self.clock())
+            if token is not None:
+                return token
+        async with lock:
+            return self.cache.fresh(key, self.clock()) or await self._refresh(key)
+
+    def invalidate(self, token: str) -> None:
+        self.cache.invalidate(token)
+
+    async def client_auth(self, audience: str | None = None) -> tuple[dict[str, str], tuple[str, str] | None]:
+        return self.credentials.auth(audience or await self.token_endpoint())
+
+    async def _refresh(self, key: Key) -> str:
+        requested_at = self.clock()
+        return self.cache.store(key, await self._request(token_form(*key)), requested_at)
+
+    async def _request(self, form: dict[str, str]) -> dict[str, Any]:
+        endpoint = await self.token_endpoint()
+        schedule = RetrySchedule(endpoint, self.retries, self.backoff, self.retry_budget)
+        while True:
+            fields, basic = await self.client_auth()
+            try:
+                response = await self.http.post(endpoint, data={**form, **fields}, auth=basic)
+            except httpx.HTTPError as exc:
+                await self.sleep(schedule.next_wait(exc.__class__.__name__))
+                continue
+            if response.status_code == 200:
+                try:
+                    return token_response(response.json())
+                except ValueError as exc:
+                    raise TokenRequestError("invalid_response", str(exc), 200) from None
+            if not retryable_status(response.status_code):
+                raise token_error(response.status_code, _json_or_none(response))
+            await self.sleep(schedule.next_wait(f"HTTP {response.status_code}", response.headers.get("Retry-After")))
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+class AsyncTokenVerifier:
+    """The async twin of TokenVerifier: the same JWKS cache, cooldown, stale-if-error and verified-token
+    cache; key fetches are awaited, so the event loop never waits on the network."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        *,
+        jwks_uri: str | None = None,
+        leeway: float = 30.0,
+        cooldown: float = 30.0,
+        stale_if_error: float = 86400.0,
+        cache_size: int = 10000,
+        introspect: bool = False,
+        introspection_client: AsyncTokenClient | None = None,
+        introspection_cache: float = 5.0,
+        http: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ):
+        if introspect and introspection_client is None:
+            raise ValueError("introspect=True needs introspection_client (an AsyncTokenClient to authenticate with)")
+        self.issuer = issuer
+        self.audience = audience
+        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size)
+        self.http = http or httpx.AsyncClient(timeout=timeout)
+        self.clock = clock
+        self.introspect = introspect
+        self.introspection_client = introspection_client
+        self.introspection_cache = introspection_cache
+        self._jwks_uri = jwks_uri
+        self._locks = _LoopLocks()
+        self.fetch_count = 0
+
+    def __repr__(self) -> str:
+        return f"AsyncTokenVerifier(issuer={self.issuer!r}, audience={self.audience!r})"
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def verify(self, token: str, scopes: Iterable[str] | None = None) -> dict[str, Any]:
+        """The token's claims, or an InvalidToken subclass saying why it is refused."""
+        policy, now = self.policy, self.clock()
+        claims = policy.cached(token, now)
+        if claims is None:
+            jws = parse_token(token)
+            kid = jws.header.get("kid")
+            lock = self._locks.get("jwks")
+            if policy.jwks.needs_refresh(now) and (policy.must_wait_for_keys(now) or not lock.locked()):
+                async with lock:
+                    if policy.jwks.needs_refresh(now):
+                        await self._fetch(now)
+            if policy.needs_fetch_for(kid, now):
+                async with lock:
+                    if policy.needs_fetch_for(kid, now):
+                        policy.jwks.forced(now)
+                        await self._fetch(now)
+                        policy.fetched_for(kid, now)
+            claims = policy.complete(token, jws, now)
+        if self.introspect:
+            await self._check_active(token, claims, now)
+        return policy.result(claims, scopes)
+
+    async def _jwks_url(self) -> str:
+        if self._jwks_uri is None:
+            self._jwks_uri = (await discover(self.http, self.issuer))["jwks_uri"]
+        return self._jwks_uri
+
+    async def _fetch(self, now: float) -> None:
+        self.fetch_count += 1
+        try:
+            response = await self.http.get(await self._jwks_url())
+            response.raise_for_status()
+            self.policy.accept_keys(response.json(), response.headers.get("Cache-Control"), now)
+        except (httpx.HTTPError, ValueError, DiscoveryError) as exc:
+            self.policy.jwks.failed(now)
+            log.warning("JWKS fetch failed, keeping %d cached keys: %s", len(self.policy.jwks.keys), exc.__class__.__name__)
+
+    async def _check_active(self, token: str, claims: dict[str, Any], now: float) -> None:
+        if self.policy.known_active(claims["jti"], now):
+            return
+        client = self.introspection_client
+        endpoint = (await client.metadata())["introspection_endpoint"]
+        fields, basic = await client.client_auth(endpoint)
+        try:
+            response = await self.http.post(endpoint, data={"token": token, **fields}, auth=basic)
+            response.raise_for_status()
+            active = response.json().get("active") is True
+        except (httpx.HTTPError, ValueError, AttributeError):
+            raise KeySetUnavailable("the issuer's introspection endpoint did not answer") from None
+        if not active:
+            raise RevokedToken("token is no longer active")
+        self.policy.remember_active(claims["jti"], now + self.introspection_cache)

@@ -1,0 +1,62 @@
+"""httpx authentication: `HttpxTokenAuth` attaches a TokenDealer token to httpx requests, sync or async.
+
+Needs the `httpx` extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+from typing import Any
+
+import httpx
+
+from .aio import AsyncTokenClient
+from .client import TokenClient
+
+
+def _refused_token(response: httpx.Response) -> bool:
+    """A 401 whose challenge says the token itself is bad (RFC 6750 §3.1), not merely missing."""
+    return response.status_code == 401 and "invalid_token" in response.headers.get("WWW-Authenticate", "")
+
+
+def _replayable(request: httpx.Request) -> bool:
+    """A request whose body is already in memory can be sent a second time."""
+    try:
+        request.content  # noqa: B018 (raises for a streaming body that was not read)
+    except httpx.RequestNotRead:
+        return False
+    return True
+
+
+class HttpxTokenAuth(httpx.Auth):
+    """Sends `Authorization: Bearer`; on a 401 `invalid_token`, drops that token and retries once with a
+    new one when the body can be sent again. Give a TokenClient for httpx.Client, an AsyncTokenClient for
+    httpx.AsyncClient."""
+
+    def __init__(self, client: TokenClient | AsyncTokenClient, audience: str | None = None, scope: str | None = None):
+        self.client = client
+        self.audience = audience
+        self.scope = scope
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if not isinstance(self.client, TokenClient):
+            raise TypeError("HttpxTokenAuth with httpx.Client needs a TokenClient")
+        token = self.client.get_token(self.audience, self.scope)
+        response = yield self._with(request, token)
+        if _refused_token(response) and _replayable(request):
+            self.client.invalidate(token)
+            yield self._with(request, self.client.get_token(self.audience, self.scope))
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        if not isinstance(self.client, AsyncTokenClient):
+            raise TypeError("HttpxTokenAuth with httpx.AsyncClient needs an AsyncTokenClient")
+        token = await self.client.get_token(self.audience, self.scope)
+        response = yield self._with(request, token)
+        if _refused_token(response) and _replayable(request):
+            self.client.invalidate(token)
+            yield self._with(request, await self.client.get_token(self.audience, self.scope))
+
+    @staticmethod
+    def _with(request: httpx.Request, token: str) -> Any:
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
