@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -21,11 +23,12 @@ from urllib.parse import quote_plus
 import jwt
 import pytest
 import requests
+import sqlalchemy as sa
 
 from tokendealer import clients as clients_module
 from tokendealer.app import create_app
 from tokendealer.config import Config
-from tokendealer.db import create_schema, make_engine
+from tokendealer.db import make_engine, upgrade_schema
 from tokendealer.keyring import FileKeyStore
 
 AUDIENCE = "https://api.example.com"
@@ -61,15 +64,61 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
     return Config.load(environ={}, **settings)
 
 
+# ---- databases: SQLite files, and a fresh schema per test on the machine's PostgreSQL --------------------
+
+POSTGRES_URL = os.environ.get("TOKENDEALER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TOKENDEALER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A database URL whose search_path is a new, empty schema; dropped afterwards.
+
+    PostgreSQL must be running: a test that needs it fails (never skips) when it is not.
+    """
+    name = "td_" + secrets.token_hex(6)
+    admin = sa.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{name}" CASCADE')
+        admin.dispose()
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path)
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'var' / 'tokendealer.db'}"
+
+
+@pytest.fixture
+def postgresql_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def database_url(sqlite_url: str) -> str:
+    """SQLite by default; modules that must run on both override it with BOTH_DATABASES."""
+    return sqlite_url
+
+
+def both_databases(request: pytest.FixtureRequest) -> str:
+    """Body of a `database_url` fixture parametrised over SQLite and PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Config:
+    return make_config(tmp_path, database_url=database_url)
 
 
 def initialise(config: Config, clock: Callable[[], float] = time.time, alg: str = "ES256") -> FileKeyStore:
     store = FileKeyStore(config.keys_dir, clock=clock)
     store.init(alg)
-    create_schema(make_engine(config.database_url))
+    upgrade_schema(make_engine(config.database_url))
     return store
 
 
@@ -83,6 +132,7 @@ def app(config: Config, clock: FakeClock, key_store: FileKeyStore):
     application = create_app(config, clock=clock)
     yield application
     application.extensions["tokendealer"].audit.close()
+    application.extensions["tokendealer"].engine.dispose()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 from click.testing import CliRunner
@@ -139,6 +140,9 @@ def test_bad_usage_exits_2(cli, args):
         ("keys", "list"),
         ("token",),
         ("verify",),
+        ("db",),
+        ("db", "upgrade"),
+        ("client", "jwks"),
     ],
 )
 def test_help_on_every_level(cli, args):
@@ -176,3 +180,27 @@ def test_verify_refuses_garbage(cli):
     result = cli("verify", "not-a-token", "--audience", "https://x")
     assert result.exit_code == 1
     assert result.output.startswith("error: invalid token")
+
+
+def test_db_upgrade_is_idempotent(cli):
+    for _ in range(2):
+        result = cli("db", "upgrade", "--json")
+        assert result.exit_code == 0 and json.loads(result.output) == {"database": "upgraded"}
+
+
+def test_database_keyring_from_the_command_line(tmp_path):
+    env = {
+        "TOKENDEALER_KEYS_DIR": str(tmp_path / "unused"),
+        "TOKENDEALER_DATABASE_URL": f"sqlite:///{tmp_path / 'td.db'}",
+        "TOKENDEALER_AUDIT_LOG": str(tmp_path / "audit.log"),
+        "TOKENDEALER_KEYRING": "database",
+        "TOKENDEALER_KEY_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+    }
+    runner = CliRunner()
+    assert runner.invoke(main, ["init"], env=env).exit_code == 0
+    assert not (tmp_path / "unused" / "manifest.json").exists()
+    rotated = runner.invoke(main, ["keys", "rotate", "--json"], env=env)
+    assert rotated.exit_code == 0
+    assert sorted(r["state"] for r in json.loads(rotated.stdout)) == ["active", "next", "retired"]
+    created = runner.invoke(main, ["client", "create", "svc", "--audience", "https://x"], env=env)
+    assert created.exit_code == 0 and json.loads(created.stdout)["client_secret"]

@@ -12,9 +12,15 @@ from tokendealer.app import create_app
 from tokendealer.clients import ClientError
 from tokendealer.config import Config, ConfigError
 
-from .conftest import AUDIENCE, basic, initialise, make_config
+from .conftest import AUDIENCE, basic, both_databases, initialise, make_config
 
 GRANT = {"grant_type": "client_credentials"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """These tests run on SQLite and on PostgreSQL."""
+    return both_databases(request)
 
 
 def test_secret_is_long_random_and_stored_only_hashed(registry, make_client):

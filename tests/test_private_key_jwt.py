@@ -21,10 +21,16 @@ from client_lib import RevokedToken, TokenClient, TokenVerifier
 from tokendealer.clients import ClientError
 from tokendealer.keyring import public_jwk
 
-from .conftest import AUDIENCE, basic, fetch_token, run_cli
+from .conftest import AUDIENCE, basic, both_databases, fetch_token, run_cli
 
 TOKEN_URL = "http://localhost:5000/oauth/token"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """These tests run on SQLite and on PostgreSQL."""
+    return both_databases(request)
 
 
 def _b64(data) -> str:

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db
-from .assertions import AssertionVerifier, ReplayCache
+from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
 from .authentication import AuthFailureGuard, ClientAuthenticator
 from .clients import ClientStore, SecretHasher
@@ -62,7 +62,7 @@ class Services:
 def build_services(config: Config, clock: Callable[[], float] = time.time) -> Services:
     """Wire the server's parts; opens nothing that fails when the database or keyring is down."""
     engine = db.make_engine(config.database_url)
-    store = make_key_store(config, clock)
+    store = make_key_store(config, clock, engine)
     keys = KeyringSource(store, config.keyring_reload_interval)
     keys.current()  # load now, so a worker is ready (or /readyz says why not) before its first request
     hasher = SecretHasher(store.pepper())
@@ -71,7 +71,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time) -> Se
     tokens = TokenService(config, keys, clients, revocations, clock)
     assertions = AssertionVerifier(
         audiences=(config.issuer, config.token_endpoint, config.url("/oauth/introspect"), config.url("/oauth/revoke")),
-        replay=ReplayCache(engine, clock),
+        replay=ReplayCache(engine, clock) if config.replay_cache == "database" else RedisReplayCache(config.replay_cache, clock),
         max_lifetime=config.assertion_max_lifetime,
         leeway=config.leeway,
         clock=clock,

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from . import db
 from .clients import Client, ClientError
-from .errors import InvalidClient
+from .errors import InvalidClient, TemporarilyUnavailable
 from .keyring import ALGORITHMS
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -69,6 +69,24 @@ class ReplayCache:
         return True
 
 
+class RedisReplayCache:
+    """The same replay cache in Redis (SET NX with the assertion's lifetime), shared by every instance."""
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time):
+        import redis  # noqa: PLC0415 (only when configured)
+
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.errors = redis.RedisError
+        self.clock = clock
+
+    def first_use(self, client_id: str, jti: str, expires_at: float) -> bool:
+        ttl = max(1, int(expires_at - self.clock()) + 1)
+        try:
+            return bool(self.redis.set(f"tokendealer:assertion:{client_id}:{jti}", b"1", nx=True, ex=ttl))
+        except self.errors:
+            raise TemporarilyUnavailable("the replay cache is not available; retry shortly", headers={"Retry-After": "1"}) from None
+
+
 class JwksFetcher:
     """Fetches a client's `jwks_uri` with a timeout and a size bound, caching each set for a while."""
 
@@ -115,7 +133,7 @@ class AssertionVerifier:
     def __init__(
         self,
         audiences: tuple[str, ...],
-        replay: ReplayCache,
+        replay: ReplayCache | RedisReplayCache,
         max_lifetime: int,
         leeway: int,
         clock: Callable[[], float] = time.time,

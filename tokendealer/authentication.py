@@ -8,6 +8,7 @@ import binascii
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_plus
 
 from limits import parse_many
@@ -16,7 +17,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from .assertions import ASSERTION_TYPE, AssertionVerifier
 from .clients import Client, ClientStore, SecretHasher
-from .errors import InvalidClient, InvalidRequest, OAuthError, TooManyRequests
+from .errors import InvalidClient, InvalidRequest, OAuthError, TemporarilyUnavailable, TooManyRequests
 
 Params = Mapping[str, list[str]]
 MAX_CLIENT_ID = 256
@@ -56,8 +57,8 @@ class AuthFailureGuard:
     def check(self, client_id: str | None, address: str | None) -> None:
         """Raise TooManyRequests if this client id or address used up its failures."""
         for limit, key in self._keys(client_id, address):
-            if not self.limiter.test(limit, *key):
-                reset_at, _ = self.limiter.get_window_stats(limit, *key)
+            if not self._storage_call(self.limiter.test, limit, *key):
+                reset_at, _ = self._storage_call(self.limiter.get_window_stats, limit, *key)
                 retry_after = max(1, int(reset_at - self.clock()) + 1)
                 raise TooManyRequests(
                     "too many failed client authentications; retry later",
@@ -66,7 +67,15 @@ class AuthFailureGuard:
 
     def failed(self, client_id: str | None, address: str | None) -> None:
         for limit, key in self._keys(client_id, address):
-            self.limiter.hit(limit, *key)
+            self._storage_call(self.limiter.hit, limit, *key)
+
+    @staticmethod
+    def _storage_call(method: Callable[..., Any], *args: Any) -> Any:
+        """Fail closed: without its counters (Redis down) the guard refuses rather than lets guesses through."""
+        try:
+            return method(*args)
+        except Exception as exc:  # the storage backend's own errors (redis, network)
+            raise TemporarilyUnavailable("the rate-limit storage is not available; retry shortly", headers={"Retry-After": "1"}) from exc
 
 
 def single_param(params: Params, name: str) -> str | None:

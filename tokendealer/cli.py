@@ -104,11 +104,11 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 @click.pass_obj
 @refusals
 def init(state: State, alg: str, as_json: bool) -> None:
-    """Create the keyring and the database (idempotent)."""
+    """Create the database schema (or upgrade it) and the keyring (idempotent)."""
+    db.upgrade_schema(db.make_engine(state.config.database_url))
     created = state.key_store().init(alg)
     if created:
         state.audit("keys.initialised", alg=alg)
-    db.create_schema(db.make_engine(state.config.database_url))
     result = {"keys_dir": str(state.config.keys_dir), "keys_created": created, "database": "ready"}
     emit(result, as_json, f"keyring {'created' if created else 'already present'} in {state.config.keys_dir}; database ready")
 
@@ -126,6 +126,21 @@ def serve(state: State, host: str, port: int, workers: int | None, dev: bool) ->
 
     state.key_store().load()
     run(state.config, host, port, workers, dev, state.config_file)
+
+
+@main.group("db")
+def database() -> None:
+    """Manage the database schema."""
+
+
+@database.command("upgrade")
+@json_option
+@click.pass_obj
+@refusals
+def db_upgrade(state: State, as_json: bool) -> None:
+    """Apply the schema migrations (Alembic) the database lacks."""
+    db.upgrade_schema(db.make_engine(state.config.database_url))
+    emit({"database": "upgraded"}, as_json, "database schema is up to date")
 
 
 # ---- client ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import re
@@ -38,6 +39,9 @@ class Config:
     ratelimit: str | None = None
     keyring: str = "file"
     key_encryption_key: str | None = None
+    key_encryption_key_file: str | None = None
+    # private_key_jwt replay cache: "database" (default) or a redis:// URL shared by every instance.
+    replay_cache: str = "database"
     # How often each process looks for a changed keyring on disk (seconds).
     keyring_reload_interval: float = 2.0
     # JWKS Cache-Control max-age; the rotation interval must exceed it (README).
@@ -114,13 +118,38 @@ class Config:
                 _bad(name, "must be a rate such as 10/minute")
         if self.keyring not in ("file", "database"):
             _bad("keyring", "must be file or database")
-        if self.keyring == "database" and not self.key_encryption_key:
-            _bad("key_encryption_key", "is required when TOKENDEALER_KEYRING=database")
+        if self.keyring == "database":
+            self.key_encryption_key_bytes()
+        if self.replay_cache != "database" and not self.replay_cache.startswith(("redis://", "rediss://", "unix://")):
+            _bad("replay_cache", "must be database or a redis:// URL")
+        for name in ("ratelimit_storage",):
+            if not getattr(self, name).startswith(("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
+                _bad(name, "must be memory:// or redis://...")
         if self.keys_dir.exists() and not self.keys_dir.is_dir():
             _bad("keys_dir", f"{self.keys_dir} is not a directory")
         if self.keys_dir.is_dir() and not os.access(self.keys_dir, os.R_OK | os.X_OK):
             _bad("keys_dir", f"{self.keys_dir} is not readable")
         return self
+
+    def key_encryption_key_bytes(self) -> bytes:
+        """The 32-byte key-encryption key of the database keyring (base64url, in the variable or a file)."""
+        text = self.key_encryption_key
+        name = "key_encryption_key"
+        if not text and self.key_encryption_key_file:
+            name = "key_encryption_key_file"
+            try:
+                text = Path(self.key_encryption_key_file).read_text().strip()
+            except OSError as exc:
+                _bad(name, f"cannot be read ({exc.strerror})")
+        if not text:
+            _bad("key_encryption_key", "is required when TOKENDEALER_KEYRING=database (or TOKENDEALER_KEY_ENCRYPTION_KEY_FILE)")
+        try:
+            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            _bad(name, "must be 32 random bytes, base64url (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return key
 
 
 def _bad(name: str, why: str) -> None:

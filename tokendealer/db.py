@@ -49,6 +49,33 @@ used_assertions = sa.Table(
 )
 
 
+# The database keyring (TOKENDEALER_KEYRING=database): private keys encrypted with AES-GCM under the KEK.
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("alg", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("activated_at", sa.Float, nullable=True),
+    sa.Column("retired_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("jwk", sa.JSON, nullable=False),
+    sa.Column("private_key", sa.LargeBinary, nullable=True),
+)
+
+# One row whose version changes with every keyring write: what instances poll, and what writers lock.
+keyring_state = sa.Table(
+    "keyring_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; a SQLite file's folder is created and WAL mode used for several workers."""
     parsed = make_url(url)
@@ -59,7 +86,7 @@ def make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record):  # noqa: ANN001
-            # journal_mode=WAL is set once by create_schema (it persists in the file); switching it
+            # journal_mode=WAL is set once by upgrade_schema (it persists in the file); switching it
             # here would take a write lock each time a worker connects.
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -71,9 +98,16 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def create_schema(engine: Engine) -> None:
-    """Create every table that does not exist yet (idempotent); SQLite files use WAL for concurrent readers."""
-    metadata.create_all(engine)
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent); SQLite files use WAL for concurrent readers."""
+    from alembic import command  # noqa: PLC0415 (only `init` and `db upgrade` need Alembic)
+    from alembic.config import Config as AlembicConfig  # noqa: PLC0415
+
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        alembic.attributes["connection"] = conn
+        command.upgrade(alembic, "head")
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")

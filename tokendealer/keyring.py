@@ -22,10 +22,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import serialization
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jwt.algorithms import get_default_algorithms
 
+from . import db
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -209,6 +214,23 @@ class Keyring:
         return None
 
 
+SIGNING_STATES = ("next", "active")
+
+
+def checked_keyring(records: list[KeyRecord], private_keys: dict[str, Any], source: str) -> Keyring:
+    """A Keyring from records and the private keys of those that may sign, after the structural checks."""
+    if sum(r.state == "active" for r in records) != 1:
+        raise KeyringError(f"{source}: expected exactly one active key")
+    if sum(r.state == "next" for r in records) > 1:
+        raise KeyringError(f"{source}: more than one next key")
+    for record in records:
+        key = private_keys.get(record.kid)
+        if record.state in SIGNING_STATES and (key is None or public_jwk(key.public_key(), record.alg)["kid"] != record.kid):
+            raise KeyringError(f"{source}: the private key of {record.kid} is missing or does not match its kid")
+    signing = {r.kid: make_signing_key(r, private_keys[r.kid]) for r in records if r.state in SIGNING_STATES}
+    return Keyring(tuple(records), signing)
+
+
 def plan_rotation(records: list[KeyRecord], fresh: list[KeyRecord], now: float, emergency: bool) -> list[KeyRecord]:
     """The records after a rotation.
 
@@ -234,6 +256,14 @@ def plan_rotation(records: list[KeyRecord], fresh: list[KeyRecord], now: float, 
         out.append(replace(fresh[0], state="active", activated_at=now))
         return out + [replace(fresh[1], state="next")]
     return out + [replace(fresh[0], state="next")]
+
+
+def new_key(alg: str, now: float) -> tuple[KeyRecord, bytes]:
+    """A fresh `next` key: its record and its PKCS#8 PEM."""
+    private_key = generate_private_key(alg)
+    jwk = public_jwk(private_key.public_key(), alg)
+    pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return KeyRecord(kid=jwk["kid"], alg=alg, state="next", created_at=now, jwk=jwk), pem
 
 
 class KeyStore(Protocol):
@@ -274,15 +304,9 @@ class FileKeyStore:
     def load(self) -> Keyring:
         """Read and check the manifest and every private key it names."""
         records = self._read_manifest()
-        signing = {}
-        for record in records:
-            if record.state in ("next", "active"):
-                signing[record.kid] = make_signing_key(record, self._read_private_key(record))
-        if sum(r.state == "active" for r in records) != 1:
-            raise KeyringError(f"{self.manifest_path}: expected exactly one active key")
-        if sum(r.state == "next" for r in records) > 1:
-            raise KeyringError(f"{self.manifest_path}: more than one next key")
-        return Keyring(tuple(records), signing)
+        return checked_keyring(
+            records, {r.kid: self._read_private_key(r) for r in records if r.state in SIGNING_STATES}, str(self.manifest_path)
+        )
 
     def init(self, alg: str = DEFAULT_ALG) -> bool:
         """Create the directory, the pepper, a first active key and a next key; False if already there."""
@@ -374,8 +398,6 @@ class FileKeyStore:
             raise KeyringError(f"{path}: cannot read ({exc.strerror})") from None
         except (ValueError, TypeError):
             raise KeyringError(f"{path}: not a PKCS#8 PEM private key") from None
-        if public_jwk(key.public_key(), record.alg)["kid"] != record.kid:
-            raise KeyringError(f"{path}: key does not match its kid in the manifest")
         return key
 
     def _write_manifest(self, records: list[KeyRecord]) -> None:
@@ -383,7 +405,7 @@ class FileKeyStore:
         _atomic_write(self.manifest_path, body + b"\n")
 
     def _remove_unreferenced(self, records: list[KeyRecord]) -> None:
-        keep = {f"{r.kid}.pem" for r in records if r.state in ("next", "active")}
+        keep = {f"{r.kid}.pem" for r in records if r.state in SIGNING_STATES}
         for path in self.directory.glob("*.pem"):
             if path.name not in keep:
                 path.unlink(missing_ok=True)
@@ -490,6 +512,119 @@ class KeyringSource:
         self.error = message
 
 
-def make_key_store(config: Config, clock: Callable[[], float] = time.time) -> KeyStore:
+class DatabaseKeyStore:
+    """The keyring in the database, for several instances: the same records and rules as the file store,
+    private keys encrypted at rest with AES-GCM under the key-encryption key (the kid is the associated
+    data, so a ciphertext cannot be moved to another key's row). Every write is one transaction that
+    first bumps `keyring_state.version`, which serialises writers and tells readers something changed."""
+
+    def __init__(self, engine: Any, kek: bytes, clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self._aead = AESGCM(kek)
+        self._pepper = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tokendealer client-secret pepper").derive(kek)
+        self.clock = clock
+
+    def version(self) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(db.keyring_state.c.version).where(db.keyring_state.c.id == 1)).scalar()
+
+    def exists(self) -> bool:
+        return self.version() is not None
+
+    def load(self) -> Keyring:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(db.signing_keys)).all()
+        if not rows:
+            raise KeyringError("no keyring in the database; run `tokendealer init`")
+        records, private_keys = [], {}
+        for row in rows:
+            record = self._record(row)
+            records.append(record)
+            if record.state in SIGNING_STATES and row.private_key:
+                private_keys[record.kid] = self._decrypt(record.kid, row.private_key)
+        return checked_keyring(sorted(records, key=lambda r: r.created_at), private_keys, "database keyring")
+
+    def init(self, alg: str = DEFAULT_ALG) -> bool:
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(db.keyring_state.insert().values(id=1, version=1, updated_at=now))
+                fresh = [new_key(alg, now), new_key(alg, now)]
+                records = plan_rotation([], [r for r, _ in fresh], now, emergency=False)
+                self._write(conn, [], records, dict((r.kid, pem) for r, pem in fresh))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def rotate(self, alg: str | None = None, emergency: bool = False) -> Keyring:
+        with self.engine.begin() as conn:
+            current = self._lock(conn)
+            active = next((r for r in current if r.state == "active"), None)
+            now = self.clock()
+            fresh = [new_key(alg or (active.alg if active else DEFAULT_ALG), now) for _ in range(2)]
+            records = plan_rotation(current, [r for r, _ in fresh], now, emergency)
+            self._write(conn, current, records, dict((r.kid, pem) for r, pem in fresh))
+        return self.load()
+
+    def prune(self, max_token_lifetime: float) -> list[KeyRecord]:
+        with self.engine.begin() as conn:
+            current = self._lock(conn)
+            now = self.clock()
+            gone = [r for r in current if (r.prunable_at(max_token_lifetime) or float("inf")) <= now]
+            if gone:
+                conn.execute(db.signing_keys.delete().where(db.signing_keys.c.kid.in_([r.kid for r in gone])))
+        return gone
+
+    def pepper(self) -> bytes:
+        """Derived from the key-encryption key, so every instance sharing it hashes secrets alike."""
+        return self._pepper
+
+    def _lock(self, conn: Any) -> list[KeyRecord]:
+        """Bump the version (taking the write lock) and read the records in the same transaction."""
+        bumped = conn.execute(
+            db.keyring_state.update()
+            .where(db.keyring_state.c.id == 1)
+            .values(version=db.keyring_state.c.version + 1, updated_at=self.clock())
+        ).rowcount
+        if not bumped:
+            raise KeyringError("no keyring in the database; run `tokendealer keys init` first")
+        return [self._record(row) for row in conn.execute(sa.select(db.signing_keys)).all()]
+
+    def _write(self, conn: Any, before: list[KeyRecord], after: list[KeyRecord], pems: dict[str, bytes]) -> None:
+        known = {r.kid for r in before}
+        for record in after:
+            values = {k: v for k, v in record.to_json().items() if k != "kid"}
+            if record.state not in SIGNING_STATES:
+                values["private_key"] = None  # retired and revoked keys keep only their public half
+            if record.kid in known:
+                conn.execute(db.signing_keys.update().where(db.signing_keys.c.kid == record.kid).values(**values))
+            else:
+                values["private_key"] = self._encrypt(record.kid, pems[record.kid])
+                conn.execute(db.signing_keys.insert().values(kid=record.kid, **values))
+
+    def _encrypt(self, kid: str, pem: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, pem, kid.encode())
+
+    def _decrypt(self, kid: str, blob: bytes) -> Any:
+        try:
+            pem = self._aead.decrypt(bytes(blob[:12]), bytes(blob[12:]), kid.encode())
+        except InvalidTag:
+            raise KeyringError(f"database keyring: key {kid} does not decrypt; is TOKENDEALER_KEY_ENCRYPTION_KEY right?") from None
+        return serialization.load_pem_private_key(pem, password=None)
+
+    @staticmethod
+    def _record(row: Any) -> KeyRecord:
+        data = dict(row._mapping)
+        data.pop("private_key", None)
+        try:
+            return KeyRecord.from_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyringError(f"database keyring: malformed key row ({exc})") from None
+
+
+def make_key_store(config: Config, clock: Callable[[], float] = time.time, engine: Any = None) -> KeyStore:
     """The keyring store the configuration names."""
+    if config.keyring == "database":
+        return DatabaseKeyStore(engine or db.make_engine(config.database_url), config.key_encryption_key_bytes(), clock)
     return FileKeyStore(config.keys_dir, clock=clock)

@@ -37,10 +37,13 @@ class RevocationList:
         self.clock = clock
 
     def revoke(self, jti: str, client_id: str, expires_at: float) -> None:
-        with self.engine.begin() as conn:
-            exists = conn.execute(sa.select(db.revoked_tokens.c.jti).where(db.revoked_tokens.c.jti == jti)).first()
-            if not exists:
+        """Deny `jti` until `expires_at` (idempotent), and forget entries whose tokens have expired."""
+        try:
+            with self.engine.begin() as conn:
                 conn.execute(db.revoked_tokens.insert().values(jti=jti, client_id=client_id, expires_at=expires_at))
+        except sa.exc.IntegrityError:
+            pass  # already revoked
+        with self.engine.begin() as conn:
             conn.execute(db.revoked_tokens.delete().where(db.revoked_tokens.c.expires_at < self.clock()))
 
     def is_revoked(self, jti: str) -> bool:
