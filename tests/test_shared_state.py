@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokendealer import db
 from tokendealer.app import create_app
+from tokendealer.authentication import AuthFailureGuard
+from tokendealer.errors import TooManyRequests
 from tokendealer.keyring import make_key_store, public_jwk
 
 from .conftest import AUDIENCE, REDIS_URL, LiveServer, basic, fetch_token, free_port, make_config, postgres_schema, run_cli, server_env
@@ -235,3 +237,22 @@ def test_three_instances_behind_a_balancer(tmp_path, redis_url):
         finally:
             for s in servers:
                 s.stop()
+
+
+def test_lockout_reaches_another_instance_within_the_clean_window(redis_url):
+    """Guard B trusted a client id as clean; failures counted through guard A lock it out on B too,
+    at the latest when B's clean window (1 s) ends."""
+    now = [0.0]
+    a = AuthFailureGuard(redis_url, "3/minute", "1000/minute", monotonic=lambda: now[0])
+    b = AuthFailureGuard(redis_url, "3/minute", "1000/minute", monotonic=lambda: now[0])
+    client_id = "guard-" + secrets.token_hex(4)
+    b.check(client_id, "10.1.1.1")  # clean: cached for 1 s
+    for _ in range(3):
+        a.check(client_id, "10.1.1.2")
+        a.failed(client_id, "10.1.1.2")
+    with pytest.raises(TooManyRequests):
+        a.check(client_id, "10.1.1.2")
+    b.check(client_id, "10.1.1.1")  # still within B's clean window
+    now[0] = 1.0
+    with pytest.raises(TooManyRequests):
+        b.check(client_id, "10.1.1.1")

@@ -38,13 +38,29 @@ class AuthFailureGuard:
 
     Once over the limit a client id is refused even with the right secret, until the window passes, so
     guessing cannot continue at a slower pace from many addresses.
+
+    The success path must not pay a storage round trip per request (with Redis that would cost more than
+    signing the token), so a key seen with no failures at all is trusted as clean for `clean_seconds`;
+    any failure recorded by this process drops that at once, so one process counts exactly, and a lockout
+    caused through another instance reaches this one within `clean_seconds`.
     """
 
-    def __init__(self, storage_uri: str, per_client: str, per_address: str, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        storage_uri: str,
+        per_client: str,
+        per_address: str,
+        clock: Callable[[], float] = time.time,
+        clean_seconds: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self.limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
         self.per_client = parse_many(per_client)
         self.per_address = parse_many(per_address)
         self.clock = clock
+        self.clean_seconds = clean_seconds
+        self.monotonic = monotonic
+        self._clean: dict[tuple[str, str], float] = {}
 
     def _keys(self, client_id: str | None, address: str | None) -> list:
         out = []
@@ -56,17 +72,24 @@ class AuthFailureGuard:
 
     def check(self, client_id: str | None, address: str | None) -> None:
         """Raise TooManyRequests if this client id or address used up its failures."""
+        now = self.monotonic()
         for limit, key in self._keys(client_id, address):
-            if not self._storage_call(self.limiter.test, limit, *key):
-                reset_at, _ = self._storage_call(self.limiter.get_window_stats, limit, *key)
-                retry_after = max(1, int(reset_at - self.clock()) + 1)
+            if self._clean.get(key, 0.0) > now:
+                continue
+            reset_at, remaining = self._storage_call(self.limiter.get_window_stats, limit, *key)
+            if remaining <= 0:
                 raise TooManyRequests(
                     "too many failed client authentications; retry later",
-                    headers={"Retry-After": str(retry_after)},
+                    headers={"Retry-After": str(max(1, int(reset_at - self.clock()) + 1))},
                 )
+            if remaining >= limit.amount:
+                if len(self._clean) > 100_000:
+                    self._clean.clear()
+                self._clean[key] = now + self.clean_seconds
 
     def failed(self, client_id: str | None, address: str | None) -> None:
         for limit, key in self._keys(client_id, address):
+            self._clean.pop(key, None)
             self._storage_call(self.limiter.hit, limit, *key)
 
     @staticmethod

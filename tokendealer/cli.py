@@ -109,8 +109,9 @@ def init(state: State, alg: str, as_json: bool) -> None:
     created = state.key_store().init(alg)
     if created:
         state.audit("keys.initialised", alg=alg)
-    result = {"keys_dir": str(state.config.keys_dir), "keys_created": created, "database": "ready"}
-    emit(result, as_json, f"keyring {'created' if created else 'already present'} in {state.config.keys_dir}; database ready")
+    where = "the database" if state.config.keyring == "database" else str(state.config.keys_dir)
+    result = {"keyring": where, "keys_created": created, "database": "ready"}
+    emit(result, as_json, f"keyring {'created' if created else 'already present'} in {where}; database ready")
 
 
 @main.command()

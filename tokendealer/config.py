@@ -125,6 +125,8 @@ class Config:
         for name in ("ratelimit_storage",):
             if not getattr(self, name).startswith(("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
                 _bad(name, "must be memory:// or redis://...")
+        if self.audit_log and not Path(self.audit_log).parent.is_dir():
+            _bad("audit_log", f"names a file in a missing directory ({Path(self.audit_log).parent})")
         if self.keys_dir.exists() and not self.keys_dir.is_dir():
             _bad("keys_dir", f"{self.keys_dir} is not a directory")
         if self.keys_dir.is_dir() and not os.access(self.keys_dir, os.R_OK | os.X_OK):
