@@ -7,6 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tokendealer", "tokendealer.*", "client_lib", "client_lib.*"]),
+    package_data={"tokendealer": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"]},
+    include_package_data=True,
     python_requires=">=3.11",
     install_requires=[
         "Flask>=3.0",
@@ -19,6 +21,9 @@ setup(
         "limits>=3.10",
         "Flask-Limiter>=3.5",
         "prometheus_client>=0.20",
+        "alembic>=1.13",
+        "psycopg[binary]>=3.1",
+        "redis>=5.0",
     ],
     extras_require={
         "test": [

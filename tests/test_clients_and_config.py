@@ -147,3 +147,8 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "unknown.toml").write_text("colour = 'blue'")
     with pytest.raises(ConfigError, match="unknown setting"):
         Config.load(environ={}, config_file=tmp_path / "unknown.toml")
+
+
+def test_audit_log_in_a_missing_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="TOKENDEALER_AUDIT_LOG"):
+        Config.load(environ={"TOKENDEALER_AUDIT_LOG": str(tmp_path / "nope" / "audit.log")})

@@ -311,6 +311,7 @@ def test_other_algorithms_sign_and_verify(tmp_path, alg):
 def test_fast_path_and_flask_path_answer_alike(tmp_path, make_client, http):
     """With request-rate limits on, /oauth/token goes through Flask; the answers must be the same."""
     cid, secret = make_client()
+    (tmp_path / "other").mkdir()
     config = make_config(tmp_path / "other", ratelimit="1000/minute")
     initialise(config)
     flask_app = create_app(config)
