@@ -6,8 +6,10 @@ setup(
     description="OAuth 2.0 client-credentials token server issuing RFC 9068 JWT access tokens, with a client library",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["tokendealer", "tokendealer.*", "client_lib", "client_lib.*"]),
-    package_data={"tokendealer": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"]},
+    # migrations/ holds Alembic's scripts (no __init__.py): listed so they ship with the package.
+    packages=find_packages(include=["tokendealer", "tokendealer.*", "client_lib", "client_lib.*"])
+    + ["tokendealer.migrations", "tokendealer.migrations.versions"],
+    package_data={"tokendealer.migrations": ["*.mako"]},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=[
