@@ -25,8 +25,8 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check tokendealer client_lib tests
-	$(BIN)/ruff format --check tokendealer client_lib tests
+	$(BIN)/ruff check tokendealer client_lib tests examples benchmarks
+	$(BIN)/ruff format --check tokendealer client_lib tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) var *.egg-info

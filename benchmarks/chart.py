@@ -1,6 +1,6 @@
 """Draw req/s against connections for TokenDealer and its peers from benchmarks/out/peers.json.
 
-    .venv/bin/python benchmarks/chart.py      # writes benchmarks/peers.png (needs the `bench` extra)
+.venv/bin/python benchmarks/chart.py      # writes benchmarks/peers.png (needs the `bench` extra)
 """
 
 from __future__ import annotations

@@ -59,7 +59,11 @@ class Issuer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.documents = {
-            "/.well-known/oauth-authorization-server": {"issuer": self.url, "jwks_uri": self.url + "/jwks", "token_endpoint": self.url + "/token"},
+            "/.well-known/oauth-authorization-server": {
+                "issuer": self.url,
+                "jwks_uri": self.url + "/jwks",
+                "token_endpoint": self.url + "/token",
+            },
             "/jwks": {"keys": [jwk]},
         }
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -86,8 +90,17 @@ def bench_algorithm(alg: str, count: int) -> dict[str, float]:
     now = int(time.time())
 
     def token() -> str:
-        claims = {"iss": issuer.url, "sub": "svc", "client_id": "svc", "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 3600,
-                  "jti": secrets.token_urlsafe(18), "scope": "read write"}
+        claims = {
+            "iss": issuer.url,
+            "sub": "svc",
+            "client_id": "svc",
+            "aud": AUDIENCE,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "jti": secrets.token_urlsafe(18),
+            "scope": "read write",
+        }
         return jwt.encode(claims, key, algorithm=alg, headers={"kid": "k1", "typ": "at+jwt"})
 
     tokens = [token() for _ in range(count)]

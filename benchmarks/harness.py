@@ -69,7 +69,9 @@ class Setup:
 class Server:
     """A server process on a loopback port, waited on until it answers `ready_path`."""
 
-    def __init__(self, command: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/healthz", cwd: str | None = None):
+    def __init__(
+        self, command: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/healthz", cwd: str | None = None
+    ):
         self.command = command
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -114,7 +116,17 @@ def wrk(url: str, authorization: str, body: str, connections: int, seconds: int 
     """One bounded wrk run with token.lua; returns requests/s, latency percentiles and failure counts."""
     env = {**os.environ, "WRK_AUTHORIZATION": authorization, "WRK_BODY": body}
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", os.environ.get("WRK_SCRIPT", str(HERE / "token.lua")), url],
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            os.environ.get("WRK_SCRIPT", str(HERE / "token.lua")),
+            url,
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -134,7 +146,9 @@ def token_body(audience: str = AUDIENCE, scope: str = SCOPE) -> str:
 
 def check_token(url: str, authorization: str, body: str) -> None:
     """One real request first: a benchmark of error answers would be worthless."""
-    response = requests.post(url, data=body, headers={"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"}, timeout=5)
+    response = requests.post(
+        url, data=body, headers={"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"}, timeout=5
+    )
     if response.status_code != 200 or "access_token" not in response.json():
         raise RuntimeError(f"{url} did not issue a token: {response.status_code} {response.text[:200]}")
 

@@ -53,7 +53,10 @@ def prepare(env: dict[str, str]) -> str:
     subprocess.run([BIN / "tokendealer", "init"], env=env, check=True, capture_output=True)
     out = subprocess.run(
         [BIN / "tokendealer", "client", "create", "bench", "--scope", "read", "--audience", "https://api.example.com"],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout)["client_secret"]
 

@@ -21,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -70,8 +69,24 @@ def main() -> None:
     targets = {
         "tokendealer": ([BIN / "tokendealer", "serve", "--port", str(port)], setup.env, None, token_body()),
         "bare-flask (granian)": (
-            [BIN / "granian", "--interface", "wsgi", "--workers", str(workers), "--blocking-threads", "1", "--host", "127.0.0.1",
-             "--port", str(port), "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT, "--factory", "bare_flask:create_app"],
+            [
+                BIN / "granian",
+                "--interface",
+                "wsgi",
+                "--workers",
+                str(workers),
+                "--blocking-threads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--access-log",
+                "--access-log-fmt",
+                ACCESS_LOG_FORMAT,
+                "--factory",
+                "bare_flask:create_app",
+            ],
             {**os.environ, "PYTHONPATH": str(HERE / "peers")},
             None,
             token_body(),

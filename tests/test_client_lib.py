@@ -415,3 +415,19 @@ def test_cli_token_command_uses_client_lib(stack):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["token_type"] == "Bearer"
+
+
+def test_stopped_server_cached_token_until_expiry(live_factory):
+    """The server really stops: the cached token is served until it expires, then a clear error."""
+    server = live_factory(workers=1)
+    created = run_cli("client", "create", "svc", "--audience", AUDIENCE, env=server.env)
+    secret = json.loads(created.stdout)["client_secret"]
+    clock = FakeClock(time.time())
+    client = TokenClient(server.url, "svc", secret, clock=clock, retries=2, sleep=lambda _s: None)
+    token = client.get_token(audience=AUDIENCE)
+    server.stop()
+    clock.advance(1801)
+    assert client.get_token(audience=AUDIENCE) == token
+    clock.advance(1800)
+    with pytest.raises(TokenEndpointUnavailable, match="ConnectionError"):
+        client.get_token(audience=AUDIENCE)

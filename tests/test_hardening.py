@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 
 import pytest
 import requests
@@ -210,3 +211,22 @@ def test_metrics_under_the_production_server(live_factory):
         "tokendealer_rate_limit_refusals",
     ):
         assert name in text
+
+
+def test_locked_database_is_503_for_writes_and_tokens_still_issue(http, make_client, config, services):
+    """Another process holds SQLite's write lock: revocation (a write) answers 503 after the busy timeout,
+    while token issuance (reads only) goes on; both recover when the lock is released."""
+    cid, secret = make_client()
+    token = post(http, (cid, secret)).get_json()["access_token"]
+    path = config.database_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, timeout=1, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        assert post(http, (cid, secret)).status_code == 200
+        locked = http.post("/oauth/revoke", data={"token": token}, headers=basic(cid, secret))
+        assert locked.status_code == 503
+        assert locked.get_json()["error"] == "temporarily_unavailable"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert http.post("/oauth/revoke", data={"token": token}, headers=basic(cid, secret)).status_code == 200
