@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import db
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
-from .authentication import AuthFailureGuard, ClientAuthenticator
+from .authentication import AuthFailureGuard, ClientAuthenticator, Params
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
@@ -36,7 +36,7 @@ from .keyring import KeyringSource, KeyStore, make_key_store
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .tokens import RevocationList, TokenRejected, TokenService
-from .wsgi import FORM, MAX_PARAMS, NO_STORE, Params, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
+from .wsgi import FORM, MAX_PARAMS, NO_STORE, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
 
 log = logging.getLogger(__name__)
 

@@ -461,7 +461,6 @@ class KeyringSource:
         self._next_check = 0.0
         self._lock = threading.Lock()
         self.reload_failures = 0
-        self.on_reload: Callable[[Keyring], None] | None = None
 
     def current(self) -> Keyring | None:
         """The newest good keyring (None if none ever loaded).
@@ -502,8 +501,6 @@ class KeyringSource:
             self._fail(f"keyring unreachable: {exc.__class__.__name__}")
             return
         self._keyring, self._version, self.error = keyring, version, None
-        if self.on_reload:
-            self.on_reload(keyring)
 
     def _fail(self, message: str) -> None:
         if message != self.error:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .authentication import Params
 from .errors import InvalidRequest, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from .tokens import NoSigningKey
 
@@ -31,7 +32,6 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 OAUTH_PATHS = frozenset({"/oauth/token", "/oauth/introspect", "/oauth/revoke"})
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-Params = dict[str, list[str]]
 
 
 def parse_form(content_type: str | None, body: bytes) -> Params:
