@@ -41,7 +41,15 @@ def test_serve_fetch_and_verify_over_http(live_factory):
 
 
 def test_serve_refuses_to_start_without_keyring(tmp_path):
-
+    assert run_cli("db", "upgrade", env=server_env(tmp_path)).returncode == 0
     result = run_cli("serve", "--port", "1", env=server_env(tmp_path))
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: no keyring")
+
+
+def test_serve_refuses_to_start_without_database_schema(tmp_path):
+    env = server_env(tmp_path)
+    assert run_cli("keys", "init", env=env).returncode == 0
+    result = run_cli("serve", "--port", "1", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: the database has no TokenDealer schema; run `tokendealer init` (or `tokendealer db upgrade`)"

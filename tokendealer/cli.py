@@ -74,7 +74,7 @@ def refusals(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ClientError, KeyringError) as exc:
+        except (ClientError, KeyringError, db.SchemaError) as exc:
             raise Refused(str(exc)) from None
         except SQLAlchemyError as exc:
             raise Refused(f"database error ({exc.__class__.__name__}); has `tokendealer init` been run?") from None
@@ -125,6 +125,7 @@ def serve(state: State, host: str, port: int, workers: int | None, dev: bool) ->
     """Serve the API (granian; --dev for Flask's server)."""
     from .serving import run  # noqa: PLC0415 (sets up multiprocess metrics before they are imported)
 
+    db.check_schema(db.make_engine(state.config.database_url))
     state.key_store().load()
     run(state.config, host, port, workers, dev, state.config_file)
 

@@ -113,6 +113,23 @@ def upgrade_schema(engine: Engine) -> None:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
+class SchemaError(Exception):
+    """The database schema is missing or older than this release."""
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaError unless the database is at the newest Alembic revision."""
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415 (start-up check only)
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current != head:
+        state = "has no TokenDealer schema" if current is None else f"is at schema revision {current}, this release needs {head}"
+        raise SchemaError(f"the database {state}; run `tokendealer init` (or `tokendealer db upgrade`)")
+
+
 def ping(engine: Engine) -> None:
     """Raise if the database does not answer a trivial query."""
     with engine.connect() as conn:
