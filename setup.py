@@ -35,6 +35,7 @@ setup(
             "httpx>=0.27",
             "fastapi>=0.110",
             "anyio>=4.0",
+            "Authlib>=1.6",
             "ruff>=0.5",
         ],
         "httpx": ["httpx>=0.27"],

@@ -19,7 +19,9 @@ def server_metadata(config: Config, scopes: list[str]) -> dict[str, Any]:
         "introspection_endpoint": config.url("/oauth/introspect"),
         "revocation_endpoint": config.url("/oauth/revoke"),
         "grant_types_supported": ["client_credentials"],
-        "response_types_supported": [],
+        # REQUIRED by RFC 8414 §2; there is no authorization endpoint, and strict validators (Authlib)
+        # refuse an empty list, so only the registered "none" type is named.
+        "response_types_supported": ["none"],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
