@@ -6,11 +6,15 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokendealer.app import create_app
+from tokendealer.keyring import public_jwk
 
 from .conftest import AUDIENCE, basic, initialise, make_config, run_cli, server_env
 
@@ -230,3 +234,25 @@ def test_locked_database_is_503_for_writes_and_tokens_still_issue(http, make_cli
         holder.execute("ROLLBACK")
         holder.close()
     assert http.post("/oauth/revoke", data={"token": token}, headers=basic(cid, secret)).status_code == 200
+
+
+def test_outage_during_authentication_is_not_counted_as_a_failure(tmp_path):
+    """A 503 while checking an assertion (replay cache unreachable) must not count toward the lockout."""
+    config = make_config(tmp_path, replay_cache="redis://127.0.0.1:1/0", auth_failure_limit="2/minute")
+    initialise(config)
+    app = create_app(config)
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = public_jwk(key.public_key(), "ES256")
+    app.extensions["tokendealer"].clients.create("keysvc", scopes=["read"], audiences=[AUDIENCE], jwks={"keys": [jwk]})
+    http = app.test_client()
+    for i in range(4):
+        now = int(time.time())
+        claims = {"iss": "keysvc", "sub": "keysvc", "aud": "http://localhost:5000/oauth/token", "exp": now + 60, "jti": f"j{i}"}
+        form = {
+            **GRANT,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": jwt.encode(claims, key, algorithm="ES256"),
+        }
+        assert http.post("/oauth/token", data=form).status_code == 503  # never 429
+    events = [json.loads(line) for line in open(config.audit_log)]
+    assert {e["error"] for e in events if e["event"] == "token.refused"} == {"temporarily_unavailable"}

@@ -17,7 +17,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from .assertions import ASSERTION_TYPE, AssertionVerifier
 from .clients import Client, ClientStore, SecretHasher
-from .errors import InvalidClient, InvalidRequest, OAuthError, TemporarilyUnavailable, TooManyRequests
+from .errors import InvalidClient, InvalidRequest, TemporarilyUnavailable, TooManyRequests
 
 Params = Mapping[str, list[str]]
 MAX_CLIENT_ID = 256
@@ -179,10 +179,15 @@ class ClientAuthenticator:
                 self.guard.failed(None, address)
             raise
         if self.guard:
-            self.guard.check(creds.client_id, address)
+            try:
+                self.guard.check(creds.client_id, address)
+            except TooManyRequests as exc:
+                exc.client_id = creds.client_id  # for the audit log
+                raise
         try:
             return self._verify(creds), creds
-        except OAuthError as exc:
+        except InvalidClient as exc:
+            # Only a failed proof counts; an outage (503) during the check is not the caller's failure.
             if self.guard:
                 self.guard.failed(creds.client_id, address)
             exc.client_id = creds.client_id
