@@ -19,7 +19,7 @@ from .core import (
     RetrySchedule,
     TokenCache,
     Verification,
-    check_metadata,
+    discovered_metadata,
     parse_token,
     retryable_status,
     token_error,
@@ -42,11 +42,9 @@ async def discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
             response = await http.get(base + path)
         except httpx.HTTPError as exc:
             raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
-        if response.status_code == 200:
-            try:
-                return check_metadata(issuer, base + path, response.json())
-            except ValueError:
-                raise DiscoveryError(f"{base + path} did not return JSON") from None
+        metadata = discovered_metadata(issuer, base + path, response)
+        if metadata is not None:
+            return metadata
     raise DiscoveryError(f"no authorization server metadata at {base}")
 
 
@@ -161,15 +159,8 @@ class AsyncTokenClient:
                 except ValueError as exc:
                     raise TokenRequestError("invalid_response", str(exc), 200) from None
             if not retryable_status(response.status_code):
-                raise token_error(response.status_code, _json_or_none(response))
+                raise token_error(response)
             await self.sleep(schedule.next_wait(f"HTTP {response.status_code}", response.headers.get("Retry-After")))
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 class AsyncTokenVerifier:

@@ -16,7 +16,7 @@ from .core import (
     Credentials,
     RetrySchedule,
     TokenCache,
-    check_metadata,
+    discovered_metadata,
     retryable_status,
     token_error,
     token_form,
@@ -38,11 +38,9 @@ def discover(session: requests.Session, issuer: str, timeout: Any) -> dict[str, 
             response = session.get(base + path, timeout=timeout)
         except requests.RequestException as exc:
             raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
-        if response.status_code == 200:
-            try:
-                return check_metadata(issuer, base + path, response.json())
-            except ValueError:
-                raise DiscoveryError(f"{base + path} did not return JSON") from None
+        metadata = discovered_metadata(issuer, base + path, response)
+        if metadata is not None:
+            return metadata
     raise DiscoveryError(f"no authorization server metadata at {base}")
 
 
@@ -172,15 +170,8 @@ class TokenClient:
                 except ValueError as exc:
                     raise TokenRequestError("invalid_response", str(exc), 200) from None
             if not retryable_status(response.status_code):
-                raise token_error(response.status_code, _json_or_none(response))
+                raise token_error(response)
             self.sleep(schedule.next_wait(f"HTTP {response.status_code}", response.headers.get("Retry-After")))
-
-
-def _json_or_none(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 class TokenAuth(requests.auth.AuthBase):

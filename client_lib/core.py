@@ -139,14 +139,27 @@ def token_form(audience: str | None, scope: str | None) -> dict[str, str]:
     return form
 
 
-def token_error(status: int, body: Any) -> TokenRequestError:
-    """The exception for a refused token request, carrying the server's error (RFC 6749 §5.2)."""
+def token_error(response: Any) -> TokenRequestError:
+    """The exception for a refused token request (requests or httpx response), carrying the server's
+    error (RFC 6749 §5.2)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
     body = body if isinstance(body, dict) else {}
+    status = response.status_code
     return TokenRequestError(str(body.get("error") or f"http_{status}"), body.get("error_description"), status)
 
 
-def check_metadata(issuer: str, url: str, metadata: Any) -> dict[str, Any]:
-    """RFC 8414 §3.3: the metadata's issuer must be exactly the one asked for."""
+def discovered_metadata(issuer: str, url: str, response: Any) -> dict[str, Any] | None:
+    """The metadata in a discovery response (requests or httpx), None if it is not a 200; RFC 8414 §3.3:
+    its issuer must be exactly the one asked for."""
+    if response.status_code != 200:
+        return None
+    try:
+        metadata = response.json()
+    except ValueError:
+        raise DiscoveryError(f"{url} did not return JSON") from None
     if not isinstance(metadata, dict) or metadata.get("issuer") != issuer:
         raise DiscoveryError(f"metadata at {url} does not name issuer {issuer!r} (RFC 8414 §3.3)")
     return metadata

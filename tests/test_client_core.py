@@ -7,8 +7,17 @@ import json
 
 import pytest
 
-from client_lib import DisallowedAlgorithm, MalformedToken, WrongTokenType
-from client_lib.core import CachedToken, JwksState, backoff_delays, cache_lifetime, parse_token, retry_after_seconds
+from client_lib import DisallowedAlgorithm, DiscoveryError, MalformedToken, WrongTokenType
+from client_lib.core import (
+    CachedToken,
+    JwksState,
+    backoff_delays,
+    cache_lifetime,
+    discovered_metadata,
+    parse_token,
+    retry_after_seconds,
+    token_error,
+)
 
 
 def _b64(data) -> str:
@@ -75,3 +84,28 @@ def test_parse_token_refuses(token, error):
 def test_parse_token_accepts_application_at_jwt():
     jws = parse_token(f"{_b64({'alg': 'ES256', 'typ': 'application/at+jwt', 'kid': 'k'})}.{_b64({'a': 1})}.c2ln")
     assert jws.header["kid"] == "k" and jws.signature == b"sig"
+
+
+class _Response:
+    def __init__(self, status_code, body):
+        self.status_code, self._body = status_code, body
+
+    def json(self):
+        if isinstance(self._body, Exception):
+            raise self._body
+        return self._body
+
+
+def test_discovered_metadata_checks_the_issuer():
+    assert discovered_metadata("https://i", "u", _Response(404, {})) is None
+    assert discovered_metadata("https://i", "u", _Response(200, {"issuer": "https://i"})) == {"issuer": "https://i"}
+    with pytest.raises(DiscoveryError, match="RFC 8414"):
+        discovered_metadata("https://i", "u", _Response(200, {"issuer": "https://evil"}))
+    with pytest.raises(DiscoveryError, match="JSON"):
+        discovered_metadata("https://i", "u", _Response(200, ValueError("not json")))
+
+
+def test_token_error_from_any_response():
+    error = token_error(_Response(400, {"error": "invalid_scope", "error_description": "no"}))
+    assert (error.error, error.description, error.status) == ("invalid_scope", "no", 400)
+    assert token_error(_Response(403, ValueError("html"))).error == "http_403"
