@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/servers.py [--seconds 10] [--rounds 2]
 
 Each candidate serves the same TokenDealer app (same keys, same database) on loopback; wrk runs the same
-client-credentials load at 16 and 64 connections, candidates alternating, and the median is printed.
+client-credentials load at 16 and 64 connections, candidates alternating, and the median is printed, with
+the largest worker RSS after the last load (the memory side of the choice).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     setup = Setup.create(port)
     auth, body = basic_header(setup.client_id, setup.client_secret), token_body()
     results: dict[tuple[str, int], list[dict]] = {}
+    rss: dict[str, list[float]] = {}
     try:
         for _ in range(args.rounds):
             for name, command in candidates(port).items():
@@ -86,12 +88,15 @@ def main() -> None:
                         results.setdefault((name, connections), []).append(
                             wrk(server.url + "/oauth/token", auth, body, connections, args.seconds)
                         )
+                    rss.setdefault(name, []).append(max(server.rss_mb()))
     finally:
         setup.cleanup()
     print(f"token endpoint, {os.cpu_count()} cores, {args.rounds} rounds of {args.seconds} s, median of rounds")
     for (name, connections), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"c{connections:<3} {name:<18} {fmt(median)}")
+    for name, sizes in rss.items():
+        print(f"{name:<22} largest worker RSS {statistics.median(sizes):.1f} MB")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ keyring_state = sa.Table(
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The newest revision in MIGRATIONS (a test keeps the two in step), and the table Alembic records it in.
+SCHEMA_HEAD = "0001"
+VERSION_TABLE = sa.Table("alembic_version", sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True))
 
 
 def make_engine(url: str) -> Engine:
@@ -118,15 +121,17 @@ class SchemaError(Exception):
 
 
 def check_schema(engine: Engine) -> None:
-    """Raise SchemaError unless the database is at the newest Alembic revision."""
-    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415 (start-up check only)
-    from alembic.script import ScriptDirectory  # noqa: PLC0415
+    """Raise SchemaError unless the database is at SCHEMA_HEAD.
 
-    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    Reads Alembic's version table with SQLAlchemy alone: `serve` runs this in the process its workers are
+    forked from, and importing Alembic there would add its modules to every worker's memory.
+    """
     with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-    if current != head:
-        state = "has no TokenDealer schema" if current is None else f"is at schema revision {current}, this release needs {head}"
+        current = None
+        if sa.inspect(conn).has_table(VERSION_TABLE.name):
+            current = conn.execute(sa.select(VERSION_TABLE.c.version_num)).scalar()
+    if current != SCHEMA_HEAD:
+        state = "has no TokenDealer schema" if current is None else f"is at schema revision {current}, this release needs {SCHEMA_HEAD}"
         raise SchemaError(f"the database {state}; run `tokendealer init` (or `tokendealer db upgrade`)")
 
 
