@@ -102,10 +102,45 @@ class Server:
                 self.process.kill()
                 self.process.wait(5)
 
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
     def rss_mb(self) -> list[float]:
         """Resident memory of each child process (the workers), in MB."""
-        out = subprocess.run(["ps", "-o", "pid=,rss=", "--ppid", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [int(line.split()[1]) / 1024 for line in out.strip().splitlines() if line.strip()]
+        return [worker_memory(pid)["rss"] for pid in self.worker_pids()]
+
+
+def worker_memory(pid: int) -> dict[str, float]:
+    """A process's memory in MB from /proc: RSS (shared pages counted in full), PSS (shared pages split among
+    the processes mapping them) and USS (pages only this process maps: what stopping it would free)."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup.readlines()[1:]:
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0])
+    uss = fields["Private_Clean"] + fields["Private_Dirty"]
+    return {"rss": fields["Rss"] / 1024, "pss": fields["Pss"] / 1024, "uss": uss / 1024}
+
+
+def granian_command(port: int, factory: str, workers: int) -> list[str]:
+    """granian with the settings `tokendealer serve` uses (tokendealer/serving.py), serving another app."""
+    from tokendealer.serving import ACCESS_LOG_FORMAT  # noqa: PLC0415
+
+    return [
+        *(str(BIN / "granian"), "--interface", "wsgi", "--workers", str(workers), "--blocking-threads", "1"),
+        *("--host", "127.0.0.1", "--port", str(port), "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT),
+        *("--factory", factory),
+    ]
+
+
+def drive_to(url: str, authorization: str, body: str, target: int, done: int) -> int:
+    """Run bounded wrk bursts (16 connections, 2 s each, at most 100) until `target` requests are served in all."""
+    for _ in range(100):
+        if done >= target:
+            break
+        done += int(wrk(url, authorization, body, 16, 2)["requests"])
+    return done
 
 
 def basic_header(client_id: str, secret: str) -> str:

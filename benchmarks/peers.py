@@ -24,10 +24,10 @@ import sys
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from harness import AUDIENCE, BIN, HERE, Server, Setup, basic_header, check_token, fmt, free_port, token_body, wrk
+from harness import AUDIENCE, BIN, HERE, Server, Setup, basic_header, check_token, fmt, free_port, granian_command, token_body, wrk
 
 sys.path.insert(0, str(HERE.parent))
-from tokendealer.serving import ACCESS_LOG_FORMAT, default_workers  # noqa: E402
+from tokendealer.serving import default_workers  # noqa: E402
 
 OUT = HERE / "out"
 NODE_DIR = OUT / "node"
@@ -69,24 +69,7 @@ def main() -> None:
     targets = {
         "tokendealer": ([BIN / "tokendealer", "serve", "--port", str(port)], setup.env, None, token_body()),
         "bare-flask (granian)": (
-            [
-                BIN / "granian",
-                "--interface",
-                "wsgi",
-                "--workers",
-                str(workers),
-                "--blocking-threads",
-                "1",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--access-log",
-                "--access-log-fmt",
-                ACCESS_LOG_FORMAT,
-                "--factory",
-                "bare_flask:create_app",
-            ],
+            granian_command(port, "bare_flask:create_app", workers),
             {**os.environ, "PYTHONPATH": str(HERE / "peers")},
             None,
             token_body(),

@@ -13,7 +13,7 @@ import argparse
 import os
 import statistics
 
-from harness import BIN, Server, Setup, basic_header, check_token, fmt, free_port, token_body, wrk
+from harness import BIN, Server, Setup, basic_header, check_token, fmt, free_port, granian_command, token_body, wrk
 
 WORKERS = (os.cpu_count() or 1) * 2
 
@@ -50,21 +50,8 @@ def candidates(port: int) -> dict[str, list[str]]:
             "--factory",
             "tokendealer.app:create_app",
         ],
-        "granian-wsgi-2x-bt1": [
-            BIN / "granian",
-            "--interface",
-            "wsgi",
-            "--workers",
-            str(WORKERS),
-            "--blocking-threads",
-            "1",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--factory",
-            "tokendealer.app:create_app",
-        ],
+        "granian-wsgi-1x-bt1": granian_command(port, "tokendealer.app:create_app", os.cpu_count() or 1),
+        "granian-wsgi-2x-bt1": granian_command(port, "tokendealer.app:create_app", WORKERS),
     }
 
 

@@ -1,9 +1,9 @@
 """The token endpoint of `tokendealer serve` with its default production settings, on loopback.
 
-    .venv/bin/python benchmarks/token_endpoint.py [--seconds 10] [--connections 16 64] [--memory]
+    .venv/bin/python benchmarks/token_endpoint.py [--seconds 10] [--connections 16 64]
 
 Prints req/s, p50/p90/p99 latency and the count of non-200 answers (must be 0) for each connection count.
-With --memory it then drives the server to 50,000 and 100,000 requests and prints each worker's RSS.
+Worker memory after 50,000 and 100,000 requests: memory.py.
 """
 
 from __future__ import annotations
@@ -13,20 +13,10 @@ import argparse
 from harness import BIN, Server, Setup, basic_header, check_token, fmt, free_port, token_body, wrk
 
 
-def drive_to(server: Server, auth: str, body: str, target: int, done: int) -> int:
-    """Run bounded wrk bursts until at least `target` requests have been served in total."""
-    for _ in range(100):
-        if done >= target:
-            break
-        done += int(wrk(server.url + "/oauth/token", auth, body, 16, 2)["requests"])
-    return done
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--memory", action="store_true", help="measure worker RSS after 50k and 100k requests")
     args = parser.parse_args()
     port = free_port()
     setup = Setup.create(port)
@@ -37,12 +27,6 @@ def main() -> None:
             for connections in args.connections:
                 result = wrk(server.url + "/oauth/token", auth, body, connections, args.seconds)
                 print(f"c{connections:<3} tokendealer serve  {fmt(result)}", flush=True)
-            if args.memory:
-                done = 0
-                for target in (50_000, 100_000):
-                    done = drive_to(server, auth, body, target, done)
-                    rss = ", ".join(f"{mb:.1f}" for mb in server.rss_mb())
-                    print(f"after {done:>7} requests: worker RSS MB [{rss}]", flush=True)
     finally:
         setup.cleanup()
 

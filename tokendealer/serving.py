@@ -1,9 +1,10 @@
 """Running the app under the production WSGI server (granian) or Flask's development server.
 
 granian was chosen by measurement (benchmarks/servers.py, benchmarks/RESULTS.md): on two cores it served
-the token endpoint at about 2.2x gunicorn sync and 1.7x gunicorn gthread with a lower p99, thanks to its
-Rust HTTP layer and keep-alive. One blocking thread per worker keeps p99 low; workers are sized to the
-cores. It keeps graceful restarts (SIGHUP respawns the workers), timeouts and an access log.
+the token endpoint at 2-3x gunicorn sync and gthread with a lower p99, thanks to its Rust HTTP layer and
+keep-alive. One worker per core with one blocking thread each gave the most requests and the lowest p99
+(more workers only add context switches to CPU-bound signing). It keeps graceful restarts (SIGHUP
+respawns the workers), timeouts and an access log.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ CONFIG_FILE_ENV = "TOKENDEALER_SERVE_CONFIG_FILE"
 
 
 def default_workers() -> int:
-    """Two workers per core: the token endpoint is CPU-bound (signing), with short waits on the database."""
-    return max(2, (os.cpu_count() or 1) * 2)
+    """One worker per core (at least two, so one can restart while the other serves): the token endpoint is
+    CPU-bound (signing), with short waits on the database."""
+    return max(2, os.cpu_count() or 1)
 
 
 def worker_app() -> Any:
