@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/instances.py [--seconds 10] [--connections 64]
 
-Each run keeps the machine's total worker count (2 per core) split across the instances; one wrk per
+Each run keeps the default worker count of `tokendealer serve` split across the instances (at least one each); one wrk per
 instance runs at the same time (connections split evenly), and the req/s are summed. PostgreSQL on
 127.0.0.1:5432 (database `test`, a throw-away schema) and Redis on 127.0.0.1:6379 must be running.
 """
