@@ -123,12 +123,14 @@ def worker_memory(pid: int) -> dict[str, float]:
     return {"rss": fields["Rss"] / 1024, "pss": fields["Pss"] / 1024, "uss": uss / 1024}
 
 
-def granian_command(port: int, factory: str, workers: int) -> list[str]:
-    """granian with the settings `tokendealer serve` uses (tokendealer/serving.py), serving another app."""
+def granian_command(port: int, factory: str, workers: int, blocking_threads: int | None = 1) -> list[str]:
+    """granian with the settings `tokendealer serve` uses (tokendealer/serving.py), serving another app;
+    `blocking_threads=None` leaves granian's default."""
     from tokendealer.serving import ACCESS_LOG_FORMAT  # noqa: PLC0415
 
+    threads = ["--blocking-threads", str(blocking_threads)] if blocking_threads else []
     return [
-        *(str(BIN / "granian"), "--interface", "wsgi", "--workers", str(workers), "--blocking-threads", "1"),
+        *(str(BIN / "granian"), "--interface", "wsgi", "--workers", str(workers), *threads),
         *("--host", "127.0.0.1", "--port", str(port), "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT),
         *("--factory", factory),
     ]

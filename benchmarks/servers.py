@@ -19,39 +19,18 @@ WORKERS = (os.cpu_count() or 1) * 2
 
 
 def candidates(port: int) -> dict[str, list[str]]:
+    """Every candidate writes an access log (to the harness's /dev/null), as `tokendealer serve` does."""
     bind = f"127.0.0.1:{port}"
-    factory = "tokendealer.app:create_app()"
+    gunicorn = [BIN / "gunicorn", "-b", bind, "--access-logfile", "-", "tokendealer.app:create_app()"]
+    factory = "tokendealer.app:create_app"
+    cores = os.cpu_count() or 1
     return {
-        "gunicorn-sync": [BIN / "gunicorn", "-w", str(WORKERS), "-k", "sync", "-b", bind, factory],
-        "gunicorn-gthread": [BIN / "gunicorn", "-w", str(os.cpu_count() or 1), "-k", "gthread", "--threads", "4", "-b", bind, factory],
-        "granian-wsgi": [
-            BIN / "granian",
-            "--interface",
-            "wsgi",
-            "--workers",
-            str(os.cpu_count() or 1),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--factory",
-            "tokendealer.app:create_app",
-        ],
-        "granian-wsgi-2x": [
-            BIN / "granian",
-            "--interface",
-            "wsgi",
-            "--workers",
-            str(WORKERS),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--factory",
-            "tokendealer.app:create_app",
-        ],
-        "granian-wsgi-1x-bt1": granian_command(port, "tokendealer.app:create_app", os.cpu_count() or 1),
-        "granian-wsgi-2x-bt1": granian_command(port, "tokendealer.app:create_app", WORKERS),
+        "gunicorn-sync": [*gunicorn, "-w", str(WORKERS), "-k", "sync"],
+        "gunicorn-gthread": [*gunicorn, "-w", str(cores), "-k", "gthread", "--threads", "4"],
+        "granian-wsgi": granian_command(port, factory, cores, blocking_threads=None),
+        "granian-wsgi-2x": granian_command(port, factory, WORKERS, blocking_threads=None),
+        "granian-wsgi-1x-bt1": granian_command(port, factory, cores),
+        "granian-wsgi-2x-bt1": granian_command(port, factory, WORKERS),
     }
 
 

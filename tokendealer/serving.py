@@ -1,10 +1,10 @@
 """Running the app under the production WSGI server (granian) or Flask's development server.
 
 granian was chosen by measurement (benchmarks/servers.py, benchmarks/RESULTS.md): on two cores it served
-the token endpoint at 2-3x gunicorn sync and gthread with a lower p99, thanks to its Rust HTTP layer and
-keep-alive. One worker per core with one blocking thread each gave the most requests and the lowest p99
-(more workers only add context switches to CPU-bound signing). It keeps graceful restarts (SIGHUP
-respawns the workers), timeouts and an access log.
+the token endpoint at 2.2x gunicorn gthread and 2.7x gunicorn sync with a lower p99, thanks to its Rust
+HTTP layer and keep-alive. One worker per core with one blocking thread each gave the lowest p99 at close
+to the most requests (more workers or threads add context switches to CPU-bound signing and push p99
+past 40 ms). It keeps graceful restarts (SIGHUP respawns the workers), timeouts and an access log.
 """
 
 from __future__ import annotations
