@@ -253,6 +253,23 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def all_at_once(count: int, call: Callable[[], Any], timeout: float = 30) -> list[Any]:
+    """Run `call` in `count` threads released together by a barrier; their results, in finishing order."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(call())
+
+    threads = [threading.Thread(target=worker) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return results
+
+
 def run_cli(*args: str, env: dict[str, str], input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     result = subprocess.run([TOKENDEALER, *args], env=env, capture_output=True, text=True, input=input, timeout=timeout)
     try:

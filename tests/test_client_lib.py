@@ -38,7 +38,7 @@ from client_lib.core import CachedToken
 from examples.caller import list_invoices
 from examples.service import create_service
 
-from .conftest import BILLING, FakeClock, free_port, run_cli
+from .conftest import BILLING, FakeClock, all_at_once, free_port, run_cli
 
 AUDIENCE = BILLING
 
@@ -77,18 +77,7 @@ def test_refresh_ahead_of_expiry(stack, proxy):
 
 def test_fifty_threads_cause_one_request(stack, proxy):
     client = make_client(stack)
-    barrier = threading.Barrier(50)
-    tokens: list[str] = []
-
-    def worker():
-        barrier.wait()
-        tokens.append(client.get_token(audience=AUDIENCE))
-
-    threads = [threading.Thread(target=worker) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    tokens = all_at_once(50, lambda: client.get_token(audience=AUDIENCE))
     assert len(tokens) == 50 and len(set(tokens)) == 1
     assert proxy.count("/oauth/token") == 1
 
@@ -99,18 +88,7 @@ def test_stale_token_refreshed_once_while_others_get_the_old_one(stack, proxy):
     first = client.get_token(audience=AUDIENCE)
     clock.advance(1801)
     proxy.counts.clear()
-    results: list[str] = []
-    barrier = threading.Barrier(20)
-
-    def worker():
-        barrier.wait()
-        results.append(client.get_token(audience=AUDIENCE))
-
-    threads = [threading.Thread(target=worker) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = all_at_once(20, lambda: client.get_token(audience=AUDIENCE))
     assert proxy.count("/oauth/token") == 1
     assert set(results) <= {first, client.get_token(audience=AUDIENCE)}
 

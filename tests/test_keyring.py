@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import jwt
 import pytest
 
 from tokendealer.keyring import FileKeyStore, KeyringError, KeyringSource
 
-from .conftest import AUDIENCE, TOKENDEALER, fetch_token, run_cli, server_env
+from .conftest import AUDIENCE, TOKENDEALER, all_at_once, fetch_token, run_cli, server_env
 
 MAX_LIFETIME = 86400 + 30
 
@@ -232,16 +231,5 @@ def test_broken_key_file_keeps_last_good(services, config, damage):
 def test_first_load_is_seen_by_every_thread(key_store):
     """Threads racing on a fresh source all get the keyring (none sees None while another loads it)."""
     source = KeyringSource(key_store, interval=5)
-    barrier = threading.Barrier(16)
-    seen = []
-
-    def worker():
-        barrier.wait()
-        seen.append(source.current())
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    seen = all_at_once(16, source.current, timeout=10)
     assert len(seen) == 16 and all(k is not None and k.active for k in seen)
