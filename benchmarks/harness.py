@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from tokendealer.serving import ACCESS_LOG_FORMAT
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 AUDIENCE = "https://api.example.com"
@@ -126,8 +128,6 @@ def worker_memory(pid: int) -> dict[str, float]:
 def granian_command(port: int, factory: str, workers: int, blocking_threads: int | None = 1) -> list[str]:
     """granian with the settings `tokendealer serve` uses (tokendealer/serving.py), serving another app;
     `blocking_threads=None` leaves granian's default."""
-    from tokendealer.serving import ACCESS_LOG_FORMAT  # noqa: PLC0415
-
     threads = ["--blocking-threads", str(blocking_threads)] if blocking_threads else []
     return [
         *(str(BIN / "granian"), "--interface", "wsgi", "--workers", str(workers), *threads),
