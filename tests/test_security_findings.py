@@ -1,0 +1,154 @@
+"""Findings of the attacker's review (SPEC §7): replay after expiry, the issuer's own clock, re-created
+client ids, assertion audiences, and workers agreeing on the keyring after an emergency rotation."""
+
+from __future__ import annotations
+
+import secrets
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tokendealer.keyring import public_jwk
+
+from .conftest import AUDIENCE, basic, fetch_token
+
+TOKEN_URL = "http://localhost:5000/oauth/token"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.fixture
+def key_client(registry):
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = public_jwk(key.public_key(), "ES256")
+    registry.create("keysvc", scopes=["read"], audiences=[AUDIENCE], jwks={"keys": [jwk]})
+    return key, jwk["kid"]
+
+
+def assertion(key, kid, clock, **overrides) -> str:
+    now = int(clock.now)
+    claims = {"iss": "keysvc", "sub": "keysvc", "aud": TOKEN_URL, "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(16)}
+    claims.update(overrides)
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+
+
+def post_assertion(http, value: str):
+    form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": value}
+    return http.post("/oauth/token", data=form)
+
+
+# ---- finding 2: an assertion is single-use for as long as it could be accepted (exp + leeway) ---------
+
+
+def test_assertion_past_exp_within_leeway_is_accepted_once(http, key_client, clock):
+    key, kid = key_client
+    value = assertion(key, kid, clock, iat=int(clock.now) - 70, exp=int(clock.now) - 10)
+    assert post_assertion(http, value).status_code == 200
+    for _ in range(3):
+        replay = post_assertion(http, value)
+        assert replay.status_code == 401
+        assert replay.get_json()["error_description"] == "client_assertion jti was already used"
+
+
+def test_assertion_replayed_after_its_exp_is_refused(http, key_client, clock):
+    key, kid = key_client
+    value = assertion(key, kid, clock, exp=int(clock.now) + 3)
+    assert post_assertion(http, value).status_code == 200
+    clock.advance(5)  # exp has passed, the leeway has not: the replay cache must still hold the jti
+    post_assertion(http, assertion(key, kid, clock))  # another request, which purges expired entries
+    replay = post_assertion(http, value)
+    assert replay.status_code == 401
+    assert replay.get_json()["error_description"] == "client_assertion jti was already used"
+
+
+def test_replay_cache_keeps_entries_until_exp_plus_leeway(services, clock):
+    verifier = services.token_endpoint.authenticator.assertions
+    assert verifier.replay.first_use("c", "j1", verifier.replay_until(clock.now + 3))
+    clock.advance(3 + verifier.leeway - 1)
+    assert not verifier.replay.first_use("c", "j1", verifier.replay_until(clock.now + 3))
+
+
+# ---- finding 10: private_key_jwt aud names this server and nothing else -----------------------------
+
+
+@pytest.mark.parametrize(
+    "aud",
+    [
+        [TOKEN_URL, "https://elsewhere.example"],
+        ["https://elsewhere.example", "http://localhost:5000"],
+        [],
+        [TOKEN_URL, TOKEN_URL, "x"],
+    ],
+)
+def test_assertion_audience_list_with_other_values_is_refused(http, key_client, clock, aud):
+    key, kid = key_client
+    response = post_assertion(http, assertion(key, kid, clock, aud=aud))
+    assert response.status_code == 401
+    assert "aud" in response.get_json()["error_description"]
+
+
+@pytest.mark.parametrize("aud", [TOKEN_URL, "http://localhost:5000", [TOKEN_URL], ["http://localhost:5000"]])
+def test_assertion_audience_naming_this_server_is_accepted(http, key_client, clock, aud):
+    key, kid = key_client
+    assert post_assertion(http, assertion(key, kid, clock, aud=aud)).status_code == 200
+
+
+# ---- finding 4: the issuer judges its own tokens by its own clock -----------------------------------
+
+
+@pytest.fixture
+def issued(http, make_client):
+    cid, secret = make_client()
+    other = make_client("other")
+    return cid, secret, fetch_token(http, cid, secret)["access_token"], other
+
+
+def test_expired_token_is_inactive_at_once(http, issued, clock):
+    _, _, token, other = issued
+    clock.advance(3600 - 1)
+    assert http.post("/oauth/introspect", data={"token": token}, headers=basic(*other)).get_json()["active"] is True
+    assert http.post("/verify_token", json={"access_token": token, "audience": AUDIENCE}).status_code == 200
+    clock.advance(1 + 2)  # 2 s past exp: well inside any leeway, but this server issued it
+    assert http.post("/oauth/introspect", data={"token": token}, headers=basic(*other)).get_json() == {"active": False}
+    refused = http.post("/verify_token", json={"access_token": token, "audience": AUDIENCE})
+    assert refused.status_code == 400 and "expired" in refused.get_json()["error_description"]
+
+
+def test_token_from_the_future_is_refused(http, services, make_client, clock):
+    """The server's own tokens cannot come from its future; an iat ahead of its clock means a forged or
+    misissued token."""
+    cid, secret = make_client()
+    clock.advance(5)
+    token = fetch_token(http, cid, secret)["access_token"]
+    clock.advance(-5)
+    refused = http.post("/verify_token", json={"access_token": token, "audience": AUDIENCE})
+    assert refused.status_code == 400
+
+
+# ---- finding 5: a deleted and re-created client id does not revive the old client's tokens ----------
+
+
+def test_recreated_client_id_does_not_revive_old_tokens(http, registry, make_client, clock):
+    other = make_client("other")
+    cid, secret = make_client("svc")
+    token = fetch_token(http, cid, secret)["access_token"]
+    registry.delete(cid)
+    _, new_secret = make_client("svc")  # the same id, the same second
+    assert http.post("/oauth/introspect", data={"token": token}, headers=basic(*other)).get_json() == {"active": False}
+    refused = http.post("/verify_token", json={"access_token": token, "audience": AUDIENCE})
+    assert refused.status_code == 400
+    clock.advance(1)
+    fresh = fetch_token(http, cid, new_secret)["access_token"]
+    assert http.post("/oauth/introspect", data={"token": fresh}, headers=basic(*other)).get_json()["active"] is True
+    assert http.post("/oauth/introspect", data={"token": token}, headers=basic(*other)).get_json() == {"active": False}
+
+
+def test_recreated_client_after_some_time_still_refuses_old_tokens(http, registry, make_client, clock):
+    other = make_client("other")
+    cid, secret = make_client("svc")
+    token = fetch_token(http, cid, secret)["access_token"]
+    clock.advance(100)
+    registry.delete(cid)
+    clock.advance(100)
+    make_client("svc")
+    assert http.post("/oauth/introspect", data={"token": token}, headers=basic(*other)).get_json() == {"active": False}
