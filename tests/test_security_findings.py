@@ -3,15 +3,18 @@ client ids, assertion audiences, and workers agreeing on the keyring after an em
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tokendealer.app import create_app
 from tokendealer.keyring import public_jwk
 
-from .conftest import AUDIENCE, basic, fetch_token
+from .conftest import AUDIENCE, basic, fetch_token, initialise, make_config
 
 TOKEN_URL = "http://localhost:5000/oauth/token"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -152,3 +155,67 @@ def test_recreated_client_after_some_time_still_refuses_old_tokens(http, registr
     clock.advance(100)
     make_client("svc")
     assert http.post("/oauth/introspect", data={"token": token}, headers=basic(*other)).get_json() == {"active": False}
+
+
+# ---- finding 1: failed attempts by anyone never refuse valid credentials (SPEC §7) --------------------
+
+
+def post_secret(http, client_id, secret, address):
+    return http.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(client_id, secret), environ_base={"REMOTE_ADDR": address}
+    )
+
+
+def audit_events(services, config):
+    services.audit.close()
+    return [json.loads(line) for line in open(config.audit_log)]
+
+
+def test_brute_force_from_many_addresses_refuses_no_valid_request(http, services, config, make_client, clock):
+    cid, secret = make_client()
+    valid, attacker = [], []
+    for i in range(300):
+        attacker.append(post_secret(http, cid, secrets.token_urlsafe(32), f"10.1.{i % 30}.1").status_code)
+        if i % 10 == 0:
+            valid.append(post_secret(http, cid, secret, f"10.1.{i % 30}.1").status_code)
+            valid.append(post_secret(http, cid, secret, "10.2.0.1").status_code)
+    assert set(valid) == {200}
+    assert attacker[:10] == [401] * 10 and set(attacker[10:]) == {429}
+    events = [e for e in audit_events(services, config) if e["event"] != "token.issued"]
+    # Ten refusals below the limit, then one aggregated line for the period, not one per attempt.
+    assert len(events) == 11
+    assert events[-1]["event"] == "auth.throttled" and events[-1]["client_id"] == cid
+
+
+def test_throttled_lines_carry_the_count_of_the_period_before(tmp_path):
+    """The failure windows are the `limits` library's, on the real clock: a one-second window."""
+    config = make_config(tmp_path, auth_failure_limit="3/second")
+    initialise(config)
+    app = create_app(config)
+    http = app.test_client()
+    statuses = [post_secret(http, "svc", "wrong", "10.3.0.1").status_code for _ in range(10)]
+    time.sleep(1.1)
+    statuses += [post_secret(http, "svc", "wrong", "10.3.0.1").status_code for _ in range(5)]
+    assert statuses == [401] * 3 + [429] * 7 + [401] * 3 + [429] * 2
+    throttled = [e for e in audit_events(app.extensions["tokendealer"], config) if e["event"] == "auth.throttled"]
+    assert [e["refused_in_previous_period"] for e in throttled] == [0, 6]
+    app.extensions["tokendealer"].engine.dispose()
+
+
+def test_private_key_jwt_client_passes_while_its_id_is_throttled(http, key_client, clock):
+    key, kid = key_client
+    for _ in range(15):
+        assert post_secret(http, "keysvc", "guess", "10.4.0.1").status_code in (401, 429)
+    assert post_assertion(http, assertion(key, kid, clock)).status_code == 200
+
+
+def test_each_worker_enforces_its_share_of_a_memory_limit(tmp_path, clock):
+    config = make_config(tmp_path, auth_failure_limit="10/minute")
+    initialise(config, clock)
+    app = create_app(config, clock=clock, processes=2)
+    try:
+        http = app.test_client()
+        statuses = [post_secret(http, "svc", "wrong", "10.5.0.1").status_code for _ in range(6)]
+        assert statuses == [401] * 5 + [429]
+    finally:
+        app.extensions["tokendealer"].engine.dispose()
