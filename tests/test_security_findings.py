@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokendealer.app import create_app
-from tokendealer.keyring import public_jwk
+from tokendealer.db import make_engine, upgrade_schema
+from tokendealer.keyring import make_key_store, public_jwk
 
 from .conftest import AUDIENCE, basic, fetch_token, initialise, make_config
 
@@ -217,5 +218,57 @@ def test_each_worker_enforces_its_share_of_a_memory_limit(tmp_path, clock):
         http = app.test_client()
         statuses = [post_secret(http, "svc", "wrong", "10.5.0.1").status_code for _ in range(6)]
         assert statuses == [401] * 5 + [429]
+    finally:
+        app.extensions["tokendealer"].engine.dispose()
+
+
+# ---- finding 11: no worker answers from an older keyring than another has used -------------------------
+
+
+def two_workers(config):
+    """Two apps on one keyring, as two worker processes of `tokendealer serve` are."""
+    return create_app(config), create_app(config)
+
+
+@pytest.mark.parametrize("keyring", ["file", "database"])
+def test_workers_agree_right_after_an_emergency_rotation(tmp_path, keyring):
+    settings = {"keyring_reload_interval": 60}  # the stale window, were it not checked
+    if keyring == "database":
+        settings.update(keyring="database", key_encryption_key=secrets.token_urlsafe(32))
+    config = make_config(tmp_path, **settings)
+    upgrade_schema(make_engine(config.database_url))
+    make_key_store(config).init()
+    a, b = two_workers(config)
+    try:
+        store = a.extensions["tokendealer"].store
+        _, secret = a.extensions["tokendealer"].clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
+        old_token = fetch_token(b.test_client(), "svc", secret)["access_token"]  # b has loaded the old keyring
+        old_jwks = b.test_client().get("/.well-known/jwks.json").get_json()
+        store.rotate(emergency=True)
+        a.extensions["tokendealer"].keys.current(check=True)  # a has seen the rotation (it signed with it)
+        new_token = fetch_token(a.test_client(), "svc", secret)["access_token"]
+        verified = b.test_client().post("/verify_token", json={"access_token": new_token, "audience": AUDIENCE})
+        assert verified.status_code == 200, verified.get_json()
+        withdrawn = b.test_client().post("/verify_token", json={"access_token": old_token, "audience": AUDIENCE})
+        assert withdrawn.status_code == 400
+        jwks = b.test_client().get("/.well-known/jwks.json").get_json()
+        assert {k["kid"] for k in jwks["keys"]}.isdisjoint({k["kid"] for k in old_jwks["keys"]} - {k["kid"] for k in jwks["keys"]})
+        assert jwt.get_unverified_header(new_token)["kid"] in {k["kid"] for k in jwks["keys"]}
+        assert jwt.get_unverified_header(old_token)["kid"] not in {k["kid"] for k in jwks["keys"]}
+        assert b.test_client().post("/oauth/introspect", data={"token": new_token}, headers=basic("svc", secret)).get_json()["active"]
+    finally:
+        for app in (a, b):
+            app.extensions["tokendealer"].engine.dispose()
+
+
+def test_file_keyring_signs_with_the_rotated_key_at_once(tmp_path):
+    config = make_config(tmp_path, keyring_reload_interval=60)
+    store = initialise(config)
+    app = create_app(config)
+    try:
+        _, secret = app.extensions["tokendealer"].clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
+        fetch_token(app.test_client(), "svc", secret)
+        active = store.rotate(emergency=True).active.kid
+        assert jwt.get_unverified_header(fetch_token(app.test_client(), "svc", secret)["access_token"])["kid"] == active
     finally:
         app.extensions["tokendealer"].engine.dispose()

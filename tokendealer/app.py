@@ -243,7 +243,7 @@ def _register_views(app: Flask, s: Services) -> None:
 
     @app.get("/.well-known/jwks.json")
     def jwks() -> Response:
-        keyring = s.keys.current()
+        keyring = s.keys.current(check=True)
         if keyring is None:
             raise TemporarilyUnavailable("no keyring is loaded")
         published = keyring.published(s.clock(), s.tokens.max_token_lifetime)

@@ -121,7 +121,8 @@ class TokenService:
         if alg not in ALGORITHMS:
             raise TokenRejected(f"algorithm {alg!r} is not accepted")
         kid = header.get("kid")
-        keyring = self.keys.current()
+        # The store's newest keyring, so this process never judges by an older one than another has used.
+        keyring = self.keys.current(check=True)
         found = keyring.verification_key(kid, self.clock(), self.max_token_lifetime) if keyring and isinstance(kid, str) else None
         if found is None:
             raise TokenRejected("token was signed by an unknown or withdrawn key")
