@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 
 import jwt
 import pytest
 
-from tokendealer.keyring import FileKeyStore, KeyringError, KeyringSource
+from tokendealer.db import make_engine, upgrade_schema
+from tokendealer.keyring import DatabaseKeyStore, FileKeyStore, KeyringError, KeyringSource
 
 from .conftest import AUDIENCE, TOKENDEALER, all_at_once, fetch_token, run_cli, server_env
 
@@ -91,7 +93,7 @@ def test_emergency_rotation_stops_old_tokens_verifying(http, services, make_clie
     old_token = fetch_token(http, cid, secret)["access_token"]
     assert http.post("/verify_token", json={"access_token": old_token, "audience": AUDIENCE}).status_code == 200
     services.store.rotate(emergency=True)
-    services.keys.refresh_now()
+    services.keys.current(check=True)
     response = http.post("/verify_token", json={"access_token": old_token, "audience": AUDIENCE})
     assert response.status_code == 400
     assert "withdrawn" in response.get_json()["error_description"]
@@ -103,7 +105,7 @@ def test_staged_rotation_keeps_old_tokens_verifying(http, services, make_client,
     cid, secret = make_client()
     old_token = fetch_token(http, cid, secret)["access_token"]
     services.store.rotate()
-    services.keys.refresh_now()
+    services.keys.current(check=True)
     assert http.post("/verify_token", json={"access_token": old_token, "audience": AUDIENCE}).status_code == 200
     new_token = fetch_token(http, cid, secret)["access_token"]
     assert new_token.split(".")[0] != old_token.split(".")[0]
@@ -187,14 +189,29 @@ def test_two_concurrent_rotations_leave_a_consistent_keyring(tmp_path):
     assert len(list((tmp_path / "keys").glob("*.pem"))) == 2
 
 
-def test_hot_reload_picks_up_rotation(key_store):
-    now = [0.0]
-    source = KeyringSource(key_store, interval=5, monotonic=lambda: now[0])
+def test_hot_reload_of_a_file_keyring_is_immediate(key_store):
+    """A file keyring's version is a stat of its manifest: cheap enough to look at on every use."""
+    source = KeyringSource(key_store, interval=5, monotonic=lambda: 0.0)
     first = source.current().active.kid
     key_store.rotate()
+    assert source.current().active.kid != first
+
+
+def test_hot_reload_of_a_database_keyring_within_the_interval_or_when_asked(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade_schema(engine)
+    store = DatabaseKeyStore(engine, secrets.token_bytes(32))
+    store.init()
+    now = [0.0]
+    source = KeyringSource(store, interval=5, monotonic=lambda: now[0])
+    first = source.current().active.kid
+    store.rotate()
     assert source.current().active.kid == first  # not checked yet
     now[0] = 5.0
-    assert source.current().active.kid != first
+    second = source.current().active.kid
+    assert second != first
+    store.rotate()
+    assert source.current(check=True).active.kid != second
 
 
 def test_broken_keyring_keeps_last_good_and_readyz_reports(http, services, config, caplog, make_client):
@@ -202,8 +219,8 @@ def test_broken_keyring_keeps_last_good_and_readyz_reports(http, services, confi
     good = services.keys.current().active.kid
     (config.keys_dir / "manifest.json").write_text("{ not json")
     os.chmod(config.keys_dir / "manifest.json", 0o600)
-    services.keys.refresh_now()
-    services.keys.refresh_now()
+    services.keys.current(check=True)
+    services.keys.current(check=True)
     assert services.keys.current().active.kid == good
     assert sum("keyring reload failed" in r.message for r in caplog.records) == 1
     response = http.get("/readyz")
@@ -223,7 +240,7 @@ def test_broken_key_file_keeps_last_good(services, config, damage):
         path.write_text("garbage")
     else:
         path.unlink()
-    services.keys.refresh_now()
+    services.keys.current(check=True)
     assert services.keys.current().active.kid == good
     assert services.keys.error and new_active in services.keys.error
 

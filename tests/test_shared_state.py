@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokendealer import db
 from tokendealer.app import create_app
-from tokendealer.authentication import AuthFailureGuard
+from tokendealer.audit import AuditLog
+from tokendealer.authentication import FailureThrottle
 from tokendealer.errors import TooManyRequests
 from tokendealer.keyring import make_key_store, public_jwk
 
@@ -78,19 +79,22 @@ def test_failure_limit_is_global_with_redis(tmp_path, redis_url):
         for i in range(10):
             app = a if i % 2 else b
             assert app.test_client().post("/oauth/token", data=grant, headers=basic(client_id, "wrong")).status_code == 401
-        assert a.test_client().post("/oauth/token", data=grant, headers=basic(client_id, secret)).status_code == 429
-        assert b.test_client().post("/oauth/token", data=grant, headers=basic(client_id, secret)).status_code == 429
+        assert a.test_client().post("/oauth/token", data=grant, headers=basic(client_id, "wrong")).status_code == 429
+        assert b.test_client().post("/oauth/token", data=grant, headers=basic(client_id, "wrong")).status_code == 429
+        assert b.test_client().post("/oauth/token", data=grant, headers=basic(client_id, secret)).status_code == 200
         for app in (a, b):
             app.extensions["tokendealer"].engine.dispose()
 
 
-def test_redis_down_fails_closed(tmp_path):
+def test_limit_storage_down_refuses_no_valid_client(tmp_path):
+    """The failure counters are only consulted for failed attempts: with Redis down valid credentials pass
+    and failures are answered 401."""
     with postgres_schema() as url:
         a, _ = two_apps(tmp_path, url, ratelimit_storage="redis://127.0.0.1:1/0")
         _, secret = a.extensions["tokendealer"].clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
-        response = a.test_client().post("/oauth/token", data={"grant_type": "client_credentials"}, headers=basic("svc", secret))
-        assert response.status_code == 503
-        assert response.get_json()["error"] == "temporarily_unavailable"
+        grant = {"grant_type": "client_credentials"}
+        assert a.test_client().post("/oauth/token", data=grant, headers=basic("svc", secret)).status_code == 200
+        assert a.test_client().post("/oauth/token", data=grant, headers=basic("svc", "wrong")).status_code == 401
         a.extensions["tokendealer"].engine.dispose()
 
 
@@ -217,12 +221,9 @@ def test_three_instances_behind_a_balancer(tmp_path, redis_url):
                     urls[i % 3] + "/oauth/token", data={"grant_type": "client_credentials"}, auth=(limited_id, "wrong"), timeout=5
                 )
             for u in urls:
-                assert (
-                    requests.post(
-                        u + "/oauth/token", data={"grant_type": "client_credentials"}, auth=(limited_id, limited_secret), timeout=5
-                    ).status_code
-                    == 429
-                )
+                grant = {"grant_type": "client_credentials"}
+                assert requests.post(u + "/oauth/token", data=grant, auth=(limited_id, "wrong"), timeout=5).status_code == 429
+                assert requests.post(u + "/oauth/token", data=grant, auth=(limited_id, limited_secret), timeout=5).status_code == 200
 
             assert run_cli("client", "disable", "svc", env=env).returncode == 0
             disabled_at = time.monotonic()
@@ -239,20 +240,12 @@ def test_three_instances_behind_a_balancer(tmp_path, redis_url):
                 s.stop()
 
 
-def test_lockout_reaches_another_instance_within_the_clean_window(redis_url):
-    """Guard B trusted a client id as clean; failures counted through guard A lock it out on B too,
-    at the latest when B's clean window (1 s) ends."""
-    now = [0.0]
-    a = AuthFailureGuard(redis_url, "3/minute", "1000/minute", monotonic=lambda: now[0])
-    b = AuthFailureGuard(redis_url, "3/minute", "1000/minute", monotonic=lambda: now[0])
-    client_id = "guard-" + secrets.token_hex(4)
-    b.check(client_id, "10.1.1.1")  # clean: cached for 1 s
+def test_failures_counted_on_one_instance_throttle_the_other(redis_url, tmp_path):
+    """With Redis the failure limit is one count across instances."""
+    audit = AuditLog(str(tmp_path / "audit.log"))
+    a = FailureThrottle(redis_url, "3/minute", "1000/minute", audit)
+    b = FailureThrottle(redis_url, "3/minute", "1000/minute", audit)
+    client_id = "throttle-" + secrets.token_hex(4)
     for _ in range(3):
-        a.check(client_id, "10.1.1.2")
-        a.failed(client_id, "10.1.1.2")
-    with pytest.raises(TooManyRequests):
-        a.check(client_id, "10.1.1.2")
-    b.check(client_id, "10.1.1.1")  # still within B's clean window
-    now[0] = 1.0
-    with pytest.raises(TooManyRequests):
-        b.check(client_id, "10.1.1.1")
+        assert a.failed(client_id, "10.1.1.2") is None
+    assert isinstance(b.failed(client_id, "10.1.1.1"), TooManyRequests)

@@ -49,9 +49,11 @@ def test_verify_token_expired(http, token, clock):
     assert "expired" in response.get_json()["error_description"]
 
 
-def test_verify_token_within_leeway(http, token, clock):
-    clock.advance(3600 + 10)
+def test_verify_token_until_exp_by_the_servers_clock(http, token, clock):
+    clock.advance(3600 - 1)
     assert _verify(http, token).status_code == 200
+    clock.advance(1)
+    assert _verify(http, token).status_code == 400
 
 
 def test_verify_token_tampered(http, token):

@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import db
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
-from .authentication import AuthFailureGuard, ClientAuthenticator, Params
+from .authentication import ClientAuthenticator, FailureThrottle, Params
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
@@ -59,8 +59,11 @@ class Services:
     metrics: Metrics
 
 
-def build_services(config: Config, clock: Callable[[], float] = time.time) -> Services:
-    """Wire the server's parts; opens nothing that fails when the database or keyring is down."""
+def build_services(config: Config, clock: Callable[[], float] = time.time, processes: int = 1) -> Services:
+    """Wire the server's parts; opens nothing that fails when the database or keyring is down.
+
+    `processes` is how many worker processes of this instance serve side by side (they share the
+    failed-authentication limits)."""
     engine = db.make_engine(config.database_url)
     store = make_key_store(config, clock, engine)
     keys = KeyringSource(store, config.keyring_reload_interval)
@@ -76,9 +79,11 @@ def build_services(config: Config, clock: Callable[[], float] = time.time) -> Se
         leeway=config.leeway,
         clock=clock,
     )
-    guard = AuthFailureGuard(config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, clock)
-    authenticator = ClientAuthenticator(clients, hasher, assertions, guard, clock)
     audit = AuditLog(config.audit_log, clock)
+    throttle = FailureThrottle(
+        config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
+    )
+    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock)
     metrics = Metrics(keys, clock)
     return Services(
         config=config,
@@ -105,10 +110,11 @@ def form_params() -> Params:
     return parse_form(request.content_type, request.get_data(cache=True))
 
 
-def create_app(config: Config | None = None, clock: Callable[[], float] = time.time) -> Flask:
-    """Build a fresh application; `config` defaults to the environment (SPEC §2)."""
+def create_app(config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1) -> Flask:
+    """Build a fresh application; `config` defaults to the environment (SPEC §2); `processes` is the number
+    of worker processes of this instance."""
     config = config or Config.load()
-    services = build_services(config, clock)
+    services = build_services(config, clock, processes)
     app = Flask("tokendealer")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_PARAMS * 2
@@ -237,7 +243,7 @@ def _register_views(app: Flask, s: Services) -> None:
 
     @app.get("/.well-known/jwks.json")
     def jwks() -> Response:
-        keyring = s.keys.current()
+        keyring = s.keys.current(check=True)
         if keyring is None:
             raise TemporarilyUnavailable("no keyring is loaded")
         published = keyring.published(s.clock(), s.tokens.max_token_lifetime)

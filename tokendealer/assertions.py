@@ -169,9 +169,13 @@ class AssertionVerifier:
             raise InvalidClient(f"client_assertion algorithm {alg!r} is not accepted")
         claims = self._verify_signature(client, assertion, header, alg)
         self._check_claims(client, claims)
-        if not self.replay.first_use(client.client_id, claims["jti"], claims["exp"]):
+        if not self.replay.first_use(client.client_id, claims["jti"], self.replay_until(claims["exp"])):
             raise InvalidClient("client_assertion jti was already used")
         return claims
+
+    def replay_until(self, exp: float) -> float:
+        """How long a jti must be remembered: while an assertion with this `exp` could still be accepted."""
+        return exp + self.leeway
 
     def _candidate_keys(self, client: Client, header: dict[str, Any], alg: str, force: bool) -> list[dict[str, Any]]:
         jwks = client.jwks if client.jwks else (self.fetcher.get(client.jwks_uri, force) if client.jwks_uri else None)
@@ -206,9 +210,13 @@ class AssertionVerifier:
                 raise InvalidClient(f"client_assertion lacks the {name} claim")
         if claims["iss"] != client.client_id or claims["sub"] != client.client_id:
             raise InvalidClient("client_assertion iss and sub must both be the client_id")
-        aud = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-        if not any(a in self.audiences for a in aud):
-            raise InvalidClient("client_assertion aud must be the token endpoint URL or the issuer")
+        # RFC 7523bis / the OAuth security BCP: the audience names this server and nothing else, so an
+        # assertion made for another party cannot be spent here.
+        aud = claims["aud"]
+        if isinstance(aud, list) and len(aud) == 1:
+            aud = aud[0]
+        if not isinstance(aud, str) or aud not in self.audiences:
+            raise InvalidClient("client_assertion aud must be exactly the token endpoint URL or the issuer")
         if not isinstance(claims["jti"], str) or not claims["jti"] or len(claims["jti"]) > 256:
             raise InvalidClient("client_assertion jti must be a non-empty string")
         for name in ("exp", "iat", "nbf"):

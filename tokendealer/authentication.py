@@ -1,23 +1,27 @@
 """Client authentication at the token, introspection and revocation endpoints (RFC 6749 §2.3, RFC 7523),
-with the brute-force guard in front of it."""
+with the throttle that answers repeated failures."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote_plus
 
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .assertions import ASSERTION_TYPE, AssertionVerifier
+from .audit import AuditLog
 from .clients import Client, ClientStore, SecretHasher
-from .errors import InvalidClient, InvalidRequest, TemporarilyUnavailable, TooManyRequests
+from .errors import InvalidClient, InvalidRequest, TooManyRequests
+
+log = logging.getLogger(__name__)
 
 Params = Mapping[str, list[str]]
 MAX_CLIENT_ID = 256
@@ -33,16 +37,17 @@ class Credentials:
     assertion: str | None = None
 
 
-class AuthFailureGuard:
-    """Counts failed client authentications per client id and per address; past the limit, refuses with 429.
+class FailureThrottle:
+    """SPEC §7: failed client authentications, counted per client id and per address; past a limit,
+    further *failed* attempts are answered 429 with `Retry-After` instead of 401.
 
-    Once over the limit a client id is refused even with the right secret, until the window passes, so
-    guessing cannot continue at a slower pace from many addresses.
+    Credentials are checked first, so valid ones always pass, whoever failed before, and success never
+    touches the counters. Once a key is over its limit this process remembers it until the window resets:
+    further failures cost no storage round trip, and they are audited with one line per period (carrying
+    the number refused in the period before) instead of one line each.
 
-    The success path must not pay a storage round trip per request (with Redis that would cost more than
-    signing the token), so a key seen with no failures at all is trusted as clean for `clean_seconds`;
-    any failure recorded by this process drops that at once, so one process counts exactly, and a lockout
-    caused through another instance reaches this one within `clean_seconds`.
+    With `memory://` storage each of the instance's `processes` counts alone, so each enforces its share of
+    the limit and the instance as a whole never allows more failures than configured.
     """
 
     def __init__(
@@ -50,55 +55,87 @@ class AuthFailureGuard:
         storage_uri: str,
         per_client: str,
         per_address: str,
+        audit: AuditLog,
         clock: Callable[[], float] = time.time,
-        clean_seconds: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        processes: int = 1,
     ):
         self.limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
-        self.per_client = parse_many(per_client)
-        self.per_address = parse_many(per_address)
+        share = max(1, processes) if storage_uri.startswith("memory://") else 1
+        self.per_client = [_share(limit, share) for limit in parse_many(per_client)]
+        self.per_address = [_share(limit, share) for limit in parse_many(per_address)]
+        self.audit = audit
         self.clock = clock
-        self.clean_seconds = clean_seconds
         self.monotonic = monotonic
-        self._clean: dict[tuple[str, str], float] = {}
+        self._periods: dict[tuple[str, str], _Period] = {}
+        self._storage_down = False
 
-    def _keys(self, client_id: str | None, address: str | None) -> list:
+    def _keys(self, client_id: str | None, address: str | None) -> list[tuple[RateLimitItem, tuple[str, str]]]:
         out = []
         if client_id:
-            out += [(limit, ("auth-fail-client", client_id)) for limit in self.per_client]
+            out += [(limit, ("client_id", client_id)) for limit in self.per_client]
         if address:
-            out += [(limit, ("auth-fail-addr", address)) for limit in self.per_address]
+            out += [(limit, ("remote_addr", address)) for limit in self.per_address]
         return out
 
-    def check(self, client_id: str | None, address: str | None) -> None:
-        """Raise TooManyRequests if this client id or address used up its failures."""
+    def failed(self, client_id: str | None, address: str | None) -> TooManyRequests | None:
+        """Count one failed attempt; the 429 to answer instead of the failure once a limit is passed."""
         now = self.monotonic()
-        for limit, key in self._keys(client_id, address):
-            if self._clean.get(key, 0.0) > now:
-                continue
-            reset_at, remaining = self._storage_call(self.limiter.get_window_stats, limit, *key)
-            if remaining <= 0:
-                raise TooManyRequests(
-                    "too many failed client authentications; retry later",
-                    headers={"Retry-After": str(max(1, int(reset_at - self.clock()) + 1))},
-                )
-            if remaining >= limit.amount:
-                if len(self._clean) > 100_000:
-                    self._clean.clear()
-                self._clean[key] = now + self.clean_seconds
+        keys = self._keys(client_id, address)
+        for _, key in keys:
+            period = self._periods.get(key)
+            if period is not None and period.until > now:
+                period.refused += 1
+                return _throttled(period.until - now)
+        for limit, key in keys:
+            try:
+                if self.limiter.hit(limit, *key):
+                    continue
+                reset_at, _ = self.limiter.get_window_stats(limit, *key)
+            except Exception as exc:  # the storage backend's own errors (redis, network)
+                # Fail open: valid credentials never reach here, and a failed attempt is answered 401 anyway.
+                if not self._storage_down:
+                    log.error("failed-authentication counters unavailable: %s", exc.__class__.__name__)
+                self._storage_down = True
+                return None
+            self._storage_down = False
+            return self._start_period(key, limit, max(1.0, reset_at - self.clock()), now)
+        return None
 
-    def failed(self, client_id: str | None, address: str | None) -> None:
-        for limit, key in self._keys(client_id, address):
-            self._clean.pop(key, None)
-            self._storage_call(self.limiter.hit, limit, *key)
+    def _start_period(self, key: tuple[str, str], limit: RateLimitItem, retry_after: float, now: float) -> TooManyRequests:
+        previous = self._periods.pop(key, None)
+        if len(self._periods) > 100_000:
+            self._periods = {k: p for k, p in self._periods.items() if p.until > now}
+        self._periods[key] = _Period(until=now + retry_after)
+        kind, value = key
+        self.audit.emit(
+            "auth.throttled",
+            outcome="refused",
+            limit=str(limit),
+            retry_after=int(retry_after) + 1,
+            refused_in_previous_period=previous.refused if previous else 0,
+            **{kind: value},
+        )
+        return _throttled(retry_after)
 
-    @staticmethod
-    def _storage_call(method: Callable[..., Any], *args: Any) -> Any:
-        """Fail closed: without its counters (Redis down) the guard refuses rather than lets guesses through."""
-        try:
-            return method(*args)
-        except Exception as exc:  # the storage backend's own errors (redis, network)
-            raise TemporarilyUnavailable("the rate-limit storage is not available; retry shortly", headers={"Retry-After": "1"}) from exc
+
+@dataclass
+class _Period:
+    """A key over its limit in this process: until when, and how many attempts it refused meanwhile."""
+
+    until: float
+    refused: int = 0
+
+
+def _share(limit: RateLimitItem, processes: int) -> RateLimitItem:
+    """The part of `limit` one of `processes` enforces."""
+    return type(limit)(max(1, math.ceil(limit.amount / processes)), limit.multiples, limit.namespace)
+
+
+def _throttled(retry_after: float) -> TooManyRequests:
+    exc = TooManyRequests("too many failed client authentications; retry later", headers={"Retry-After": str(int(retry_after) + 1)})
+    exc.logged = True  # audited once per period by FailureThrottle, not per attempt
+    return exc
 
 
 def single_param(params: Params, name: str) -> str | None:
@@ -130,13 +167,13 @@ class ClientAuthenticator:
         clients: ClientStore,
         hasher: SecretHasher,
         assertions: AssertionVerifier,
-        guard: AuthFailureGuard | None,
+        throttle: FailureThrottle | None,
         clock: Callable[[], float] = time.time,
     ):
         self.clients = clients
         self.hasher = hasher
         self.assertions = assertions
-        self.guard = guard
+        self.throttle = throttle
         self.clock = clock
 
     def credentials(self, params: Params, authorization: str | None) -> Credentials:
@@ -170,27 +207,19 @@ class ClientAuthenticator:
         raise InvalidClient("client authentication is required", headers={"WWW-Authenticate": 'Basic realm="tokendealer"'})
 
     def authenticate(self, params: Params, authorization: str | None, address: str | None) -> tuple[Client, Credentials]:
-        """The authenticated client, or raise InvalidClient (401) / TooManyRequests (429)."""
+        """The authenticated client, or raise InvalidClient (401), or TooManyRequests (429) for a failure
+        past the limits; valid credentials are never refused because of earlier failures (SPEC §7)."""
+        creds = None
         try:
             creds = self.credentials(params, authorization)
-        except InvalidClient:
-            if self.guard:
-                self.guard.check(None, address)
-                self.guard.failed(None, address)
-            raise
-        if self.guard:
-            try:
-                self.guard.check(creds.client_id, address)
-            except TooManyRequests as exc:
-                exc.client_id = creds.client_id  # for the audit log
-                raise
-        try:
             return self._verify(creds), creds
         except InvalidClient as exc:
             # Only a failed proof counts; an outage (503) during the check is not the caller's failure.
-            if self.guard:
-                self.guard.failed(creds.client_id, address)
-            exc.client_id = creds.client_id
+            exc.client_id = creds.client_id if creds else None
+            throttled = self.throttle.failed(exc.client_id, address) if self.throttle else None
+            if throttled is not None:
+                throttled.client_id = exc.client_id
+                raise throttled from None
             raise
 
     def _verify(self, creds: Credentials) -> Client:

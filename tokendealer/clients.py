@@ -55,6 +55,11 @@ class Client:
     previous_secret_expires_at: float | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    tokens_not_before: float | None = None
+
+    def owns_token_issued_at(self, iat: float) -> bool:
+        """False for a token issued to an earlier client under the same id (deleted, then re-created)."""
+        return self.tokens_not_before is None or iat > self.tokens_not_before
 
     @property
     def auth_method(self) -> str:
@@ -217,6 +222,10 @@ class ClientStore:
             raise ClientError("client name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         now = self.clock()
         secret = None if (jwks is not None or jwks_uri) else new_secret()
+        with self.engine.connect() as conn:
+            deleted_at = conn.execute(
+                sa.select(db.client_tombstones.c.deleted_at).where(db.client_tombstones.c.client_id == client_id)
+            ).scalar()
         client = Client(
             client_id=client_id,
             name=client_id,
@@ -231,6 +240,7 @@ class ClientStore:
             secret_hash=self.hasher.hash(secret) if secret else None,
             created_at=now,
             updated_at=now,
+            tokens_not_before=deleted_at,
         )
         self._check(client)
         try:
@@ -264,10 +274,14 @@ class ClientStore:
         return client
 
     def delete(self, client_id: str) -> None:
+        """Delete the client, leaving a tombstone so that its tokens stay dead if the id is re-used."""
         with self.engine.begin() as conn:
             count = conn.execute(db.clients.delete().where(db.clients.c.client_id == client_id)).rowcount
-        if not count:
-            raise ClientNotFound(f"no client {client_id!r}")
+            if not count:
+                raise ClientNotFound(f"no client {client_id!r}")
+            tombstone = db.client_tombstones
+            conn.execute(tombstone.delete().where(tombstone.c.client_id == client_id))
+            conn.execute(tombstone.insert().values(client_id=client_id, deleted_at=self.clock()))
         self._forget(client_id)
 
     def rotate_secret(self, client_id: str, grace: int = 0) -> tuple[Client, str]:

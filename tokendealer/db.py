@@ -28,6 +28,16 @@ clients = sa.Table(
     sa.Column("previous_secret_expires_at", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Set when the id belonged to a deleted client: tokens issued up to then belong to that client.
+    sa.Column("tokens_not_before", sa.Float, nullable=True),
+)
+
+# When each deleted client id was deleted, so a client re-created under it does not revive old tokens.
+client_tombstones = sa.Table(
+    "client_tombstones",
+    metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("deleted_at", sa.Float, nullable=False),
 )
 
 # RFC 7009: revoked access tokens, by jti, until the token would have expired anyway.
@@ -75,7 +85,7 @@ keyring_state = sa.Table(
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two in step), and the table Alembic records it in.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 VERSION_TABLE = sa.Table("alembic_version", sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True))
 
 

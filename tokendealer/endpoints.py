@@ -49,8 +49,9 @@ class TokenEndpoint:
             context.update(scope=" ".join(scopes), audience=audiences)
             token, claims = self.tokens.issue(client, audiences, scopes)
         except OAuthError as exc:
-            context.setdefault("client_id", getattr(exc, "client_id", None))
-            self.audit.emit("token.refused", outcome="refused", error=exc.error, **context)
+            context.setdefault("client_id", exc.client_id)
+            if not exc.logged:
+                self.audit.emit("token.refused", outcome="refused", error=exc.error, **context)
             # Only authenticated ids become labels, so made-up ids cannot grow the series without bound.
             self.metrics.tokens_refused.labels(authenticated, exc.error).inc()
             raise

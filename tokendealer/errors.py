@@ -8,6 +8,10 @@ class OAuthError(Exception):
 
     error = "invalid_request"
     status = 400
+    # The client id the request claimed, for the audit log (None when it named none).
+    client_id: str | None = None
+    # True when the refusal was already audited in aggregate (throttled failures), not per attempt.
+    logged = False
 
     def __init__(self, description: str = "", headers: dict[str, str] | None = None):
         super().__init__(description)

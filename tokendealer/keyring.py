@@ -269,6 +269,9 @@ def new_key(alg: str, now: float) -> tuple[KeyRecord, bytes]:
 class KeyStore(Protocol):
     """Where a keyring lives: a directory of PEM files, or (for several instances) the database."""
 
+    # True when version() costs no more than a stat, so it may be asked on every use.
+    cheap_version: bool
+
     def version(self) -> Any: ...
     def load(self) -> Keyring: ...
     def exists(self) -> bool: ...
@@ -280,6 +283,8 @@ class KeyStore(Protocol):
 
 class FileKeyStore:
     """A keyring directory: manifest.json plus one PKCS#8 PEM (0600) per key that may sign."""
+
+    cheap_version = True
 
     def __init__(self, directory: Path, clock: Callable[[], float] = time.time):
         self.directory = Path(directory)
@@ -446,9 +451,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class KeyringSource:
-    """The live keyring of one process: re-read when the store changes, at most every `interval` seconds.
+    """The live keyring of one process, re-read when the store's version changes.
 
-    A reload that fails keeps the last good keyring and records the error (logged once) for /readyz.
+    The version is looked at on every use when the store says that is cheap (a file `stat`), else at
+    most every `interval` seconds, and at once when a caller asks (`check=True`: before answering the
+    JWKS or verifying a token), so no process answers from an older keyring than another has used.
+    A reload that fails keeps the last good keyring and records the error (logged once) for /readyz;
+    a broken store is retried when its version changes or once per interval.
     """
 
     def __init__(self, store: KeyStore, interval: float, monotonic: Callable[[], float] = time.monotonic):
@@ -462,34 +471,32 @@ class KeyringSource:
         self._lock = threading.Lock()
         self.reload_failures = 0
 
-    def current(self) -> Keyring | None:
+    def current(self, check: bool = False) -> Keyring | None:
         """The newest good keyring (None if none ever loaded).
 
-        One thread checks the store per interval while the others go on with the current keyring;
-        before the first load every thread waits for it.
+        While one thread reloads, the others go on with the current keyring, except before the first load
+        and when `check` asks for the store's newest, where they wait for it.
         """
-        if self._keyring is None or self.monotonic() >= self._next_check:
-            if self._lock.acquire(blocking=self._keyring is None):
-                try:
-                    if self.monotonic() >= self._next_check:
-                        self._next_check = self.monotonic() + self.interval
-                        self._refresh()
-                finally:
-                    self._lock.release()
+        if self._keyring is not None and not check and not self.store.cheap_version and self.monotonic() < self._next_check:
+            return self._keyring
+        if self._lock.acquire(blocking=self._keyring is None or check):
+            try:
+                self._refresh()
+            finally:
+                self._lock.release()
         return self._keyring
 
-    def refresh_now(self) -> Keyring | None:
-        """Check the store at once (used after this process changed it)."""
-        self._next_check = 0.0
-        return self.current()
-
     def _refresh(self) -> None:
+        now = self.monotonic()
+        retry = now >= self._next_check
+        if retry:
+            self._next_check = now + self.interval
         try:
             version = self.store.version()
         except Exception as exc:  # a database keyring may be unreachable
             self._fail(f"keyring unreachable: {exc.__class__.__name__}")
             return
-        if version == self._version and self.error is None:
+        if version == self._version and not (self.error and retry):
             return
         try:
             keyring = self.store.load()
@@ -514,6 +521,8 @@ class DatabaseKeyStore:
     private keys encrypted at rest with AES-GCM under the key-encryption key (the kid is the associated
     data, so a ciphertext cannot be moved to another key's row). Every write is one transaction that
     first bumps `keyring_state.version`, which serialises writers and tells readers something changed."""
+
+    cheap_version = False
 
     def __init__(self, engine: Any, kek: bytes, clock: Callable[[], float] = time.time):
         self.engine = engine

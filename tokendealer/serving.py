@@ -20,6 +20,7 @@ from .logs import configure_logging
 # The access log records the path without its query string: a misplaced credential never reaches it.
 ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).3fms'
 CONFIG_FILE_ENV = "TOKENDEALER_SERVE_CONFIG_FILE"
+WORKERS_ENV = "TOKENDEALER_SERVE_WORKERS"
 
 
 def default_workers() -> int:
@@ -32,7 +33,7 @@ def worker_app() -> Any:
     """Application factory each worker calls: the same configuration the `serve` command validated."""
     from .app import create_app  # noqa: PLC0415 (imported in the worker, after the metrics set-up)
 
-    return create_app(Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None))
+    return create_app(Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None), processes=int(os.environ.get(WORKERS_ENV, "1")))
 
 
 def run(config: Config, host: str, port: int, workers: int | None, dev: bool, config_file: str | None = None) -> None:
@@ -48,8 +49,10 @@ def run(config: Config, host: str, port: int, workers: int | None, dev: bool, co
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if config_file:
         os.environ[CONFIG_FILE_ENV] = os.path.abspath(config_file)
+    workers = workers or default_workers()
+    os.environ[WORKERS_ENV] = str(workers)
     try:
-        _granian(host, port, workers or default_workers())
+        _granian(host, port, workers)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

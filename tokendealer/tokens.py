@@ -19,6 +19,8 @@ from .keyring import ALGORITHMS, KeyringSource
 
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 REQUIRED_CLAIMS = ("iss", "sub", "client_id", "aud", "iat", "exp", "jti")
+# Seconds by which another instance's clock may run ahead of this one's (iat and nbf are whole seconds).
+INSTANCE_SKEW = 1.0
 
 
 class TokenRejected(Exception):
@@ -104,8 +106,8 @@ class TokenService:
         """The claims of a token this server issued and that is valid now, or raise TokenRejected.
 
         Checks the signature with a published key pinned to that key's algorithm, typ (RFC 9068 §4), iss,
-        aud, exp, nbf and iat with leeway, the required claims and, with `check_state`, that the token is
-        not revoked and its client exists and is enabled.
+        aud, exp, nbf and iat by this server's clock, the required claims and, with `check_state`, that the
+        token is not revoked and its client (the same incarnation of that id) exists and is enabled.
         """
         if not isinstance(token, str) or not token or len(token) > 16384:
             raise TokenRejected("token is missing or too long")
@@ -119,7 +121,8 @@ class TokenService:
         if alg not in ALGORITHMS:
             raise TokenRejected(f"algorithm {alg!r} is not accepted")
         kid = header.get("kid")
-        keyring = self.keys.current()
+        # The store's newest keyring, so this process never judges by an older one than another has used.
+        keyring = self.keys.current(check=True)
         found = keyring.verification_key(kid, self.clock(), self.max_token_lifetime) if keyring and isinstance(kid, str) else None
         if found is None:
             raise TokenRejected("token was signed by an unknown or withdrawn key")
@@ -142,7 +145,7 @@ class TokenService:
             if self.revocations.is_revoked(claims["jti"]):
                 raise TokenRejected("token has been revoked")
             client = self.clients.get(claims["client_id"])
-            if client is None or not client.enabled:
+            if client is None or not client.enabled or not client.owns_token_issued_at(claims["iat"]):
                 raise TokenRejected("token's client is unknown or disabled")
         return claims
 
@@ -155,13 +158,13 @@ class TokenService:
         for name in ("exp", "iat", "nbf"):
             if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
                 raise TokenRejected(f"token {name} is not a number")
-        now, leeway = self.clock(), self.config.leeway
-        if claims["exp"] <= now - leeway:
+        # The server judges its own tokens by its own clock (SPEC §7): leeway is for other parties' clocks.
+        # Only the sub-second skew between instances is allowed on the not-before side.
+        now = self.clock()
+        if claims["exp"] <= now:
             raise TokenRejected("token has expired")
-        if claims.get("nbf", 0) > now + leeway:
+        if claims.get("nbf", 0) > now + INSTANCE_SKEW or claims["iat"] > now + INSTANCE_SKEW:
             raise TokenRejected("token is not valid yet")
-        if claims["iat"] > now + leeway:
-            raise TokenRejected("token was issued in the future")
         if audience is not None:
             aud = claims["aud"]
             if audience not in (aud if isinstance(aud, list) else [aud]):
