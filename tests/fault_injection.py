@@ -262,15 +262,26 @@ class Ledger:
         rot_id, old = self.entries["rot"]
         self.entries["rot"] = (rot_id, old, self.clients.rotate_secret(rot_id)[1])
         self.entries["active_kid"] = self.store.rotate().active.kid
-        key_id, key, kid = self.entries["key"]
-        now = int(time.time())
-        claims = {"iss": key_id, "sub": key_id, "aud": self.token_endpoint, "iat": now, "exp": now + 300, "jti": secrets.token_urlsafe(16)}
-        assertion = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
-        form = token_form(client_assertion_type=ASSERTION_TYPE, client_assertion=assertion)
+        form = self.assertion_form(lifetime=300)
         used = conn.request("POST", "/oauth/token", form)
         assert used.status == 200, f"assertion not accepted before the fault: {used.status} {used.body[:200]!r}"
         self.entries["assertion"] = form
         conn.close()
+
+    def assertion_form(self, lifetime: int) -> str:
+        """A token request authenticated by a fresh private_key_jwt assertion of the ledger's key client."""
+        key_id, key, kid = self.entries["key"]
+        now = int(time.time())
+        claims = {
+            "iss": key_id,
+            "sub": key_id,
+            "aud": self.token_endpoint,
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": secrets.token_urlsafe(16),
+        }
+        assertion = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+        return token_form(client_assertion_type=ASSERTION_TYPE, client_assertion=assertion)
 
     def check(self, settle: float = 4.0) -> list[str]:
         """What the fault lost. The replay is tried once (a replay that gets through records the jti again);
@@ -589,6 +600,8 @@ def clock_jump(directory: Path, timing: Timing, jump: float = 300.0) -> FaultRow
         probe = InProcessConnection(steady)
         short_token = probe.request("POST", "/oauth/token", token_form(), short_auth).json()["access_token"]
         assert probe.request("POST", "/oauth/revoke", f"token={short_token}", short_auth).status == 200
+        short_assertion = ledger.assertion_form(lifetime=60)
+        assert probe.request("POST", "/oauth/token", short_assertion).status == 200
         load = TokenLoad(
             "",
             "load",
@@ -611,9 +624,10 @@ def clock_jump(directory: Path, timing: Timing, jump: float = 300.0) -> FaultRow
                     reply = side.request("POST", "/oauth/token", token_form(), auth)
                     if reply.status == 200:
                         tokens[key].append(reply.json()["access_token"])
-                # A revocation during the jump, as any client may send one.
+                # A revocation and a private_key_jwt request during the jump, as any client may send them.
                 fresh = side.request("POST", "/oauth/token", token_form(), short_auth).json()["access_token"]
                 side.request("POST", "/oauth/revoke", f"token={fresh}", short_auth)
+                side.request("POST", "/oauth/token", ledger.assertion_form(lifetime=900))
                 time.sleep(timing.fault)
                 clock.offset = 0.0
                 time.sleep(timing.fault / 3)
@@ -629,6 +643,9 @@ def clock_jump(directory: Path, timing: Timing, jump: float = 300.0) -> FaultRow
             for key, label in (("+", f"+{jump / 60:.0f} min"), ("-", f"-{jump / 60:.0f} min")):
                 said = [verdict(conn, t) for t in tokens[key]]
                 notes.append(f"tokens issued at {label} (load, 120 s client) on the {app_name} afterwards: {said}")
+        replayed = InProcessConnection(steady).request("POST", "/oauth/token", short_assertion)
+        if replayed.status != 401:
+            lost.append(f"replay-cache entry of a 60 s assertion used before the jump: replayed afterwards, answered {replayed.status}")
         if revived:
             lost.append(f"revocation of a 120 s token acknowledged before the jump: active again afterwards on the {' and '.join(revived)}")
         row = summarise(f"clock ±{jump / 60:.0f} min (in-process)", load.answers, window, lost, notes)
