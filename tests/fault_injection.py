@@ -499,11 +499,14 @@ def audit_disk_full(directory: Path, timing: Timing) -> FaultRow:
                 lines_end, broken = audit_lines(audit)
                 filler.unlink()
                 window.end = time.monotonic()
+                written["while full"] = lines_end - lines_full
                 return window, [
-                    f"audit lines written while full: {lines_end - lines_full} (before: {lines_before}); broken lines: {broken}",
+                    f"audit lines written while full: {lines_end - lines_full} (before: {lines_before}); broken lines: {broken}"
                 ]
 
+            written: dict[str, int] = {}
             row = run_fault("audit-log disk full", stack, ledger, timing, inject)
+            row.notes.append(f"about {max(0, row.sent_during - written['while full'])} token requests during the fault left no audit line")
             good, broken = audit_lines(audit)
             row.notes.append(f"audit log afterwards: {good} lines, {broken} broken; token requests sent in all: {row.sent_total}")
             return row
