@@ -29,7 +29,7 @@ from tokendealer import clients as clients_module
 from tokendealer.app import create_app
 from tokendealer.config import Config
 from tokendealer.db import make_engine, upgrade_schema
-from tokendealer.keyring import FileKeyStore
+from tokendealer.keystores import FileKeyStore
 
 AUDIENCE = "https://api.example.com"
 TOKENDEALER = str(Path(sys.executable).with_name("tokendealer"))

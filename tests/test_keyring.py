@@ -12,7 +12,8 @@ import jwt
 import pytest
 
 from tokendealer.db import make_engine, upgrade_schema
-from tokendealer.keyring import DatabaseKeyStore, FileKeyStore, KeyringError, KeyringSource
+from tokendealer.keyring import KeyringError, KeyringSource
+from tokendealer.keystores import DatabaseKeyStore, FileKeyStore
 
 from .conftest import AUDIENCE, TOKENDEALER, all_at_once, fetch_token, run_cli, server_env
 
@@ -163,7 +164,7 @@ def test_crash_of_a_real_process_mid_rotation(tmp_path):
     manifest = (tmp_path / "keys" / "manifest.json").read_text()
     script = (
         "import os, signal\n"
-        "from tokendealer.keyring import FileKeyStore\n"
+        "from tokendealer.keystores import FileKeyStore\n"
         "FileKeyStore._write_manifest = lambda self, records: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"FileKeyStore({str(tmp_path / 'keys')!r}).rotate()\n"
     )

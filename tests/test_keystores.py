@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 from tokendealer import db
 from tokendealer.app import create_app
-from tokendealer.keyring import DatabaseKeyStore, FileKeyStore, KeyringError, KeyringSource, make_key_store
+from tokendealer.keyring import KeyringError, KeyringSource
+from tokendealer.keystores import DatabaseKeyStore, FileKeyStore, make_key_store
 
 from .conftest import AUDIENCE, fetch_token, make_config, postgres_schema
 

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokendealer.app import create_app
 from tokendealer.db import make_engine, upgrade_schema
-from tokendealer.keyring import make_key_store, public_jwk
+from tokendealer.keyring import public_jwk
+from tokendealer.keystores import make_key_store
 
 from .conftest import AUDIENCE, basic, fetch_token, initialise, make_config
 

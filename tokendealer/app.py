@@ -32,7 +32,8 @@ from .errors import (
     TemporarilyUnavailable,
     TooManyRequests,
 )
-from .keyring import KeyringSource, KeyStore, make_key_store
+from .keyring import KeyringSource, KeyStore
+from .keystores import make_key_store
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .tokens import RevocationList, TokenRejected, TokenService

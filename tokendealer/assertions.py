@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,12 +13,12 @@ from sqlalchemy.engine import Engine
 from . import db
 from .clients import Client, ClientError
 from .errors import InvalidClient, TemporarilyUnavailable
+from .fetcher import FetchError, RemoteCache
 from .keyring import ALGORITHMS
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
 _ALGS_BY_KEY = {("EC", "P-256"): ("ES256",), ("RSA", None): ("RS256", "RS512", "PS256"), ("OKP", "Ed25519"): ("EdDSA",)}
-JWKS_URI_MAX_BYTES = 65536
 
 
 def key_algorithms(jwk: dict[str, Any]) -> tuple[str, ...]:
@@ -87,46 +85,6 @@ class RedisReplayCache:
             raise TemporarilyUnavailable("the replay cache is not available; retry shortly", headers={"Retry-After": "1"}) from None
 
 
-class JwksFetcher:
-    """Fetches a client's `jwks_uri` with a timeout and a size bound, caching each set for a while."""
-
-    def __init__(self, ttl: float = 300.0, timeout: float = 3.0, cooldown: float = 30.0, monotonic: Callable[[], float] = time.monotonic):
-        self.ttl = ttl
-        self.timeout = timeout
-        self.cooldown = cooldown
-        self.monotonic = monotonic
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._forced: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def get(self, uri: str, force: bool = False) -> dict[str, Any]:
-        """The client's key set; `force` (an unknown kid) refetches at most once per cooldown."""
-        now = self.monotonic()
-        hit = self._cache.get(uri)
-        if force and hit and now - self._forced.get(uri, float("-inf")) < self.cooldown:
-            force = False
-        if hit and not force and hit[0] > now:
-            return hit[1]
-        if force:
-            self._forced[uri] = now
-        import requests  # noqa: PLC0415 (only jwks_uri clients need it; keeps every worker smaller)
-
-        try:
-            with requests.get(uri, timeout=self.timeout, stream=True, allow_redirects=False) as response:
-                response.raise_for_status()
-                body = response.raw.read(JWKS_URI_MAX_BYTES + 1, decode_content=True)
-            if len(body) > JWKS_URI_MAX_BYTES:
-                raise ValueError("too large")
-            jwks = usable_jwks(json.loads(body))
-        except (requests.RequestException, ValueError, ClientError):
-            if hit:
-                return hit[1]
-            raise InvalidClient("the client's jwks_uri could not be fetched") from None
-        with self._lock:
-            self._cache[uri] = (self.monotonic() + self.ttl, jwks)
-        return jwks
-
-
 class AssertionVerifier:
     """Checks a client assertion against the client's registered keys (RFC 7523 §3)."""
 
@@ -137,14 +95,14 @@ class AssertionVerifier:
         max_lifetime: int,
         leeway: int,
         clock: Callable[[], float] = time.time,
-        fetcher: JwksFetcher | None = None,
+        fetcher: RemoteCache | None = None,
     ):
         self.audiences = audiences
         self.replay = replay
         self.max_lifetime = max_lifetime
         self.leeway = leeway
         self.clock = clock
-        self.fetcher = fetcher or JwksFetcher()
+        self.fetcher = fetcher or RemoteCache(usable_jwks)
 
     @staticmethod
     def claimed_client_id(assertion: str) -> str:
@@ -178,7 +136,12 @@ class AssertionVerifier:
         return exp + self.leeway
 
     def _candidate_keys(self, client: Client, header: dict[str, Any], alg: str, force: bool) -> list[dict[str, Any]]:
-        jwks = client.jwks if client.jwks else (self.fetcher.get(client.jwks_uri, force) if client.jwks_uri else None)
+        jwks = client.jwks
+        if not jwks and client.jwks_uri:
+            try:
+                jwks = self.fetcher.get(client.jwks_uri, force)
+            except FetchError:
+                raise InvalidClient("the client's jwks_uri could not be fetched") from None
         if not jwks:
             raise InvalidClient("client has no registered keys for private_key_jwt")
         kid = header.get("kid")

@@ -19,7 +19,8 @@ from . import db
 from .audit import AuditLog
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
-from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore, default_alg, make_key_store, public_jwk
+from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore, default_alg, public_jwk
+from .keystores import make_key_store
 
 
 class Refused(click.ClickException):

@@ -7,7 +7,7 @@ import sys
 from . import db
 from .clients import ClientStore, SecretHasher
 from .config import Config, ConfigError
-from .keyring import make_key_store
+from .keystores import make_key_store
 
 DEMO_ID = "demo"
 DEMO_AUDIENCE = "https://api.example.com"
