@@ -31,7 +31,8 @@ from tokendealer import db
 from tokendealer.app import create_app
 from tokendealer.clients import ClientStore, SecretHasher
 from tokendealer.config import Config
-from tokendealer.keyring import FileKeyStore, make_key_store, public_jwk
+from tokendealer.keyring import public_jwk
+from tokendealer.keystores import FileKeyStore, make_key_store
 
 from .conftest import LiveServer, free_port, run_cli, server_env
 from .token_load import (
