@@ -48,6 +48,7 @@ from .token_load import (
 AUDIENCE = "https://api.example.com"
 KEK = secrets.token_urlsafe(32)
 ACCESS_LINE = re.compile(r'"(GET|POST|PUT|PATCH|DELETE|HEAD) /')
+ERROR_LINE = re.compile(r"ERROR|Error\b|Error:|crash")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -211,11 +212,12 @@ class Stack:
             self.server.stop()
         self.engine.dispose()
 
-    def log_excerpt(self, lines: int = 6) -> list[str]:
-        """The server's last log lines that are not access-log lines (errors, warnings)."""
+    def log_excerpt(self, lines: int = 8) -> list[str]:
+        """The server's last error lines (log records at ERROR, exception lines), access-log lines left out."""
         if not self.server:
             return []
-        return [line for line in self.server.log().splitlines() if line.strip() and not ACCESS_LINE.search(line)][-lines:]
+        text = self.server.log().splitlines()
+        return [line for line in text if ERROR_LINE.search(line) and not ACCESS_LINE.search(line)][-lines:]
 
 
 # ---- the ledger: changes acknowledged before a fault, checked after it ---------------------------------
@@ -289,12 +291,14 @@ class Ledger:
         the rest is re-checked until `settle` seconds pass, as caches and keyring reloads converge."""
         conn = self.connect()
         try:
-            replay = conn.request("POST", "/oauth/token", self.entries["assertion"])
+            replay = conn.request("POST", "/oauth/token", self.entries["assertion"]).status
+        except OSError as exc:
+            return [f"unverifiable: the server does not answer ({exc.__class__.__name__})"]
         finally:
             conn.close()
         replay_lost = []
-        if replay.status != 401:
-            replay_lost = [f"replay-cache entry (the assertion used before the fault was answered {replay.status} when replayed)"]
+        if replay != 401:
+            replay_lost = [f"replay-cache entry (the assertion used before the fault was answered {replay} when replayed)"]
         deadline = time.monotonic() + settle
         while True:
             lost = self._lost()
@@ -328,7 +332,7 @@ class Ledger:
             if kid != self.entries["active_kid"]:
                 lost.append(f"key rotation (token signed by {kid}, not the rotated-in key)")
         except (OSError, ValueError, KeyError) as exc:
-            lost.append(f"ledger check failed: {exc.__class__.__name__}")
+            lost.append(f"unverifiable: {exc.__class__.__name__}")
         finally:
             conn.close()
         return lost
@@ -373,6 +377,7 @@ def worker_kill(directory: Path, timing: Timing) -> FaultRow:
             before = children(stack.server.process.pid)
             victim = before[-1]
             window = Window(time.monotonic())
+            window.kills.append(window.start)
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -515,9 +520,12 @@ def audit_disk_full(directory: Path, timing: Timing) -> FaultRow:
             stack.close()
 
 
-def keyring_unreadable(directory: Path, timing: Timing) -> FaultRow:
+def keyring_unreadable(directory: Path, timing: Timing, kill_worker: bool = False) -> FaultRow:
     """Move the keyring directory away (root ignores permission bits) and leave an empty, mode-000 directory in
-    its place for `timing.fault`; the server must keep signing with the last good keyring."""
+    its place for `timing.fault`; the server must keep signing with the last good keyring. With `kill_worker`,
+    a worker is also SIGKILLed while the keyring is away: its replacement has no last good keyring, so it may
+    answer 503 + Retry-After until the keyring is back, but the other worker must keep signing and the
+    server must come back."""
     stack = Stack(directory)
     keys = Path(stack.config.keys_dir)
     away = keys.with_name(keys.name + ".away")
@@ -526,30 +534,49 @@ def keyring_unreadable(directory: Path, timing: Timing) -> FaultRow:
         stack.start()
 
         def inject(t: Timing) -> tuple[Window, list[str]]:
-            window = Window(time.monotonic())
+            window = Window(time.monotonic(), unavailable=kill_worker)
             os.rename(keys, away)
             keys.mkdir(mode=0)
+            notes = ["keys/ renamed away and an empty mode-000 keys/ put in its place, then put back"]
+            if kill_worker:
+                time.sleep(0.2)
+                before = children(stack.server.process.pid)
+                window.kills.append(time.monotonic())
+                os.kill(before[-1], signal.SIGKILL)
+                notes.append(f"worker {before[-1]} of {before} SIGKILLed 0.2 s into the fault")
             time.sleep(t.fault / 2)
             probe = stack.connect()
-            ready = probe.request("GET", "/readyz")
-            probe.close()
+            try:
+                ready = probe.request("GET", "/readyz")
+                notes.append(f"/readyz mid-fault: {ready.status} {ready.body.decode(errors='replace')[:160]}")
+            except OSError as exc:
+                notes.append(f"/readyz mid-fault: no answer ({exc.__class__.__name__})")
+            finally:
+                probe.close()
             time.sleep(t.fault / 2)
             keys.rmdir()
             os.rename(away, keys)
             window.end = time.monotonic()
-            logged = sum("keyring reload failed" in line for line in stack.server.log().splitlines())
-            return window, [
-                "keys/ renamed away and an empty mode-000 keys/ put in its place, then put back",
-                f"/readyz mid-fault: {ready.status} {ready.body.decode(errors='replace')[:160]}",
-                f"'keyring reload failed' logged {logged} times",
-            ]
+            log = stack.server.log()
+            notes.append(f"'keyring reload failed' logged {log.count('keyring reload failed')} times")
+            if stack.server.process.poll() is not None:
+                notes.append(f"`tokendealer serve` exited (status {stack.server.process.returncode}) during the fault")
+            if "crash loop" in log:
+                notes.append("granian: 'Worker crash loop detected, exiting'")
+            return window, notes
 
-        return run_fault("keyring unreadable", stack, ledger, timing, inject)
+        name = "keyring unreadable + worker SIGKILL" if kill_worker else "keyring unreadable"
+        return run_fault(name, stack, ledger, timing, inject)
     finally:
         if away.exists():
             shutil.rmtree(keys, ignore_errors=True)
             os.rename(away, keys)
         stack.close()
+
+
+def keyring_unreadable_worker_kill(directory: Path, timing: Timing) -> FaultRow:
+    """Faults 1 and 5 together: a worker dies while the keyring directory is unreadable."""
+    return keyring_unreadable(directory, timing, kill_worker=True)
 
 
 # ---- the clock jump, in-process through the app factory's injected clock -------------------------------
@@ -667,5 +694,6 @@ FAULTS: dict[str, Callable[[Path, Timing], FaultRow]] = {
     "redis-restart": redis_restart,
     "audit-disk-full": audit_disk_full,
     "keyring-unreadable": keyring_unreadable,
+    "keyring-unreadable-worker-kill": keyring_unreadable_worker_kill,
     "clock-jump": clock_jump,
 }

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote_plus, urlsplit
 
@@ -41,6 +41,7 @@ class Answer:
     status: int | None
     retry_after: bool = False
     error: str = ""
+    thread: int = 0
 
 
 def basic_header(client_id: str, secret: str) -> str:
@@ -141,8 +142,8 @@ class TokenLoad:
 
     def __enter__(self) -> TokenLoad:
         deadline = time.monotonic() + self.max_seconds
-        for _ in range(self.threads):
-            worker = threading.Thread(target=self._run, args=(deadline,), daemon=True)
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(deadline, index), daemon=True)
             worker.start()
             self._workers.append(worker)
         return self
@@ -156,7 +157,7 @@ class TokenLoad:
             worker.join(10)
         return self.answers
 
-    def _run(self, deadline: float) -> None:
+    def _run(self, deadline: float, index: int) -> None:
         conn = self.connect()
         next_at = time.monotonic()
         try:
@@ -164,7 +165,7 @@ class TokenLoad:
                 with self._lock:
                     if len(self.answers) >= self.max_requests:
                         return
-                answer = timed(conn, self.path, TOKEN_BODY, {"Authorization": self.authorization()})
+                answer = replace(timed(conn, self.path, TOKEN_BODY, {"Authorization": self.authorization()}), thread=index)
                 with self._lock:
                     self.answers.append(answer)
                 if answer.status is None:
@@ -183,6 +184,7 @@ class Window:
     start: float
     end: float | None = None
     unavailable: bool = False
+    kills: list[float] = field(default_factory=list)  # when a worker was SIGKILLed
 
 
 @dataclass
@@ -205,11 +207,16 @@ class FaultRow:
     notes: list[str] = field(default_factory=list)
     log_excerpt: list[str] = field(default_factory=list)
 
+    def lost_cell(self) -> str:
+        if any(item.startswith("unverifiable") for item in self.lost):
+            return "unverifiable (server down)"
+        return str(self.data_lost)
+
     def markdown(self) -> str:
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses_during.items(), key=lambda kv: str(kv[0])))
         return (
             f"| {self.fault} | {self.seconds:.1f} | {self.sent_during} | {statuses or '-'} | {self.connection_errors} | "
-            f"{self.refusals} | {self.allowed_503} | {self.data_lost} | {_ms(self.first_200_ms)} | {_ms(self.steady_ms)} | "
+            f"{self.refusals} | {self.allowed_503} | {self.lost_cell()} | {_ms(self.first_200_ms)} | {_ms(self.steady_ms)} | "
             f"{'; '.join(self.notes) or '-'} |"
         )
 
@@ -219,32 +226,48 @@ def _ms(value: float | None) -> str:
 
 
 TABLE_HEADER = (
-    "| fault | fault s | sent during | answers during, by status | connection errors | valid refused | 503+Retry-After while down | "
+    "| fault | fault s | sent during | answers during, by status | connection errors (killed worker) | valid refused | "
+    "503+Retry-After while down | "
     "data lost | first 200 after end, ms | steady 200s after end, ms | notes |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
+def killed_in_flight(answers: list[Answer], kills: list[float], within: float = 2.0) -> set[int]:
+    """Indexes of the answers lost with a killed worker: on each load thread, the first missing answer
+    within `within` seconds after each kill (that thread's connection was to the killed worker)."""
+    found: set[int] = set()
+    for kill in kills:
+        seen_threads: set[int] = set()
+        for i, a in sorted(enumerate(answers), key=lambda ia: ia[1].done):
+            if a.status is None and kill <= a.done <= kill + within and a.thread not in seen_threads:
+                seen_threads.add(a.thread)
+                found.add(i)
+    return found
+
+
 def summarise(fault: str, answers: list[Answer], window: Window, lost: list[str], notes: list[str] | None = None) -> FaultRow:
     """Count what the load saw around `window`.
 
-    A refusal is an HTTP 4xx/5xx answer to valid credentials, except a 503 with Retry-After sent while the
-    database or keyring was really down. A missing HTTP answer (the connection reset under a killed worker)
-    is a connection error, counted apart. Recovery runs from the fault's end to the first 200 answered after
-    it, and to the last answer after it that was not a 200 (0 when there was none).
+    A refusal is an answer other than 2xx to valid credentials — an HTTP 4xx/5xx, or no HTTP answer at all
+    (the server is not accepting) — except a 503 with Retry-After sent while the database or keyring was
+    really down, and the requests in flight on a killed worker's connections (counted apart as connection
+    errors). Recovery runs from the fault's end to the first 200 answered after it, and to the last answer
+    after it that was not a 200 (0 when there was none).
     """
     end = window.end if window.end is not None else window.start
     during = [a for a in answers if window.start <= a.sent <= end]
+    in_flight = killed_in_flight(answers, window.kills)
     refusals, allowed, samples = 0, 0, []
-    for a in answers:
-        if a.status is None or a.status < 400:
+    for i, a in enumerate(answers):
+        if i in in_flight or (a.status is not None and a.status < 400):
             continue
         if window.unavailable and a.status == 503 and a.retry_after and window.start <= a.sent <= end:
             allowed += 1
             continue
         refusals += 1
         if len(samples) < 5:
-            samples.append(f"{a.status} at {a.sent - window.start:+.2f}s")
+            samples.append(f"{a.status or 'no answer (' + a.error + ')'} at {a.sent - window.start:+.2f}s")
     after = sorted((a for a in answers if a.done >= end), key=lambda a: a.done)
     first = next((a.done - end for a in after if a.status == 200), None)
     bad_after = [a.done - end for a in after if a.status != 200]
@@ -256,7 +279,7 @@ def summarise(fault: str, answers: list[Answer], window: Window, lost: list[str]
         seconds=end - window.start,
         sent_during=len(during),
         statuses_during=Counter("conn-error" if a.status is None else a.status for a in during),
-        connection_errors=sum(1 for a in answers if a.status is None),
+        connection_errors=len(in_flight),
         refusals=refusals,
         allowed_503=allowed,
         data_lost=len(lost),
