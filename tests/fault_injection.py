@@ -72,7 +72,7 @@ class Timing:
 
 def postgres_bin(name: str) -> str:
     """`name` from the newest /usr/lib/postgresql/*/bin."""
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[-3]))
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: [int(n) for n in re.findall(r"\d+", Path(p).parts[-3])])
     if not found:
         raise MissingTool(f"{name} not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
     return found[-1]

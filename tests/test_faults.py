@@ -13,7 +13,7 @@ import pytest
 from .fault_injection import FAULTS, Timing
 from .token_load import TABLE_HEADER, FaultRow
 
-TIMING = Timing(before=1.2, fault=1.5, after=2.0, threads=3, rate=25.0)
+TIMING = Timing(before=1.0, fault=1.5, after=1.5, threads=3, rate=25.0)
 
 
 def explain(row: FaultRow) -> str:
