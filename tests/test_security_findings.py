@@ -67,7 +67,7 @@ def test_assertion_replayed_after_its_exp_is_refused(http, key_client, clock):
 
 
 def test_replay_cache_keeps_entries_until_exp_plus_leeway(services, clock):
-    verifier = services.token_endpoint.authenticator.assertions
+    verifier = services.authenticator.assertions
     assert verifier.replay.first_use("c", "j1", verifier.replay_until(clock.now + 3))
     clock.advance(3 + verifier.leeway - 1)
     assert not verifier.replay.first_use("c", "j1", verifier.replay_until(clock.now + 3))

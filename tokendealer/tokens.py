@@ -102,6 +102,10 @@ class TokenService:
         }
         return key.sign(self._encoder.encode(claims).encode("utf-8")), claims
 
+    def revoke(self, claims: dict[str, Any]) -> None:
+        """RFC 7009: deny the token's jti until it has expired anyway."""
+        self.revocations.revoke(claims["jti"], claims["client_id"], claims["exp"] + self.config.leeway)
+
     def validate(self, token: str, audience: str | None = None, check_state: bool = True) -> dict[str, Any]:
         """The claims of a token this server issued and that is valid now, or raise TokenRejected.
 
