@@ -38,7 +38,7 @@ class Credentials:
 
 
 class FailureThrottle:
-    """SPEC §7: failed client authentications, counted per client id and per address; past a limit,
+    """Failed client authentications, counted per client id and per address; past a limit,
     further *failed* attempts are answered 429 with `Retry-After` instead of 401.
 
     Credentials are checked first, so valid ones always pass, whoever failed before, and success never
@@ -202,7 +202,7 @@ class ClientAuthenticator:
 
     def authenticate(self, auth: ClientAuth) -> tuple[Client, Credentials]:
         """The authenticated client, or raise InvalidClient (401), or TooManyRequests (429) for a failure
-        past the limits; valid credentials are never refused because of earlier failures (SPEC §7)."""
+        past the limits; valid credentials are never refused because of earlier failures."""
         creds = None
         try:
             creds = self.credentials(auth)

@@ -162,7 +162,7 @@ class TokenService:
         for name in ("exp", "iat", "nbf"):
             if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
                 raise TokenRejected(f"token {name} is not a number")
-        # The server judges its own tokens by its own clock (SPEC §7): leeway is for other parties' clocks.
+        # The server judges its own tokens by its own clock: leeway is for other parties' clocks.
         # Only the sub-second skew between instances is allowed on the not-before side.
         now = self.clock()
         if claims["exp"] <= now:
