@@ -1,4 +1,4 @@
-"""Outbound fetches of a client's jwks_uri against hostile remotes (SPEC §7): an overall deadline, a size
+"""Outbound fetches of a client's jwks_uri against hostile remotes: an overall deadline, a size
 limit, no redirects, a cached failure, the last good keys kept, never a 500."""
 
 from __future__ import annotations

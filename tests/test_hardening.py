@@ -33,7 +33,7 @@ def test_failures_past_the_limit_get_429_and_valid_credentials_still_pass(http, 
     assert refused.status_code == 429
     assert refused.get_json()["error"] == "slow_down"
     assert 1 <= int(refused.headers["Retry-After"]) <= 61
-    # SPEC §7: the right secret passes, from the attacker's address and from any other.
+    # Valid credentials are never refused: the right secret passes, from the attacker's address and from any other.
     assert post(http, (cid, secret)).status_code == 200
     assert post(http, (cid, secret), address="10.9.9.9").status_code == 200
     assert post(http, (cid, "wrong"), address="10.9.9.9").status_code == 429

@@ -51,7 +51,7 @@ def test_retired_key_keeps_no_private_key(key_store, config):
     old_active = states(key_store)["active"][0]
     key_store.rotate()
     assert not (config.keys_dir / f"{old_active}.pem").exists()
-    assert old_active in {r["kid"] for r in key_store.load().jwks(key_store.clock(), MAX_LIFETIME)["keys"]}
+    assert old_active in {r.kid for r in key_store.load().published(key_store.clock(), MAX_LIFETIME)}
 
 
 def test_jwks_publishes_next_active_and_unexpired_retired(key_store, clock):

@@ -208,7 +208,7 @@ def test_unusable_jwks_are_refused_at_registration(registry, jwks):
 
 
 def test_replay_cache_entries_expire(services, clock):
-    replay = services.token_endpoint.authenticator.assertions.replay
+    replay = services.authenticator.assertions.replay
     assert replay.first_use("c", "j1", clock.now + 10)
     assert not replay.first_use("c", "j1", clock.now + 10)
     clock.advance(11)

@@ -1,4 +1,4 @@
-"""Findings of the attacker's review (SPEC §7): replay after expiry, the issuer's own clock, re-created
+"""Findings of the attacker's review: replay after expiry, the issuer's own clock, re-created
 client ids, assertion audiences, and workers agreeing on the keyring after an emergency rotation."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_assertion_replayed_after_its_exp_is_refused(http, key_client, clock):
 
 
 def test_replay_cache_keeps_entries_until_exp_plus_leeway(services, clock):
-    verifier = services.token_endpoint.authenticator.assertions
+    verifier = services.authenticator.assertions
     assert verifier.replay.first_use("c", "j1", verifier.replay_until(clock.now + 3))
     clock.advance(3 + verifier.leeway - 1)
     assert not verifier.replay.first_use("c", "j1", verifier.replay_until(clock.now + 3))
@@ -159,7 +159,7 @@ def test_recreated_client_after_some_time_still_refuses_old_tokens(http, registr
     assert http.post("/oauth/introspect", data={"token": token}, headers=basic(*other)).get_json() == {"active": False}
 
 
-# ---- finding 1: failed attempts by anyone never refuse valid credentials (SPEC §7) --------------------
+# ---- finding 1: failed attempts by anyone never refuse valid credentials --------------------------
 
 
 def post_secret(http, client_id, secret, address):

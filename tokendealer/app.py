@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import db
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
-from .authentication import ClientAuthenticator, FailureThrottle, Params
+from .authentication import ClientAuthenticator, FailureThrottle
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
@@ -34,6 +34,7 @@ from .errors import (
 )
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
+from .messages import ClientAuth, Params, TokenQuery, TokenRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .tokens import RevocationList, TokenRejected, TokenService
@@ -53,6 +54,7 @@ class Services:
     keys: KeyringSource
     clients: ClientStore
     tokens: TokenService
+    authenticator: ClientAuthenticator
     token_endpoint: TokenEndpoint
     introspection: IntrospectionEndpoint
     revocation: RevocationEndpoint
@@ -94,6 +96,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         keys=keys,
         clients=clients,
         tokens=tokens,
+        authenticator=authenticator,
         token_endpoint=TokenEndpoint(authenticator, tokens, audit, metrics),
         introspection=IntrospectionEndpoint(authenticator, tokens),
         revocation=RevocationEndpoint(authenticator, tokens, audit),
@@ -142,10 +145,10 @@ def _register_request_limits(app: Flask, s: Services) -> None:
 
     def claimed_client() -> str:
         try:
-            params = form_params()
-            return s.token_endpoint.authenticator.credentials(params, request.headers.get("Authorization")).client_id
+            auth = ClientAuth.parse(form_params(), request.headers.get("Authorization"), request.remote_addr)
         except OAuthError:
             return "anonymous"
+        return s.authenticator.claimed_client_id(auth) or "anonymous"
 
     limiter = Limiter(
         key_func=address,
@@ -212,16 +215,17 @@ def _register_views(app: Flask, s: Services) -> None:
 
     @app.post("/oauth/token")
     def token() -> Response:
-        body = s.token_endpoint.create_token_response(form_params(), request.headers.get("Authorization"), _address())
+        body = s.token_endpoint.create_token_response(TokenRequest.parse(form_params(), request.headers.get("Authorization"), _address()))
         return json_response(body, 200, NO_STORE)
 
     @app.post("/oauth/introspect")
     def introspect() -> Response:
-        return json_response(s.introspection.introspect(form_params(), request.headers.get("Authorization"), _address()), 200, NO_STORE)
+        query = TokenQuery.parse(form_params(), request.headers.get("Authorization"), _address())
+        return json_response(s.introspection.introspect(query), 200, NO_STORE)
 
     @app.post("/oauth/revoke")
     def revoke() -> Response:
-        s.revocation.revoke(form_params(), request.headers.get("Authorization"), _address())
+        s.revocation.revoke(TokenQuery.parse(form_params(), request.headers.get("Authorization"), _address()))
         return json_response({}, 200, NO_STORE)
 
     @app.post("/verify_token")

@@ -8,7 +8,7 @@ import binascii
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -19,11 +19,11 @@ from limits.strategies import MovingWindowRateLimiter
 from .assertions import ASSERTION_TYPE, AssertionVerifier
 from .audit import AuditLog
 from .clients import Client, ClientStore, SecretHasher
-from .errors import InvalidClient, InvalidRequest, TooManyRequests
+from .errors import InvalidClient, InvalidRequest, OAuthError, TooManyRequests
+from .messages import ClientAuth
 
 log = logging.getLogger(__name__)
 
-Params = Mapping[str, list[str]]
 MAX_CLIENT_ID = 256
 
 
@@ -38,7 +38,7 @@ class Credentials:
 
 
 class FailureThrottle:
-    """SPEC §7: failed client authentications, counted per client id and per address; past a limit,
+    """Failed client authentications, counted per client id and per address; past a limit,
     further *failed* attempts are answered 429 with `Retry-After` instead of 401.
 
     Credentials are checked first, so valid ones always pass, whoever failed before, and success never
@@ -138,15 +138,6 @@ def _throttled(retry_after: float) -> TooManyRequests:
     return exc
 
 
-def single_param(params: Params, name: str) -> str | None:
-    values = params.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise InvalidRequest(f"parameter {name} is repeated")
-    return values[0]
-
-
 def _parse_basic(authorization: str) -> tuple[str, str]:
     """RFC 6749 §2.3.1 / RFC 7617: base64 of form-urlencoded id and secret joined by a colon."""
     try:
@@ -176,47 +167,50 @@ class ClientAuthenticator:
         self.throttle = throttle
         self.clock = clock
 
-    def credentials(self, params: Params, authorization: str | None) -> Credentials:
+    def credentials(self, auth: ClientAuth) -> Credentials:
         """The credentials a request carries, or InvalidRequest/InvalidClient if they are absent or mixed."""
-        basic = authorization is not None and authorization[:6].lower() == "basic "
-        body_id = single_param(params, "client_id")
-        secret = single_param(params, "client_secret")
-        assertion = single_param(params, "client_assertion")
-        assertion_type = single_param(params, "client_assertion_type")
-        used = [basic, secret is not None, assertion is not None or assertion_type is not None]
+        basic = auth.authorization is not None and auth.authorization[:6].lower() == "basic "
+        used = [basic, auth.client_secret is not None, auth.assertion is not None or auth.assertion_type is not None]
         if sum(used) > 1:
             raise InvalidRequest("use exactly one client authentication method")
         if basic:
-            client_id, basic_secret = _parse_basic(authorization)
-            if body_id is not None and body_id != client_id:
+            client_id, basic_secret = _parse_basic(auth.authorization or "")
+            if auth.client_id is not None and auth.client_id != client_id:
                 raise InvalidRequest("client_id in the body differs from the HTTP Basic one")
             return Credentials(client_id[:MAX_CLIENT_ID], "client_secret_basic", secret=basic_secret)
-        if secret is not None:
-            if not body_id:
+        if auth.client_secret is not None:
+            if not auth.client_id:
                 raise InvalidRequest("client_secret given without client_id")
-            return Credentials(body_id[:MAX_CLIENT_ID], "client_secret_post", secret=secret)
-        if assertion is not None or assertion_type is not None:
-            if assertion_type != ASSERTION_TYPE:
+            return Credentials(auth.client_id[:MAX_CLIENT_ID], "client_secret_post", secret=auth.client_secret)
+        if auth.assertion is not None or auth.assertion_type is not None:
+            if auth.assertion_type != ASSERTION_TYPE:
                 raise InvalidRequest(f"client_assertion_type must be {ASSERTION_TYPE}")
-            if not assertion:
+            if not auth.assertion:
                 raise InvalidRequest("client_assertion is missing")
-            client_id = self.assertions.claimed_client_id(assertion)
-            if body_id is not None and body_id != client_id:
+            client_id = self.assertions.claimed_client_id(auth.assertion)
+            if auth.client_id is not None and auth.client_id != client_id:
                 raise InvalidClient("client_id differs from the client_assertion subject")
-            return Credentials(client_id[:MAX_CLIENT_ID], "private_key_jwt", assertion=assertion)
+            return Credentials(client_id[:MAX_CLIENT_ID], "private_key_jwt", assertion=auth.assertion)
         raise InvalidClient("client authentication is required", headers={"WWW-Authenticate": 'Basic realm="tokendealer"'})
 
-    def authenticate(self, params: Params, authorization: str | None, address: str | None) -> tuple[Client, Credentials]:
+    def claimed_client_id(self, auth: ClientAuth) -> str | None:
+        """The client id a request claims, before any proof is checked (for per-client request limits)."""
+        try:
+            return self.credentials(auth).client_id
+        except OAuthError:
+            return None
+
+    def authenticate(self, auth: ClientAuth) -> tuple[Client, Credentials]:
         """The authenticated client, or raise InvalidClient (401), or TooManyRequests (429) for a failure
-        past the limits; valid credentials are never refused because of earlier failures (SPEC §7)."""
+        past the limits; valid credentials are never refused because of earlier failures."""
         creds = None
         try:
-            creds = self.credentials(params, authorization)
+            creds = self.credentials(auth)
             return self._verify(creds), creds
         except InvalidClient as exc:
             # Only a failed proof counts; an outage (503) during the check is not the caller's failure.
             exc.client_id = creds.client_id if creds else None
-            throttled = self.throttle.failed(exc.client_id, address) if self.throttle else None
+            throttled = self.throttle.failed(exc.client_id, auth.address) if self.throttle else None
             if throttled is not None:
                 throttled.client_id = exc.client_id
                 raise throttled from None

@@ -40,7 +40,6 @@ class Client:
     """A registered service allowed to use the client-credentials grant."""
 
     client_id: str
-    name: str
     scopes: tuple[str, ...]
     audiences: tuple[str, ...]
     default_scopes: tuple[str, ...] | None = None
@@ -228,7 +227,6 @@ class ClientStore:
             ).scalar()
         client = Client(
             client_id=client_id,
-            name=client_id,
             scopes=parse_scopes(scopes),
             audiences=tuple(check_audience(a) for a in audiences),
             default_scopes=None if default_scopes is None else parse_scopes(default_scopes),

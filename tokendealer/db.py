@@ -13,7 +13,6 @@ clients = sa.Table(
     "clients",
     metadata,
     sa.Column("client_id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(64), nullable=False),
     sa.Column("scopes", sa.JSON, nullable=False),
     sa.Column("default_scopes", sa.JSON, nullable=True),
     sa.Column("audiences", sa.JSON, nullable=False),

@@ -10,9 +10,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .audit import AuditLog
-from .authentication import ClientAuthenticator, Params, single_param
+from .authentication import ClientAuthenticator
 from .clients import SCOPE_TOKEN_RE, Client
 from .errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
+from .messages import TokenQuery, TokenRequest
 from .metrics import Metrics
 from .tokens import TokenRejected, TokenService
 
@@ -29,23 +30,17 @@ class TokenEndpoint:
         self.audit = audit
         self.metrics = metrics
 
-    def create_token_response(self, params: Params, authorization: str | None, address: str | None) -> dict[str, Any]:
+    def create_token_response(self, request: TokenRequest) -> dict[str, Any]:
         """Validate the request (§4.4.2), authenticate the client, issue the token (§4.4.3, RFC 9068)."""
-        context: dict[str, Any] = {"remote_addr": address}
+        context: dict[str, Any] = {"remote_addr": request.auth.address}
         authenticated = ""
         try:
-            for name, values in params.items():
-                if len(values) > 1 and name != "resource":
-                    raise InvalidRequest(f"parameter {name} is repeated")
-            grant_type = single_param(params, "grant_type")
-            if not grant_type:
-                raise InvalidRequest("grant_type is required")
-            if grant_type != GRANT_TYPE:
+            if request.grant_type != GRANT_TYPE:
                 raise UnsupportedGrantType(f"only {GRANT_TYPE} is supported")
-            client, creds = self.authenticator.authenticate(params, authorization, address)
+            client, creds = self.authenticator.authenticate(request.auth)
             context["client_id"] = authenticated = client.client_id
-            scopes = self.resolve_scopes(client, single_param(params, "scope"))
-            audiences = self.resolve_audiences(client, single_param(params, "audience"), params.get("resource", []))
+            scopes = self.resolve_scopes(client, request.scope)
+            audiences = self.resolve_audiences(client, request.audience, request.resources)
             context.update(scope=" ".join(scopes), audience=audiences)
             token, claims = self.tokens.issue(client, audiences, scopes)
         except OAuthError as exc:
@@ -82,7 +77,7 @@ class TokenEndpoint:
         return scopes
 
     @staticmethod
-    def resolve_audiences(client: Client, audience: str | None, resources: list[str]) -> list[str]:
+    def resolve_audiences(client: Client, audience: str | None, resources: tuple[str, ...]) -> list[str]:
         """RFC 8707 §2: each `resource` (absolute URI) or `audience` must be allowed; else the default."""
         if len(resources) > MAX_RESOURCES:
             raise InvalidTarget("too many resource parameters")
@@ -112,13 +107,10 @@ class IntrospectionEndpoint:
         self.authenticator = authenticator
         self.tokens = tokens
 
-    def introspect(self, params: Params, authorization: str | None, address: str | None) -> dict[str, Any]:
-        self.authenticator.authenticate(params, authorization, address)
-        token = single_param(params, "token")
-        if not token:
-            raise InvalidRequest("token is required")
+    def introspect(self, query: TokenQuery) -> dict[str, Any]:
+        self.authenticator.authenticate(query.auth)
         try:
-            claims = self.tokens.validate(token)
+            claims = self.tokens.validate(query.required_token())
         except TokenRejected:
             return {"active": False}
         return {"active": True, "token_type": "Bearer", **claims}
@@ -132,17 +124,15 @@ class RevocationEndpoint:
         self.tokens = tokens
         self.audit = audit
 
-    def revoke(self, params: Params, authorization: str | None, address: str | None) -> None:
-        client, _ = self.authenticator.authenticate(params, authorization, address)
-        token = single_param(params, "token")
-        if not token:
-            raise InvalidRequest("token is required")
+    def revoke(self, query: TokenQuery) -> None:
+        client, _ = self.authenticator.authenticate(query.auth)
+        address = query.auth.address
         try:
-            claims = self.tokens.validate(token, check_state=False)
+            claims = self.tokens.validate(query.required_token(), check_state=False)
         except TokenRejected:
             return
         if claims["client_id"] != client.client_id:
             self.audit.emit("token.revoke_refused", outcome="refused", client_id=client.client_id, remote_addr=address)
             return
-        self.tokens.revocations.revoke(claims["jti"], client.client_id, claims["exp"] + self.tokens.config.leeway)
+        self.tokens.revoke(claims)
         self.audit.emit("token.revoked", outcome="revoked", client_id=client.client_id, jti=claims["jti"], remote_addr=address)

@@ -35,10 +35,6 @@ class InvalidClient(OAuthError):
     status = 401
 
 
-class UnauthorizedClient(OAuthError):
-    error = "unauthorized_client"
-
-
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
 
@@ -59,20 +55,9 @@ class InvalidToken(OAuthError):
     error = "invalid_token"
 
 
-class UnsupportedTokenType(OAuthError):
-    """RFC 7009 §2.2.1."""
-
-    error = "unsupported_token_type"
-
-
 class NotFound(OAuthError):
     error = "not_found"
     status = 404
-
-
-class MethodNotAllowed(OAuthError):
-    error = "invalid_request"
-    status = 405
 
 
 class RequestTooLarge(OAuthError):

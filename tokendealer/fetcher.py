@@ -1,4 +1,4 @@
-"""Outbound fetches of remote JWK Sets (a client's `jwks_uri`; external issuers), under SPEC §7's rules:
+"""Outbound fetches of remote JWK Sets (a client's `jwks_uri`; external issuers), under these rules:
 an overall deadline, a size limit, no redirects, a cached failure with back-off, and refreshes off the
 request path, so a slow or hostile remote never holds a token request for long nor costs more than one
 fetch per back-off period."""

@@ -1,4 +1,4 @@
-"""The signing keyring: key records, staged rotation (next -> active -> retired) and hot reload (SPEC §4);
+"""The signing keyring: key records, staged rotation (next -> active -> retired) and hot reload;
 where the keys are stored is `keystores`'.
 
 The private key of a key is kept only while it may sign (`next`, `active`); on retirement only its public
@@ -185,10 +185,6 @@ class Keyring:
             elif record.state == "retired" and now < (record.prunable_at(max_token_lifetime) or 0):
                 out.append(record)
         return out
-
-    def jwks(self, now: float, max_token_lifetime: float) -> dict[str, Any]:
-        """RFC 7517 §5 JWK Set of the published keys."""
-        return {"keys": [r.jwk for r in self.published(now, max_token_lifetime)]}
 
     def verification_key(self, kid: str, now: float, max_token_lifetime: float) -> tuple[str, Any] | None:
         """(alg, public key) for a published kid, or None: revoked and expired keys never verify."""

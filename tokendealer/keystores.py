@@ -87,7 +87,7 @@ class FileKeyStore:
             return True
 
     def rotate(self, alg: str | None = None, emergency: bool = False) -> Keyring:
-        """Staged rotation, or with `emergency` replace the active and next keys at once (SPEC §4)."""
+        """Staged rotation, or with `emergency` replace the active and next keys at once."""
         if not self.exists():
             raise KeyringError(f"no keyring in {self.directory}; run `tokendealer keys init` first")
         with self._locked():

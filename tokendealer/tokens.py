@@ -102,6 +102,10 @@ class TokenService:
         }
         return key.sign(self._encoder.encode(claims).encode("utf-8")), claims
 
+    def revoke(self, claims: dict[str, Any]) -> None:
+        """RFC 7009: deny the token's jti until it has expired anyway."""
+        self.revocations.revoke(claims["jti"], claims["client_id"], claims["exp"] + self.config.leeway)
+
     def validate(self, token: str, audience: str | None = None, check_state: bool = True) -> dict[str, Any]:
         """The claims of a token this server issued and that is valid now, or raise TokenRejected.
 
@@ -158,7 +162,7 @@ class TokenService:
         for name in ("exp", "iat", "nbf"):
             if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
                 raise TokenRejected(f"token {name} is not a number")
-        # The server judges its own tokens by its own clock (SPEC §7): leeway is for other parties' clocks.
+        # The server judges its own tokens by its own clock: leeway is for other parties' clocks.
         # Only the sub-second skew between instances is allowed on the not-before side.
         now = self.clock()
         if claims["exp"] <= now:

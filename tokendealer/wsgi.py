@@ -19,8 +19,8 @@ from urllib.parse import parse_qs
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .authentication import Params
 from .errors import InvalidRequest, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
+from .messages import Params, TokenRequest
 from .tokens import NoSigningKey
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ class TokenFastPath:
         started = time.perf_counter()
         try:
             params = parse_form(environ.get("CONTENT_TYPE"), self._body(environ))
-            result = self.endpoint.create_token_response(params, environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
+            result = self.endpoint.create_token_response(
+                TokenRequest.parse(params, environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
+            )
             status, headers, body = 200, NO_STORE, dumps(result).encode()
         except Exception as exc:  # every failure becomes a JSON error answer
             error = as_oauth_error(exc)

@@ -1,0 +1,92 @@
+"""OAuth request messages, parsed once at the HTTP edge into typed values: the endpoints and the client
+authenticator never look at raw form parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+
+Params = Mapping[str, list[str]]
+# RFC 8707 §2: `resource` may be repeated; no other parameter may (RFC 6749 §3.1).
+REPEATABLE = frozenset({"resource"})
+
+
+def _single(params: Params, name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+def _no_repeats(params: Params) -> None:
+    for name, values in params.items():
+        if len(values) > 1 and name not in REPEATABLE:
+            raise InvalidRequest(f"parameter {name} is repeated")
+
+
+@dataclass(frozen=True)
+class ClientAuth:
+    """What a request carries to authenticate its client (RFC 6749 §2.3, RFC 7523 §2.2); nothing checked yet."""
+
+    authorization: str | None
+    client_id: str | None = None
+    client_secret: str | None = None
+    assertion: str | None = None
+    assertion_type: str | None = None
+    address: str | None = None
+
+    @classmethod
+    def parse(cls, params: Params, authorization: str | None, address: str | None) -> ClientAuth:
+        return cls(
+            authorization=authorization,
+            client_id=_single(params, "client_id"),
+            client_secret=_single(params, "client_secret"),
+            assertion=_single(params, "client_assertion"),
+            assertion_type=_single(params, "client_assertion_type"),
+            address=address,
+        )
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """A token request (RFC 6749 §4.4.2, RFC 8707 §2): the grant, what it asks for, and its client's proof."""
+
+    grant_type: str
+    scope: str | None
+    audience: str | None
+    resources: tuple[str, ...]
+    auth: ClientAuth
+
+    @classmethod
+    def parse(cls, params: Params, authorization: str | None, address: str | None) -> TokenRequest:
+        """Refuse repeated parameters and a missing grant_type; keep the rest as given."""
+        _no_repeats(params)
+        grant_type = _single(params, "grant_type")
+        if not grant_type:
+            raise InvalidRequest("grant_type is required")
+        return cls(
+            grant_type=grant_type,
+            scope=_single(params, "scope"),
+            audience=_single(params, "audience"),
+            resources=tuple(params.get("resource", ())),
+            auth=ClientAuth.parse(params, authorization, address),
+        )
+
+
+@dataclass(frozen=True)
+class TokenQuery:
+    """An introspection (RFC 7662 §2.1) or revocation (RFC 7009 §2.1) request: a token and the caller's proof."""
+
+    token: str | None
+    auth: ClientAuth
+
+    @classmethod
+    def parse(cls, params: Params, authorization: str | None, address: str | None) -> TokenQuery:
+        _no_repeats(params)
+        return cls(token=_single(params, "token") or None, auth=ClientAuth.parse(params, authorization, address))
+
+    def required_token(self) -> str:
+        """The token asked about; checked after the caller is authenticated, so strangers learn nothing."""
+        if not self.token:
+            raise InvalidRequest("token is required")
+        return self.token
