@@ -105,7 +105,17 @@ def timed(conn: Connection | InProcessConnection, path: str, body: str, headers:
         reply = conn.request("POST", path, body, headers)
     except (OSError, http.client.HTTPException) as exc:
         return Answer(sent, time.monotonic(), None, error=exc.__class__.__name__)
-    return Answer(sent, time.monotonic(), reply.status, "retry-after" in reply.headers)
+    done = time.monotonic()
+    return Answer(sent, done, reply.status, "retry-after" in reply.headers, "" if reply.status < 400 else error_text(reply))
+
+
+def error_text(reply: Reply) -> str:
+    """`error: error_description` of an OAuth error answer, shortened."""
+    try:
+        body = reply.json()
+        return f"{body.get('error')}: {str(body.get('error_description', ''))[:80]}"
+    except (ValueError, AttributeError):
+        return reply.body[:80].decode(errors="replace")
 
 
 class TokenLoad:
@@ -267,7 +277,7 @@ def summarise(fault: str, answers: list[Answer], window: Window, lost: list[str]
             continue
         refusals += 1
         if len(samples) < 5:
-            samples.append(f"{a.status or 'no answer (' + a.error + ')'} at {a.sent - window.start:+.2f}s")
+            samples.append(f"{a.status or 'no answer'} ({a.error}) at {a.sent - window.start:+.2f}s")
     after = sorted((a for a in answers if a.done >= end), key=lambda a: a.done)
     first = next((a.done - end for a in after if a.status == 200), None)
     bad_after = [a.done - end for a in after if a.status != 200]
@@ -288,5 +298,11 @@ def summarise(fault: str, answers: list[Answer], window: Window, lost: list[str]
         sent_total=len(answers),
         refusal_samples=samples,
         lost=list(lost),
-        notes=list(notes or []),
+        notes=list(notes or []) + answers_note(answers),
     )
+
+
+def answers_note(answers: list[Answer]) -> list[str]:
+    """The commonest answers other than 200, with their OAuth error, as one note."""
+    common = Counter(f"{a.status or 'no answer'} {a.error}" for a in answers if a.status != 200).most_common(3)
+    return [f"non-200 answers: {', '.join(f'{text.strip()} ×{n}' for text, n in common)}"] if common else []
