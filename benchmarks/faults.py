@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/faults.py [--before 3] [--fault 5] [--after 5] [--threads 3] [--rate 30] [--only NAME ...]
 
 Per fault: requests sent during it, their answers by status, connection errors (in-flight requests of a
-killed worker), valid-credential refusals (an HTTP 4xx/5xx answer to valid credentials; a 503 with
-Retry-After while the database is really down is counted apart), data lost (revocations, client
+killed worker), valid-credential refusals (an HTTP 4xx/5xx answer to valid credentials, or none at all; a
+503 with Retry-After while the database or keyring is really down is counted apart), data lost (revocations, client
 create/disable/rotate-secret, a key rotation and a used assertion, all acknowledged before the fault and
 checked after it), and recovery from the fault's end to the first 200 and to steady 200s.
 
