@@ -600,10 +600,12 @@ def verdict(conn: InProcessConnection, token: str) -> str:
     return "ok" if reply.status == 200 else reply.json().get("error_description", f"{reply.status}")
 
 
-def clock_jump(directory: Path, timing: Timing, jump: float = 300.0) -> FaultRow:
+def clock_jump(directory: Path, timing: Timing, jump: float = 300.0, redis_url: str | None = None) -> FaultRow:
     """One worker's clock jumps +5 min then -5 min under load while a second worker keeps true time (both
-    in-process, sharing the SQLite database and keyring). Tokens issued during each jump are verified
-    afterwards by both workers; the ledger is checked on both."""
+    in-process, sharing the SQLite database and keyring, and with `redis_url` a Redis replay cache). Tokens
+    issued during each jump are verified afterwards by both workers; the ledger is checked on both; an
+    assertion used on the jumped worker must stay used for as long as the true clock could accept it."""
+    shared = {"replay_cache": redis_url, "ratelimit_storage": redis_url} if redis_url else {}
     config = Config.load(
         environ={},
         issuer="http://localhost:5000",
@@ -612,6 +614,7 @@ def clock_jump(directory: Path, timing: Timing, jump: float = 300.0) -> FaultRow
         audit_log=str(directory / "audit.log"),
         client_cache_seconds=1,
         keyring_reload_interval=0.5,
+        **shared,
     )
     store = FileKeyStore(config.keys_dir)
     store.init()
@@ -659,6 +662,14 @@ def clock_jump(directory: Path, timing: Timing, jump: float = 300.0) -> FaultRow
                 fresh = side.request("POST", "/oauth/token", token_form(), short_auth).json()["access_token"]
                 side.request("POST", "/oauth/revoke", f"token={fresh}", short_auth)
                 side.request("POST", "/oauth/token", ledger.assertion_form(lifetime=900))
+                if sign > 0:
+                    # Valid for 2 s more by the jumped clock (with leeway), for about 4.5 min by the true one.
+                    near = ledger.assertion_form(lifetime=int(jump) - config.leeway + 2)
+                    notes.append(
+                        f"an assertion with {int(jump) - config.leeway + 2} s to live, used on the jumped worker: "
+                        f"{side.request('POST', '/oauth/token', near).status}"
+                    )
+                    near_used_at = time.monotonic()
                 time.sleep(timing.fault)
                 clock.offset = 0.0
                 time.sleep(timing.fault / 3)
@@ -674,18 +685,34 @@ def clock_jump(directory: Path, timing: Timing, jump: float = 300.0) -> FaultRow
             for key, label in (("+", f"+{jump / 60:.0f} min"), ("-", f"-{jump / 60:.0f} min")):
                 said = [verdict(conn, t) for t in tokens[key]]
                 notes.append(f"tokens issued at {label} (load, 120 s client) on the {app_name} afterwards: {said}")
+        replayed_near = InProcessConnection(steady).request("POST", "/oauth/token", near)
+        if replayed_near.status != 401:
+            lost.append(
+                f"replay-cache entry of an assertion used on the jumped worker: replayed on the true-time worker "
+                f"{time.monotonic() - near_used_at:.0f} s later, answered {replayed_near.status}"
+            )
         replayed = InProcessConnection(steady).request("POST", "/oauth/token", short_assertion)
         if replayed.status != 401:
             lost.append(f"replay-cache entry of a 60 s assertion used before the jump: replayed afterwards, answered {replayed.status}")
         if revived:
             lost.append(f"revocation of a 120 s token acknowledged before the jump: active again afterwards on the {' and '.join(revived)}")
-        row = summarise(f"clock ±{jump / 60:.0f} min (in-process)", load.answers, window, lost, notes)
+        cache = "Redis" if redis_url else "database"
+        row = summarise(f"clock ±{jump / 60:.0f} min, {cache} replay cache (in-process)", load.answers, window, lost, notes)
         return row
     finally:
         for app in (jumping, steady):
             app.extensions["tokendealer"].audit.close()
             app.extensions["tokendealer"].engine.dispose()
         engine.dispose()
+
+
+def clock_jump_redis(directory: Path, timing: Timing) -> FaultRow:
+    """The clock jump with the replay cache and failure counters in a private Redis."""
+    redis = RedisServer().start()
+    try:
+        return clock_jump(directory, timing, redis_url=redis.url)
+    finally:
+        redis.destroy()
 
 
 FAULTS: dict[str, Callable[[Path, Timing], FaultRow]] = {
@@ -696,4 +723,5 @@ FAULTS: dict[str, Callable[[Path, Timing], FaultRow]] = {
     "keyring-unreadable": keyring_unreadable,
     "keyring-unreadable-worker-kill": keyring_unreadable_worker_kill,
     "clock-jump": clock_jump,
+    "clock-jump-redis": clock_jump_redis,
 }
