@@ -15,7 +15,7 @@ class MalformedToken(InvalidToken):
 
 
 class WrongTokenType(InvalidToken):
-    """The `typ` header is not `at+jwt` (RFC 9068 §4)."""
+    """The `typ` header is not exactly `at+jwt` or `application/at+jwt` (RFC 9068 §4), as the server requires."""
 
 
 class DisallowedAlgorithm(InvalidToken):
