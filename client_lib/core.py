@@ -8,10 +8,11 @@ import json
 import random
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +42,7 @@ ASYMMETRIC_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 MAX_JSON_DEPTH = 32  # deeper token JSON is refused, so nothing recurses on what an attacker nests
 REFRESH_MARGIN = 300.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 _JWA = get_default_algorithms()
@@ -215,6 +217,38 @@ class Credentials:
             assertion = client_assertion(self.client_id, audience, self._key, self._alg, self.key_id, self.clock())
             return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}, None
         return {}, (quote_plus(self.client_id), quote_plus(self._secret))
+
+
+# ---- where a token may be sent ------------------------------------------------------------------------
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """The (scheme, host, port) origin of an http(s) URL (RFC 6454 §4), default port filled in; ValueError without one."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise ValueError("not an http(s) URL with a host")
+    return scheme, parts.hostname, DEFAULT_PORTS[scheme] if parts.port is None else parts.port
+
+
+class OriginPin:
+    """The one origin a token may be sent to (SPEC §7): the one given, or else that of the first URL asked about."""
+
+    def __init__(self, origin: str | None = None):
+        self.origin = origin_of(origin) if origin is not None else None
+        self._lock = threading.Lock()
+
+    def admits(self, url: str) -> bool:
+        """Whether a token may go to `url`; with no origin yet, `url` pins it."""
+        try:
+            candidate = origin_of(url)
+        except ValueError:
+            return False
+        if self.origin is None:
+            with self._lock:
+                if self.origin is None:
+                    self.origin = candidate
+        return candidate == self.origin
 
 
 # ---- private_key_jwt ----------------------------------------------------------------------------------
