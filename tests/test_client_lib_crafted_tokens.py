@@ -226,7 +226,7 @@ def fuzz_target(stack):
     return kid, key, verifier, flask_service(verifier).test_client()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(header=headers, claims=claim_overrides, whole_payload=st.none() | json_values)
 def test_fuzzed_tokens_raise_only_invalid_token(stack, fuzz_target, header, claims, whole_payload):
     """Whatever JSON a signed token carries, verify() raises nothing but InvalidToken subclasses and the
