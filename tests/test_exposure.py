@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import socket
+import time
+
 import pytest
 
 
@@ -11,3 +15,50 @@ def test_request_id_with_a_trailing_newline_is_not_echoed(http, method, path):
     response = http.open(path, method=method, environ_overrides={"HTTP_X_REQUEST_ID": "abc\n"})
     assert response.headers["X-Request-ID"] != "abc\n"
     assert len(response.headers["X-Request-ID"]) == 32
+
+
+# ---- finding 8: the access log escapes what the client controls ------------------------------------------
+
+ACCESS_LINE_RE = re.compile(r'^127\.0\.0\.1 "([A-Z]+) (\S*) (HTTP/1\.[01])" (\d{3}) \d+\.\d{3}ms$')
+
+
+def raw_request(server, request_line: bytes) -> bytes:
+    """Send one request line as given (no client library normalises it) and return the raw answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(request_line + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def access_lines(server, count: int) -> list[str]:
+    """The server's output lines that are access lines, once `count` of them have been written."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in server.log().splitlines() if line.startswith("127.0.0.1 ")]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_access_log_escapes_control_characters_and_quotes(live_factory):
+    server = live_factory(workers=1)
+    before = len(access_lines(server, 0))
+    forged = b"/x%0d%0a127.0.0.1%20%22GET%20/forged%20HTTP/1.1%22%20200%200.100ms"
+    for target in (forged, b"/%1b[31mred%1b[0m", b"/a%22b%5c", b"/caf%C3%A9%C2%9B", b"/healthz?client_secret=hunter2"):
+        assert raw_request(server, b"GET " + target + b" HTTP/1.1").startswith(b"HTTP/1.1 ")
+    lines = access_lines(server, before + 5)[before:]
+    assert len(lines) == 5, lines
+    assert all(ACCESS_LINE_RE.match(line) for line in lines), lines
+    paths = [ACCESS_LINE_RE.match(line).group(2) for line in lines]
+    assert paths == [
+        r"/x\x0d\x0a127.0.0.1\x20\x22GET\x20/forged\x20HTTP/1.1\x22\x20200\x200.100ms",
+        r"/\x1b[31mred\x1b[0m",
+        r"/a\x22b\x5c",
+        r"/caf\xc3\xa9\xc2\x9b",
+        "/healthz",
+    ]
+    log = server.log()
+    assert "/forged" not in log.replace(paths[0], "")
+    assert "\x1b" not in log and "hunter2" not in log
