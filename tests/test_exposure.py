@@ -8,6 +8,11 @@ import time
 
 import pytest
 
+from tokendealer.app import create_app
+from tokendealer.config import Config, ConfigError
+
+from .conftest import make_config
+
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/healthz"), ("POST", "/oauth/token")])
 def test_request_id_with_a_trailing_newline_is_not_echoed(http, method, path):
@@ -62,3 +67,56 @@ def test_access_log_escapes_control_characters_and_quotes(live_factory):
     log = server.log()
     assert "/forged" not in log.replace(paths[0], "")
     assert "\x1b" not in log and "hunter2" not in log
+
+
+# ---- finding 9: /metrics behind an address allow-list and an optional bearer token --------------------------
+
+METRICS_TOKEN = "metrics-token-0123456789"
+
+
+@pytest.fixture
+def guarded_http(tmp_path, key_store):
+    config = make_config(tmp_path, metrics_token=METRICS_TOKEN, metrics_allow="10.1.0.0/16, 127.0.0.1")
+    app = create_app(config)
+    yield app.test_client()
+    app.extensions["tokendealer"].engine.dispose()
+
+
+def scrape(http, address: str, **headers: str):
+    return http.get("/metrics", environ_base={"REMOTE_ADDR": address}, headers=headers)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_metrics_default_allows_loopback_only(http, address):
+    assert scrape(http, address).status_code == 200
+
+
+@pytest.mark.parametrize("address", ["203.0.113.9", "10.0.0.1", "::2", "not-an-address"])
+def test_metrics_default_refuses_other_addresses(http, make_client, address):
+    make_client("secret-service")
+    response = scrape(http, address)
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "access_denied"
+    assert b"secret-service" not in response.data
+
+
+def test_metrics_token_is_required_when_set(guarded_http):
+    missing = scrape(guarded_http, "10.1.2.3")
+    assert missing.status_code == 401 and missing.get_json()["error"] == "invalid_token"
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer ")
+    wrong = scrape(guarded_http, "10.1.2.3", Authorization="Bearer " + METRICS_TOKEN[:-1] + "x")
+    assert wrong.status_code == 401 and "tokendealer_" not in wrong.text
+    assert scrape(guarded_http, "10.1.2.3", Authorization="Basic " + METRICS_TOKEN).status_code == 401
+    assert scrape(guarded_http, "10.1.2.3", Authorization="Bearer " + METRICS_TOKEN).status_code == 200
+    assert scrape(guarded_http, "127.0.0.1", Authorization="bearer " + METRICS_TOKEN).status_code == 200
+    # The token does not open the endpoint to addresses outside the list.
+    assert scrape(guarded_http, "127.0.0.2", Authorization="Bearer " + METRICS_TOKEN).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("metrics_allow", "10.0.0.0/33"), ("metrics_allow", "localhost"), ("metrics_token", "short"), ("metrics_token", "has a space in it!")],
+)
+def test_metrics_settings_are_validated(name, value):
+    with pytest.raises(ConfigError, match=f"^TOKENDEALER_{name.upper()} "):
+        Config.load(environ={f"TOKENDEALER_{name.upper()}": value})

@@ -34,7 +34,7 @@ from .errors import (
 )
 from .keyring import KeyringSource, KeyStore, make_key_store
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
+from .metrics import Metrics, ScrapeGuard
 from .tokens import RevocationList, TokenRejected, TokenService
 from .wsgi import FORM, MAX_PARAMS, NO_STORE, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
 
@@ -287,8 +287,11 @@ def _register_views(app: Flask, s: Services) -> None:
             return json_response({"status": "unavailable", "problems": problems}, 503)
         return json_response({"status": "ok"})
 
+    scrape_guard = ScrapeGuard(config.metrics_networks, config.metrics_token)
+
     @app.get("/metrics")
     def metrics() -> Response:
+        scrape_guard.check(_address(), request.headers.get("Authorization"))
         return Response(s.metrics.render(), 200, mimetype=None, content_type=METRICS_CONTENT_TYPE)
 
     openapi_body = dumps(openapi_document(config))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 PREFIX = "TOKENDEALER_"
+_METRICS_TOKEN_RE = re.compile(r"[!-~]{16,}")
 _LIMIT_RE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*$", re.I)
 
 
@@ -56,6 +58,9 @@ class Config:
     client_cache_seconds: float = 2.0
     audit_log: str | None = None
     log_json: bool = False
+    # /metrics: peer networks allowed to read it (comma-separated CIDRs), and a bearer token required when set.
+    metrics_allow: str = "127.0.0.0/8,::1"
+    metrics_token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -65,6 +70,11 @@ class Config:
     def url(self, path: str) -> str:
         """Absolute URL of `path` under the issuer."""
         return self.issuer.rstrip("/") + path
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """TOKENDEALER_METRICS_ALLOW as networks."""
+        return _networks(self.metrics_allow)
 
     @classmethod
     def load(
@@ -125,6 +135,12 @@ class Config:
         for name in ("ratelimit_storage",):
             if not getattr(self, name).startswith(("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
                 _bad(name, "must be memory:// or redis://...")
+        try:
+            _networks(self.metrics_allow)
+        except ValueError:
+            _bad("metrics_allow", "must be comma-separated networks such as 127.0.0.0/8,::1")
+        if self.metrics_token is not None and not _METRICS_TOKEN_RE.fullmatch(self.metrics_token):
+            _bad("metrics_token", "must be at least 16 printable characters without spaces")
         if self.audit_log and not Path(self.audit_log).parent.is_dir():
             _bad("audit_log", f"names a file in a missing directory ({Path(self.audit_log).parent})")
         if self.keys_dir.exists() and not self.keys_dir.is_dir():
@@ -152,6 +168,11 @@ class Config:
         if len(key) != 32:
             _bad(name, "must be 32 random bytes, base64url (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return key
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is a network of one); raises ValueError on a malformed entry."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
 def _bad(name: str, why: str) -> None:

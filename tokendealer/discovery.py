@@ -205,6 +205,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "summary": "Prometheus metrics",
                     "responses": {
                         "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "401": _error_response("The metrics bearer token is missing or wrong (TOKENDEALER_METRICS_TOKEN)"),
+                        "403": _error_response("The address is not allowed (TOKENDEALER_METRICS_ALLOW)"),
                         **_GET_ERRORS,
                     },
                 }
