@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -120,3 +121,26 @@ def test_metrics_token_is_required_when_set(guarded_http):
 def test_metrics_settings_are_validated(name, value):
     with pytest.raises(ConfigError, match=f"^TOKENDEALER_{name.upper()} "):
         Config.load(environ={f"TOKENDEALER_{name.upper()}": value})
+
+
+# ---- finding 9: /readyz names problems, the server log holds the detail ----------------------------------------
+
+
+def test_readyz_does_not_echo_paths(http, services, config, caplog):
+    (config.keys_dir / "manifest.json").write_text("{ not json")
+    os.chmod(config.keys_dir / "manifest.json", 0o600)
+    services.keys.refresh_now()
+    response = http.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["problems"] == ["keyring: cannot be loaded; see the server log"]
+    assert str(config.keys_dir) not in response.text
+    assert any(str(config.keys_dir) in r.getMessage() for r in caplog.records)
+
+
+def test_readyz_database_problem_is_generic(tmp_path, config, key_store, caplog):
+    (tmp_path / "a-directory").mkdir()
+    broken = make_config(tmp_path, database_url=f"sqlite:///{tmp_path / 'a-directory'}")
+    response = create_app(broken).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["problems"] == ["database: does not answer; see the server log"]
+    assert any("OperationalError" in r.getMessage() for r in caplog.records)

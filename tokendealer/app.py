@@ -273,16 +273,18 @@ def _register_views(app: Flask, s: Services) -> None:
 
     @app.get("/readyz")
     def readyz() -> Response:
+        # Problem names only: the detail (paths, hosts) goes to the server log, where the keyring's already is.
         problems = []
         try:
             db.ping(s.engine)
         except SQLAlchemyError as exc:
-            problems.append(f"database: {exc.__class__.__name__}")
+            log.warning("readiness: the database does not answer: %s", exc)
+            problems.append("database: does not answer; see the server log")
         keyring = s.keys.current()
         if keyring is None or keyring.active is None:
             problems.append("keyring: no active signing key loaded")
         if s.keys.error:
-            problems.append(f"keyring: {s.keys.error}")
+            problems.append("keyring: cannot be loaded; see the server log")
         if problems:
             return json_response({"status": "unavailable", "problems": problems}, 503)
         return json_response({"status": "ok"})
