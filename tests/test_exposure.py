@@ -12,7 +12,7 @@ import pytest
 from tokendealer.app import create_app
 from tokendealer.config import Config, ConfigError
 
-from .conftest import make_config
+from .conftest import AUDIENCE, make_config
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/healthz"), ("POST", "/oauth/token")])
@@ -144,3 +144,24 @@ def test_readyz_database_problem_is_generic(tmp_path, config, key_store, caplog)
     assert response.status_code == 503
     assert response.get_json()["problems"] == ["database: does not answer; see the server log"]
     assert any("OperationalError" in r.getMessage() for r in caplog.records)
+
+
+# ---- finding 9: discovery publishes only the public scopes ------------------------------------------------------
+
+
+def test_discovery_publishes_no_scope_by_default(http, make_client):
+    make_client("internal", scopes=("payroll:admin", "read"))
+    assert http.get("/.well-known/oauth-authorization-server").get_json()["scopes_supported"] == []
+
+
+def test_discovery_publishes_the_public_scopes(tmp_path, key_store):
+    app = create_app(make_config(tmp_path, public_scopes="read  profile read"))
+    app.extensions["tokendealer"].clients.create("internal", scopes=["payroll:admin", "read"], audiences=[AUDIENCE])
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        assert app.test_client().get(path).get_json()["scopes_supported"] == ["read", "profile"]
+    app.extensions["tokendealer"].engine.dispose()
+
+
+def test_public_scopes_are_validated():
+    with pytest.raises(ConfigError, match="^TOKENDEALER_PUBLIC_SCOPES "):
+        Config.load(environ={"TOKENDEALER_PUBLIC_SCOPES": 'read "quoted"'})

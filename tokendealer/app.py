@@ -197,7 +197,6 @@ def _register_errors(app: Flask, s: Services) -> None:
 
 def _register_views(app: Flask, s: Services) -> None:
     config = s.config
-    discovery_cache: dict[str, Any] = {"at": -1.0, "body": None}
     jwks_cache: dict[Any, tuple[bytes, str]] = {}
 
     def _address() -> str | None:
@@ -252,12 +251,10 @@ def _register_views(app: Flask, s: Services) -> None:
             return Response(status=304, headers=headers)
         return Response(body, 200, headers=headers, mimetype="application/json")
 
+    metadata_body = dumps(server_metadata(config))
+
     def _metadata() -> Response:
-        now = time.monotonic()
-        if discovery_cache["body"] is None or now - discovery_cache["at"] > 10:
-            discovery_cache["body"] = dumps(server_metadata(config, s.clients.scopes_supported()))
-            discovery_cache["at"] = now
-        return Response(discovery_cache["body"], 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")
+        return Response(metadata_body, 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")
 
     app.add_url_rule("/.well-known/oauth-authorization-server", "metadata", _metadata)
     app.add_url_rule("/.well-known/openid-configuration", "openid_configuration", _metadata)

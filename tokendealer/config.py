@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .clients import SCOPE_TOKEN_RE
+
 PREFIX = "TOKENDEALER_"
 _METRICS_TOKEN_RE = re.compile(r"[!-~]{16,}")
 _LIMIT_RE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*$", re.I)
@@ -61,6 +63,8 @@ class Config:
     # /metrics: peer networks allowed to read it (comma-separated CIDRs), and a bearer token required when set.
     metrics_allow: str = "127.0.0.0/8,::1"
     metrics_token: str | None = None
+    # The scopes discovery publishes in scopes_supported (space-separated); the others stay unnamed.
+    public_scopes: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -75,6 +79,11 @@ class Config:
     def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """TOKENDEALER_METRICS_ALLOW as networks."""
         return _networks(self.metrics_allow)
+
+    @property
+    def scopes_published(self) -> list[str]:
+        """TOKENDEALER_PUBLIC_SCOPES as a list, in the order given."""
+        return list(dict.fromkeys((self.public_scopes or "").split()))
 
     @classmethod
     def load(
@@ -141,6 +150,8 @@ class Config:
             _bad("metrics_allow", "must be comma-separated networks such as 127.0.0.0/8,::1")
         if self.metrics_token is not None and not _METRICS_TOKEN_RE.fullmatch(self.metrics_token):
             _bad("metrics_token", "must be at least 16 printable characters without spaces")
+        if not all(SCOPE_TOKEN_RE.match(scope) for scope in self.scopes_published):
+            _bad("public_scopes", "must be space-separated scope tokens (RFC 6749 §3.3)")
         if self.audit_log and not Path(self.audit_log).parent.is_dir():
             _bad("audit_log", f"names a file in a missing directory ({Path(self.audit_log).parent})")
         if self.keys_dir.exists() and not self.keys_dir.is_dir():

@@ -10,8 +10,9 @@ from .keyring import ALGORITHMS
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
 
-def server_metadata(config: Config, scopes: list[str]) -> dict[str, Any]:
-    """RFC 8414 §2 authorization server metadata."""
+def server_metadata(config: Config) -> dict[str, Any]:
+    """RFC 8414 §2 authorization server metadata; `scopes_supported` names only the public scopes, as §2
+    allows ("servers MAY choose not to advertise some supported scope values")."""
     return {
         "issuer": config.issuer,
         "token_endpoint": config.token_endpoint,
@@ -28,7 +29,7 @@ def server_metadata(config: Config, scopes: list[str]) -> dict[str, Any]:
         "introspection_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "scopes_supported": scopes,
+        "scopes_supported": config.scopes_published,
         "service_documentation": config.url("/openapi.json"),
     }
 
