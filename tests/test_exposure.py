@@ -12,7 +12,7 @@ import pytest
 from tokendealer.app import create_app
 from tokendealer.config import Config, ConfigError
 
-from .conftest import AUDIENCE, make_config
+from .conftest import AUDIENCE, basic, fetch_token, make_config
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/healthz"), ("POST", "/oauth/token")])
@@ -165,3 +165,50 @@ def test_discovery_publishes_the_public_scopes(tmp_path, key_store):
 def test_public_scopes_are_validated():
     with pytest.raises(ConfigError, match="^TOKENDEALER_PUBLIC_SCOPES "):
         Config.load(environ={"TOKENDEALER_PUBLIC_SCOPES": 'read "quoted"'})
+
+
+# ---- finding 9: /verify_token, optionally authenticated, rate-limited per address ----------------------------
+
+
+def verify(http, token: str, address: str = "127.0.0.1", headers: dict[str, str] | None = None, **fields: str):
+    body = {"access_token": token, "audience": AUDIENCE, **fields}
+    return http.post("/verify_token", json=body, headers=headers or {}, environ_base={"REMOTE_ADDR": address})
+
+
+def test_verify_token_client_authentication_when_configured(tmp_path, key_store):
+    app = create_app(make_config(tmp_path, verify_token_auth="true"))
+    http = app.test_client()
+    client, secret = app.extensions["tokendealer"].clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
+    token = fetch_token(http, "svc", secret)["access_token"]
+    anonymous = verify(http, token)
+    assert anonymous.status_code == 401 and anonymous.get_json()["error"] == "invalid_client"
+    assert "client_id" not in anonymous.text
+    assert verify(http, token, headers=basic("svc", "wrong")).status_code == 401
+    assert verify(http, token, headers=basic("svc", secret)).get_json()["client_id"] == "svc"
+    assert verify(http, token, client_id="svc", client_secret=secret).status_code == 200
+    form = {"access_token": token, "audience": AUDIENCE, "client_id": "svc", "client_secret": secret}
+    assert http.post("/verify_token", data=form).status_code == 200
+    app.extensions["tokendealer"].engine.dispose()
+
+
+def test_verify_token_is_open_by_default(http, make_client):
+    cid, secret = make_client()
+    token = fetch_token(http, cid, secret)["access_token"]
+    assert verify(http, token).status_code == 200
+
+
+def test_verify_token_rate_limit_per_address(tmp_path, key_store):
+    app = create_app(make_config(tmp_path, verify_token_limit="3/minute"))
+    http = app.test_client()
+    assert [verify(http, "garbage", "10.0.0.1").status_code for _ in range(3)] == [400, 400, 400]
+    refused = verify(http, "garbage", "10.0.0.1")
+    assert refused.status_code == 429 and refused.get_json()["error"] == "slow_down"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    assert verify(http, "garbage", "10.0.0.2").status_code == 400
+    app.extensions["tokendealer"].engine.dispose()
+
+
+def test_verify_token_rate_limit_is_on_by_default(http):
+    assert Config.load(environ={}).verify_token_limit == "20/second"
+    statuses = [verify(http, "garbage").status_code for _ in range(30)]
+    assert 429 in statuses and set(statuses) == {400, 429}

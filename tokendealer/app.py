@@ -35,6 +35,7 @@ from .errors import (
 from .keyring import KeyringSource, KeyStore, make_key_store
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
+from .ratelimits import AddressRateLimit
 from .tokens import RevocationList, TokenRejected, TokenService
 from .wsgi import FORM, MAX_PARAMS, NO_STORE, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
 
@@ -52,6 +53,7 @@ class Services:
     keys: KeyringSource
     clients: ClientStore
     tokens: TokenService
+    authenticator: ClientAuthenticator
     token_endpoint: TokenEndpoint
     introspection: IntrospectionEndpoint
     revocation: RevocationEndpoint
@@ -88,6 +90,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time) -> Se
         keys=keys,
         clients=clients,
         tokens=tokens,
+        authenticator=authenticator,
         token_endpoint=TokenEndpoint(authenticator, tokens, audit, metrics),
         introspection=IntrospectionEndpoint(authenticator, tokens),
         revocation=RevocationEndpoint(authenticator, tokens, audit),
@@ -103,6 +106,16 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def form_params() -> Params:
     """The request's form body (query-string parameters are ignored)."""
     return parse_form(request.content_type, request.get_data(cache=True))
+
+
+def _verify_token_body() -> dict[str, Any]:
+    """The /verify_token body: JSON, or the form the original TokenDealer took."""
+    data = request.get_json(silent=True) if request.is_json else None
+    if data is None and request.mimetype == FORM:
+        data = {name: values[0] for name, values in form_params().items()}
+    if not isinstance(data, dict):
+        raise InvalidRequest('the body must be JSON {"access_token": ..., "audience": ...}')
+    return data
 
 
 def create_app(config: Config | None = None, clock: Callable[[], float] = time.time) -> Flask:
@@ -216,13 +229,19 @@ def _register_views(app: Flask, s: Services) -> None:
         s.revocation.revoke(form_params(), request.headers.get("Authorization"), _address())
         return json_response({}, 200, NO_STORE)
 
+    verify_limit = (
+        AddressRateLimit(config.ratelimit_storage, config.verify_token_limit, "/verify_token") if config.verify_token_limit else None
+    )
+
     @app.post("/verify_token")
     def verify_token() -> Response:
-        data = request.get_json(silent=True) if request.is_json else None
-        if data is None and request.mimetype == FORM:
-            data = {name: values[0] for name, values in form_params().items()}
-        if not isinstance(data, dict):
-            raise InvalidRequest('the body must be JSON {"access_token": ..., "audience": ...}')
+        if verify_limit:
+            verify_limit.hit(_address())
+        data = _verify_token_body()
+        if config.verify_token_auth:
+            # The same client authentication as introspection: /verify_token tells revoked and disabled apart.
+            params = {name: [value] for name, value in data.items() if isinstance(value, str)}
+            s.authenticator.authenticate(params, request.headers.get("Authorization"), _address())
         token, audience = data.get("access_token"), data.get("audience")
         if not isinstance(token, str) or not token:
             raise InvalidRequest("access_token is required")

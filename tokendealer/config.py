@@ -65,6 +65,9 @@ class Config:
     metrics_token: str | None = None
     # The scopes discovery publishes in scopes_supported (space-separated); the others stay unnamed.
     public_scopes: str | None = None
+    # /verify_token: whether the caller must authenticate as a client, and its request rate per address.
+    verify_token_auth: bool = False
+    verify_token_limit: str | None = "20/second"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -131,7 +134,7 @@ class Config:
         for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 _bad(name, "must be positive")
-        for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit"):
+        for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit", "verify_token_limit"):
             value = getattr(self, name)
             if value is not None and not all(_LIMIT_RE.match(p) for p in value.split(";")):
                 _bad(name, "must be a rate such as 10/minute")

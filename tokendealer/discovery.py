@@ -160,7 +160,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "responses": {
                         "200": _json_response("The token's claims", claims),
                         "400": _error_response("Invalid request or invalid token"),
+                        "401": _error_response("Client authentication failed (with TOKENDEALER_VERIFY_TOKEN_AUTH)"),
                         "413": _ERRORS["413"],
+                        "429": _error_response("Too many requests from this address, or failed authentications"),
                         "503": _ERRORS["503"],
                     },
                 }
