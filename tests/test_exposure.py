@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 import time
 
 import pytest
 
 from tokendealer.app import create_app
 from tokendealer.config import Config, ConfigError
+from tokendealer.db import make_engine, upgrade_schema
 
 from .conftest import AUDIENCE, basic, fetch_token, make_config
 
@@ -212,3 +214,23 @@ def test_verify_token_rate_limit_is_on_by_default(http):
     assert Config.load(environ={}).verify_token_limit == "20/second"
     statuses = [verify(http, "garbage").status_code for _ in range(30)]
     assert 429 in statuses and set(statuses) == {400, 429}
+
+
+# ---- finding 9: the SQLite database is private to its owner ----------------------------------------------------
+
+
+def test_sqlite_database_and_its_wal_are_created_0600(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        engine = make_engine(f"sqlite:///{tmp_path / 'new-dir' / 'td.db'}")
+        upgrade_schema(engine)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT count(*) FROM clients")
+            files = sorted(p.name for p in (tmp_path / "new-dir").iterdir())
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "new-dir").iterdir()}
+        engine.dispose()
+    finally:
+        os.umask(old_umask)
+    assert files == ["td.db", "td.db-shm", "td.db-wal"]
+    assert modes == {"td.db": 0o600, "td.db-shm": 0o600, "td.db-wal": 0o600}
+    assert stat.S_IMODE((tmp_path / "new-dir").stat().st_mode) == 0o700
