@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -14,7 +15,7 @@ from tokendealer.app import create_app
 from tokendealer.config import Config, ConfigError
 from tokendealer.db import make_engine, upgrade_schema
 
-from .conftest import AUDIENCE, basic, fetch_token, make_config
+from .conftest import AUDIENCE, basic, fetch_token, make_config, run_cli
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/healthz"), ("POST", "/oauth/token")])
@@ -234,3 +235,29 @@ def test_sqlite_database_and_its_wal_are_created_0600(tmp_path):
     assert files == ["td.db", "td.db-shm", "td.db-wal"]
     assert modes == {"td.db": 0o600, "td.db-shm": 0o600, "td.db-wal": 0o600}
     assert stat.S_IMODE((tmp_path / "new-dir").stat().st_mode) == 0o700
+
+
+# ---- finding 9: `tokendealer token` keeps the secret out of argv --------------------------------------------------
+
+
+def test_token_command_reads_the_secret_without_argv(live_factory, tmp_path):
+    server = live_factory(workers=1)
+    created = run_cli("client", "create", "svc", "--scope", "read", "--audience", AUDIENCE, env=server.env)
+    secret = json.loads(created.stdout)["client_secret"]
+    (tmp_path / "secret").write_text(secret + "\n")
+    base = ("token", "--client-id", "svc", "--json")
+    for args, env, stdin in [
+        ((), {"TOKENDEALER_CLIENT_SECRET": secret}, None),
+        (("--client-secret-file", str(tmp_path / "secret")), {}, None),
+        (("--client-secret", "-"), {}, secret + "\n"),
+    ]:
+        result = run_cli(*base, *args, env={**server.env, **env}, input=stdin)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "" and json.loads(result.stdout)["token_type"] == "Bearer"
+    literal = run_cli(*base, "--client-secret", secret, env=server.env)
+    assert literal.returncode == 0
+    assert literal.stderr.count("\n") == 1 and literal.stderr.startswith("warning: --client-secret ")
+    both = run_cli(*base, "--client-secret", "-", "--client-secret-file", str(tmp_path / "secret"), env=server.env, input=secret)
+    assert both.returncode == 2
+    missing = run_cli(*base, "--client-secret-file", str(tmp_path / "absent"), env=server.env)
+    assert missing.returncode == 2 and "absent" in missing.stderr and "Traceback" not in missing.stderr
