@@ -261,3 +261,27 @@ def test_token_command_reads_the_secret_without_argv(live_factory, tmp_path):
     assert both.returncode == 2
     missing = run_cli(*base, "--client-secret-file", str(tmp_path / "absent"), env=server.env)
     assert missing.returncode == 2 and "absent" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# ---- finding 9: serve warns about a plain-http issuer off loopback ------------------------------------------------
+
+
+def test_serve_warns_about_a_plain_http_issuer_off_loopback(live_factory):
+    server = live_factory(workers=1, TOKENDEALER_ISSUER="http://auth.example.com")
+    warnings = [line for line in server.log().splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "http://auth.example.com" in warnings[0] and "https" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("issuer", "warned"),
+    [
+        ("http://auth.example.com", True),
+        ("http://10.0.0.5:5000", True),
+        ("http://localhost:5000", False),
+        ("http://127.0.0.1:8080", False),
+        ("http://[::1]:5000", False),
+        ("https://auth.example.com", False),
+    ],
+)
+def test_plain_http_off_loopback(issuer, warned):
+    assert Config.load(environ={}, issuer=issuer).plain_http_off_loopback is warned

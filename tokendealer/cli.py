@@ -128,6 +128,12 @@ def serve(state: State, host: str, port: int, workers: int | None, dev: bool) ->
 
     db.check_schema(db.make_engine(state.config.database_url))
     state.key_store().load()
+    if state.config.plain_http_off_loopback:
+        click.echo(
+            f"warning: the issuer {state.config.issuer} is plain http off loopback, so secrets and tokens cross the network "
+            "in clear: use an https issuer in production (http is fine on loopback for development)",
+            err=True,
+        )
     run(state.config, host, port, workers, dev, state.config_file)
 
 

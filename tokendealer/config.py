@@ -84,6 +84,18 @@ class Config:
         return _networks(self.metrics_allow)
 
     @property
+    def plain_http_off_loopback(self) -> bool:
+        """Whether the issuer is plain http on a host other than loopback: secrets and tokens would cross a
+        network in clear (http is for development on loopback)."""
+        parts = urlsplit(self.issuer)
+        if parts.scheme != "http" or parts.hostname == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(parts.hostname or "").is_loopback
+        except ValueError:
+            return True
+
+    @property
     def scopes_published(self) -> list[str]:
         """TOKENDEALER_PUBLIC_SCOPES as a list, in the order given."""
         return list(dict.fromkeys((self.public_scopes or "").split()))
