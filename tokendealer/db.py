@@ -108,8 +108,8 @@ def _create_private(path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
+    except OSError:
+        pass  # there already, or not creatable here: SQLite's own open then says why
 
 
 def upgrade_schema(engine: Engine) -> None:
