@@ -10,10 +10,12 @@ import stat
 import time
 
 import pytest
+from werkzeug.test import EnvironBuilder
 
 from tokendealer.app import create_app
 from tokendealer.config import Config, ConfigError
 from tokendealer.db import make_engine, upgrade_schema
+from tokendealer.logs import AccessLog
 
 from .conftest import AUDIENCE, basic, fetch_token, make_config, run_cli
 
@@ -71,6 +73,21 @@ def test_access_log_escapes_control_characters_and_quotes(live_factory):
     log = server.log()
     assert "/forged" not in log.replace(paths[0], "")
     assert "\x1b" not in log and "hunter2" not in log
+
+
+def test_access_line_of_a_request_the_app_failed(tmp_path):
+    """An app that raises still gets its line, with the 500 the server answers, and the error goes on."""
+
+    def failing_app(environ, start_response):
+        raise RuntimeError("boom")
+
+    read_end, write_end = os.pipe()
+    environ = EnvironBuilder(path="/x\x1b", method="GET", environ_base={"REMOTE_ADDR": "10.0.0.9"}).get_environ()
+    with pytest.raises(RuntimeError):
+        AccessLog(failing_app, write_end)(environ, lambda *args: None)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as lines:
+        assert re.fullmatch(rb'10\.0\.0\.9 "GET /x\\x1b HTTP/1\.1" 500 \d+\.\d{3}ms\n', lines.read())
 
 
 # ---- finding 9: /metrics behind an address allow-list and an optional bearer token --------------------------
@@ -215,6 +232,14 @@ def test_verify_token_rate_limit_is_on_by_default(http):
     assert Config.load(environ={}).verify_token_limit == "20/second"
     statuses = [verify(http, "garbage").status_code for _ in range(30)]
     assert 429 in statuses and set(statuses) == {400, 429}
+
+
+def test_verify_token_rate_limit_can_be_turned_off(tmp_path, key_store):
+    app = create_app(make_config(tmp_path, verify_token_limit="off"))
+    assert {verify(app.test_client(), "garbage").status_code for _ in range(30)} == {400}
+    app.extensions["tokendealer"].engine.dispose()
+    with pytest.raises(ConfigError, match="^TOKENDEALER_VERIFY_TOKEN_LIMIT "):
+        Config.load(environ={"TOKENDEALER_VERIFY_TOKEN_LIMIT": "lots"})
 
 
 # ---- finding 9: the SQLite database is private to its owner ----------------------------------------------------
