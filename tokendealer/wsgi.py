@@ -30,7 +30,7 @@ MAX_PARAMS = 32
 MAX_PARAM_LENGTH = 16384
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 OAUTH_PATHS = frozenset({"/oauth/token", "/oauth/introspect", "/oauth/revoke"})
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -50,7 +50,7 @@ def parse_form(content_type: str | None, body: bytes) -> Params:
 
 def request_id(incoming: str | None) -> str:
     """The caller's X-Request-ID when it is a short safe token, else a fresh one."""
-    return incoming if incoming and REQUEST_ID_RE.match(incoming) else secrets.token_hex(16)
+    return incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else secrets.token_hex(16)
 
 
 def as_oauth_error(exc: Exception) -> OAuthError:
