@@ -32,6 +32,8 @@ from .errors import (
     TemporarilyUnavailable,
     TooManyRequests,
 )
+from .fastpath import TokenFastPath
+from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
@@ -39,7 +41,6 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
 from .ratelimits import AddressRateLimit
 from .tokens import RevocationList, TokenRejected, TokenService
-from .wsgi import FORM, MAX_PARAMS, NO_STORE, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
         # Request-rate limits are Flask-Limiter's, so the token endpoint then goes through Flask.
         _register_request_limits(app, services)
     else:
-        app.wsgi_app = TokenFastPath(app.wsgi_app, services)
+        app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)
     if config.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
     return app
