@@ -20,13 +20,14 @@ from pathlib import Path
 
 import requests
 
-from tokendealer.serving import ACCESS_LOG_FORMAT
-
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 AUDIENCE = "https://api.example.com"
 SCOPE = "read"
 _RESULT_RE = re.compile(r"RESULT (.*)")
+# For apps other than TokenDealer: granian's access log with the fields of the one `tokendealer serve` writes.
+ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).3fms'
+TOKENDEALER_FACTORY = "tokendealer.serving:worker_app"
 
 
 def free_port() -> int:
@@ -126,12 +127,14 @@ def worker_memory(pid: int) -> dict[str, float]:
 
 
 def granian_command(port: int, factory: str, workers: int, blocking_threads: int | None = 1) -> list[str]:
-    """granian with the settings `tokendealer serve` uses (tokendealer/serving.py), serving another app;
-    `blocking_threads=None` leaves granian's default."""
+    """granian with the settings `tokendealer serve` uses (tokendealer/serving.py), serving `factory`;
+    `blocking_threads=None` leaves granian's default. TOKENDEALER_FACTORY writes its own access log (as
+    `serve` does); any other app gets granian's."""
     threads = ["--blocking-threads", str(blocking_threads)] if blocking_threads else []
+    access_log = [] if factory == TOKENDEALER_FACTORY else ["--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT]
     return [
         *(str(BIN / "granian"), "--interface", "wsgi", "--workers", str(workers), *threads),
-        *("--host", "127.0.0.1", "--port", str(port), "--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT),
+        *("--host", "127.0.0.1", "--port", str(port), *access_log),
         *("--factory", factory),
     ]
 

@@ -13,7 +13,7 @@ import argparse
 import os
 import statistics
 
-from harness import BIN, Server, Setup, basic_header, check_token, fmt, free_port, granian_command, token_body, wrk
+from harness import BIN, TOKENDEALER_FACTORY, Server, Setup, basic_header, check_token, fmt, free_port, granian_command, token_body, wrk
 
 WORKERS = (os.cpu_count() or 1) * 2
 
@@ -22,7 +22,7 @@ def candidates(port: int) -> dict[str, list[str]]:
     """Every candidate writes an access log (to the harness's /dev/null), as `tokendealer serve` does."""
     bind = f"127.0.0.1:{port}"
     gunicorn = [BIN / "gunicorn", "-b", bind, "--access-logfile", "-", "tokendealer.app:create_app()"]
-    factory = "tokendealer.app:create_app"
+    factory = TOKENDEALER_FACTORY
     cores = os.cpu_count() or 1
     return {
         "gunicorn-sync": [*gunicorn, "-w", str(WORKERS), "-k", "sync"],

@@ -8,12 +8,14 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 
 from .core import (
     DISCOVERY_PATHS,
     Credentials,
+    OriginPin,
     RetrySchedule,
     TokenCache,
     discovered_metadata,
@@ -175,35 +177,47 @@ class TokenClient:
 
 
 class TokenAuth(requests.auth.AuthBase):
-    """requests auth that sends `Authorization: Bearer`; on a 401 `invalid_token`, retries once with a
-    new token when the body can be sent again."""
+    """requests auth that sends `Authorization: Bearer` to one origin only (SPEC §7): `origin` (any URL of
+    it), or else the origin of the first request it authenticates. Requests to any other origin get no token
+    from it, and its token is taken off a redirect to one. On a 401 `invalid_token` from its origin, it
+    retries once with a new token when the body can be sent again."""
 
-    def __init__(self, client: TokenClient, audience: str | None = None, scope: str | None = None):
+    def __init__(self, client: TokenClient, audience: str | None = None, scope: str | None = None, *, origin: str | None = None):
         self.client = client
         self.audience = audience
         self.scope = scope
+        self.pin = OriginPin(origin)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.client.get_token(self.audience, self.scope)}"
-        request.register_hook("response", self._retry_on_invalid_token)
+        if self.pin.admits(request.url):
+            request.headers["Authorization"] = f"Bearer {self.client.get_token(self.audience, self.scope)}"
+            request.register_hook("response", self._strip_before_leaving)
+            request.register_hook("response", self._retry_on_invalid_token)
         return request
 
+    def _strip_before_leaving(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        """On a redirect to another origin, take the token off the request requests copies to follow it
+        (its own rule keeps the token from http://host to https://host)."""
+        location = response.headers.get("Location") if response.is_redirect else None
+        if location is not None and not self.pin.admits(urljoin(response.url, location)):
+            response.request.headers.pop("Authorization", None)
+        return response
+
     def _retry_on_invalid_token(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        """RFC 6750 §3.1: a 401 `invalid_token` from our origin drops that token; the request goes once more
+        with a new one. The same request object is sent again, so a redirect is followed from it."""
         request = response.request
-        if response.status_code != 401 or getattr(request, "_tokendealer_retried", False):
+        if response.status_code != 401 or getattr(request, "_tokendealer_retried", False) or not self.pin.admits(request.url):
             return response
         if "invalid_token" not in response.headers.get("WWW-Authenticate", ""):
             return response
         if request.body is not None and not isinstance(request.body, (bytes, str)):
             return response  # a stream cannot be replayed
-        sent = request.headers.get("Authorization", "")[7:]
-        self.client.invalidate(sent)
+        self.client.invalidate(request.headers.get("Authorization", "")[7:])
         response.content  # noqa: B018 (drain, so the connection can be reused)
         response.close()
-        retry = request.copy()
-        retry._tokendealer_retried = True
-        retry.headers["Authorization"] = f"Bearer {self.client.get_token(self.audience, self.scope)}"
-        new_response = response.connection.send(retry, **kwargs)
+        request._tokendealer_retried = True
+        request.headers["Authorization"] = f"Bearer {self.client.get_token(self.audience, self.scope)}"
+        new_response = response.connection.send(request, **kwargs)
         new_response.history.append(response)
-        new_response.request = retry
-        return new_response
+        return self._strip_before_leaving(new_response)

@@ -8,10 +8,11 @@ import json
 import random
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -39,7 +40,9 @@ from .exceptions import (
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASYMMETRIC_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+MAX_JSON_DEPTH = 32  # deeper token JSON is refused, so nothing recurses on what an attacker nests
 REFRESH_MARGIN = 300.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 _JWA = get_default_algorithms()
@@ -216,6 +219,38 @@ class Credentials:
         return {}, (quote_plus(self.client_id), quote_plus(self._secret))
 
 
+# ---- where a token may be sent ------------------------------------------------------------------------
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """The (scheme, host, port) origin of an http(s) URL (RFC 6454 §4), default port filled in; ValueError without one."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise ValueError("not an http(s) URL with a host")
+    return scheme, parts.hostname, DEFAULT_PORTS[scheme] if parts.port is None else parts.port
+
+
+class OriginPin:
+    """The one origin a token may be sent to (SPEC §7): the one given, or else that of the first URL asked about."""
+
+    def __init__(self, origin: str | None = None):
+        self.origin = origin_of(origin) if origin is not None else None
+        self._lock = threading.Lock()
+
+    def admits(self, url: str) -> bool:
+        """Whether a token may go to `url`; with no origin yet, `url` pins it."""
+        try:
+            candidate = origin_of(url)
+        except ValueError:
+            return False
+        if self.origin is None:
+            with self._lock:
+                if self.origin is None:
+                    self.origin = candidate
+        return candidate == self.origin
+
+
 # ---- private_key_jwt ----------------------------------------------------------------------------------
 
 
@@ -372,6 +407,35 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
+def _refuse_constant(name: str) -> None:
+    """parse_constant hook: NaN and Infinity are not JSON numbers (RFC 8259 §6)."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _nests_within(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in a decoded JSON value nest at most `limit` deep (walked level by level, no recursion)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(limit):
+        level = [
+            child for node in level for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return True
+    return not level
+
+
+def _json_object(segment: str, part: str) -> dict[str, Any]:
+    """A JWS header or payload segment as a JSON object: base64url of UTF-8 JSON (RFC 7515 §7.1, RFC 8259),
+    nested at most MAX_JSON_DEPTH deep; anything else, however deep or odd, is MalformedToken."""
+    try:
+        value = json.loads(_b64decode(segment).decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise MalformedToken(f"token {part} is not valid JSON") from None
+    if not isinstance(value, dict) or not _nests_within(value, MAX_JSON_DEPTH):
+        raise MalformedToken(f"token {part} is not a JSON object")
+    return value
+
+
 def parse_token(token: Any) -> CompactJws:
     """Split and decode a token, refusing anything but a compact JWS whose typ is at+jwt and alg asymmetric."""
     if not isinstance(token, str) or len(token) > 16384:
@@ -379,18 +443,15 @@ def parse_token(token: Any) -> CompactJws:
     parts = token.split(".")
     if len(parts) != 3 or not _SEGMENT_RE.match(parts[0]) or not _SEGMENT_RE.match(parts[1]) or not _SIGNATURE_RE.match(parts[2]):
         raise MalformedToken("token is not a compact JWS")
+    header = _json_object(parts[0], "header")
     try:
-        header = json.loads(_b64decode(parts[0]))
         signature = _b64decode(parts[2])
     except ValueError:
-        raise MalformedToken("token header is not valid") from None
-    if not isinstance(header, dict):
-        raise MalformedToken("token header is not a JSON object")
-    typ = header.get("typ")
-    if not isinstance(typ, str) or typ.lower() not in TOKEN_TYPES:
+        raise MalformedToken("token signature is not base64url") from None
+    if header.get("typ") not in TOKEN_TYPES:
         raise WrongTokenType("token typ must be at+jwt")
     if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
-        raise DisallowedAlgorithm(f"algorithm {header.get('alg')!r} is not accepted")
+        raise DisallowedAlgorithm("token algorithm is not accepted")
     if "crit" in header or "b64" in header:
         raise MalformedToken("token uses JWS extensions this verifier does not support")
     return CompactJws(header, f"{parts[0]}.{parts[1]}".encode("ascii"), parts[1], signature)
@@ -404,13 +465,7 @@ def verify_signature(jws: CompactJws, key: tuple[tuple[str, ...], Any]) -> dict[
         raise DisallowedAlgorithm("token algorithm does not match its key")
     if not _JWA[alg].verify(jws.signing_input, public_key, jws.signature):
         raise InvalidSignature("signature verification failed")
-    try:
-        claims = json.loads(_b64decode(jws.payload_b64))
-    except ValueError:
-        raise MalformedToken("token payload is not valid") from None
-    if not isinstance(claims, dict):
-        raise MalformedToken("token payload is not a JSON object")
-    return claims
+    return _json_object(jws.payload_b64, "payload")
 
 
 def check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float, leeway: float) -> None:

@@ -4,54 +4,78 @@ from __future__ import annotations
 
 
 class InvalidToken(Exception):
-    """A presented token must be refused. `error` is the RFC 6750 §3.1 code to answer with."""
+    """A presented token must be refused. `error` is the RFC 6750 §3.1 code to answer with; `description`
+    the fixed ASCII text a challenge gives for this class, never text from the token (the message may hold more)."""
 
     error = "invalid_token"
     status = 401
+    description = "a valid bearer token is required"
 
 
 class MalformedToken(InvalidToken):
     """Not a compact JWS with a JSON header and payload."""
 
+    description = "the token is not a well-formed JWT"
+
 
 class WrongTokenType(InvalidToken):
-    """The `typ` header is not `at+jwt` (RFC 9068 §4)."""
+    """The `typ` header is not exactly `at+jwt` or `application/at+jwt` (RFC 9068 §4), as the server requires."""
+
+    description = "the token typ is not at+jwt"
 
 
 class DisallowedAlgorithm(InvalidToken):
     """`none`, HMAC, or an algorithm that does not match the key."""
 
+    description = "the token algorithm is not accepted"
+
 
 class UnknownKey(InvalidToken):
     """No key in the issuer's JWKS has this `kid`."""
+
+    description = "the token signing key is unknown"
 
 
 class InvalidSignature(InvalidToken):
     """The signature does not verify."""
 
+    description = "the token signature is invalid"
+
 
 class ExpiredToken(InvalidToken):
     """`exp` has passed (beyond the leeway)."""
+
+    description = "the token has expired"
 
 
 class ImmatureToken(InvalidToken):
     """`nbf` or `iat` lies in the future (beyond the leeway)."""
 
+    description = "the token is not valid yet"
+
 
 class WrongIssuer(InvalidToken):
     """`iss` is not the configured issuer."""
+
+    description = "the token issuer is not trusted"
 
 
 class WrongAudience(InvalidToken):
     """`aud` does not contain the configured audience."""
 
+    description = "the token is not meant for this audience"
+
 
 class MissingClaim(InvalidToken):
     """A required claim (`sub`, `client_id`, `jti`, …) is absent or of the wrong type."""
 
+    description = "the token lacks a required claim"
+
 
 class RevokedToken(InvalidToken):
     """Introspection says the token is no longer active."""
+
+    description = "the token is no longer active"
 
 
 class InsufficientScope(InvalidToken):
@@ -59,12 +83,14 @@ class InsufficientScope(InvalidToken):
 
     error = "insufficient_scope"
     status = 403
+    description = "the token lacks a required scope"
 
 
 class KeySetUnavailable(InvalidToken):
     """No keys could be had from the issuer, so nothing can be verified (the token may be fine)."""
 
     status = 503
+    description = "the issuer keys are unavailable, try again later"
 
 
 class TokenClientError(Exception):

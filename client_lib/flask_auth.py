@@ -20,14 +20,14 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 def challenge(exc: InvalidToken, scopes: Iterable[str] | None) -> tuple[int, dict[str, str], dict[str, str]]:
-    """Status, headers and JSON body answering a refused token (RFC 6750 §3)."""
+    """Status, headers and JSON body answering a refused token (RFC 6750 §3); the description is the
+    exception class's fixed text, so nothing from the token reaches the response."""
     if isinstance(exc, KeySetUnavailable):
-        return 503, {"Retry-After": "5"}, {"error": "temporarily_unavailable", "error_description": str(exc)}
-    description = str(exc).replace('"', "'")
-    header = f'Bearer error="{exc.error}", error_description="{description}"'
+        return 503, {"Retry-After": "5"}, {"error": "temporarily_unavailable", "error_description": exc.description}
+    header = f'Bearer error="{exc.error}", error_description="{exc.description}"'
     if exc.error == "insufficient_scope" and scopes:
         header += f', scope="{" ".join(scopes)}"'
-    return exc.status, {"WWW-Authenticate": header}, {"error": exc.error, "error_description": str(exc)}
+    return exc.status, {"WWW-Authenticate": header}, {"error": exc.error, "error_description": exc.description}
 
 
 def require_token(verifier: TokenVerifier, scopes: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -12,6 +12,7 @@ import httpx
 
 from .aio import AsyncTokenClient
 from .client import TokenClient
+from .core import OriginPin
 
 
 def _refused_token(response: httpx.Response) -> bool:
@@ -29,32 +30,49 @@ def _replayable(request: httpx.Request) -> bool:
 
 
 class HttpxTokenAuth(httpx.Auth):
-    """Sends `Authorization: Bearer`; on a 401 `invalid_token`, drops that token and retries once with a
-    new one when the body can be sent again. Give a TokenClient for httpx.Client, an AsyncTokenClient for
-    httpx.AsyncClient."""
+    """Sends `Authorization: Bearer` to one origin only (SPEC §7): `origin` (any URL of it), or else the
+    origin of the first request it authenticates; requests to any other origin get no token from it. On a
+    401 `invalid_token` from its origin, drops that token and retries once with a new one when the body can
+    be sent again. Give a TokenClient for httpx.Client, an AsyncTokenClient for httpx.AsyncClient.
 
-    def __init__(self, client: TokenClient | AsyncTokenClient, audience: str | None = None, scope: str | None = None):
+    httpx itself takes Authorization off a redirect to another origin, except from http://host to
+    https://host, which an httpx.Auth never sees: give it https:// URLs."""
+
+    def __init__(
+        self, client: TokenClient | AsyncTokenClient, audience: str | None = None, scope: str | None = None, *, origin: str | None = None
+    ):
         self.client = client
         self.audience = audience
         self.scope = scope
+        self.pin = OriginPin(origin)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if not isinstance(self.client, TokenClient):
             raise TypeError("HttpxTokenAuth with httpx.Client needs a TokenClient")
+        if not self.pin.admits(str(request.url)):
+            yield request
+            return
         token = self.client.get_token(self.audience, self.scope)
         response = yield self._with(request, token)
-        if _refused_token(response) and _replayable(request):
+        if self._retry_wanted(request, response):
             self.client.invalidate(token)
             yield self._with(request, self.client.get_token(self.audience, self.scope))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         if not isinstance(self.client, AsyncTokenClient):
             raise TypeError("HttpxTokenAuth with httpx.AsyncClient needs an AsyncTokenClient")
+        if not self.pin.admits(str(request.url)):
+            yield request
+            return
         token = await self.client.get_token(self.audience, self.scope)
         response = yield self._with(request, token)
-        if _refused_token(response) and _replayable(request):
+        if self._retry_wanted(request, response):
             self.client.invalidate(token)
             yield self._with(request, await self.client.get_token(self.audience, self.scope))
+
+    def _retry_wanted(self, request: httpx.Request, response: httpx.Response) -> bool:
+        """Whether our origin (not one a redirect led to) refused the token and the request can go again."""
+        return _refused_token(response) and self.pin.admits(str(response.request.url)) and _replayable(request)
 
     @staticmethod
     def _with(request: httpx.Request, token: str) -> Any:

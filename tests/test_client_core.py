@@ -11,9 +11,11 @@ from client_lib import DisallowedAlgorithm, DiscoveryError, MalformedToken, Wron
 from client_lib.core import (
     CachedToken,
     JwksState,
+    OriginPin,
     backoff_delays,
     cache_lifetime,
     discovered_metadata,
+    origin_of,
     parse_token,
     retry_after_seconds,
     token_error,
@@ -109,3 +111,22 @@ def test_token_error_from_any_response():
     error = token_error(_Response(400, {"error": "invalid_scope", "error_description": "no"}))
     assert (error.error, error.description, error.status) == ("invalid_scope", "no", 400)
     assert token_error(_Response(403, ValueError("html"))).error == "http_403"
+
+
+def test_origin_of_a_url():
+    """RFC 6454 §4: scheme and host compared case-insensitively, the default port filled in."""
+    assert origin_of("HTTP://Billing.Example/x?y") == ("http", "billing.example", 80)
+    assert origin_of("https://billing.example:443") == origin_of("https://billing.example/")
+    assert origin_of("https://[::1]:8443/") == ("https", "::1", 8443)
+    for url in ("billing.example", "/relative", "ftp://billing.example/", "https://billing.example:99999/", "https://"):
+        with pytest.raises(ValueError):
+            origin_of(url)
+
+
+def test_origin_pin_takes_the_first_origin_unless_given_one():
+    pin = OriginPin()
+    assert pin.admits("https://a.example/one") and pin.admits("https://A.example:443/two")
+    assert not pin.admits("http://a.example/") and not pin.admits("https://a.example:8443/") and not pin.admits("https://b.example/")
+    given = OriginPin("https://b.example/any")
+    assert not given.admits("https://a.example/") and given.admits("https://b.example/")
+    assert not given.admits("not a url")

@@ -230,6 +230,16 @@ def test_each_invalid_token_kind_raises_its_exception(stack, token):
         verifier.verify(token, scopes=["invoices:write"])
 
 
+def test_typ_must_be_exactly_at_jwt(stack):
+    """RFC 9068 §4: typ is "at+jwt" or "application/at+jwt", exactly, as the server requires."""
+    verifier = TokenVerifier(stack["issuer"], AUDIENCE)
+    for typ in ("at+jwt", "application/at+jwt"):
+        assert verifier.verify(forge(stack, header_update={"typ": typ}))["client_id"] == "caller"
+    for typ in ("AT+JWT", "At+Jwt", "APPLICATION/AT+JWT", "at+jwt ", "jwt", "application/jwt", ""):
+        with pytest.raises(WrongTokenType):
+            verifier.verify(forge(stack, header_update={"typ": typ}))
+
+
 def test_expiry_with_injected_clock_and_leeway(stack, token):
     clock = FakeClock(time.time())
     verifier = TokenVerifier(stack["issuer"], AUDIENCE, clock=clock, leeway=30)

@@ -36,7 +36,7 @@ def test_serve_fetch_and_verify_over_http(live_factory):
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["sub"] == "svc"
 
-    refused = run_cli("token", "--client-id", "svc", "--client-secret", "wrong", env=server.env)
+    refused = run_cli("token", "--client-id", "svc", "--client-secret", "-", env=server.env, input="wrong\n")
     assert refused.returncode == 1
     assert refused.stderr.strip() == "error: invalid_client: client authentication failed"
     assert "wrong" not in server.log()

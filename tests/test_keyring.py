@@ -226,7 +226,8 @@ def test_broken_keyring_keeps_last_good_and_readyz_reports(http, services, confi
     assert sum("keyring reload failed" in r.message for r in caplog.records) == 1
     response = http.get("/readyz")
     assert response.status_code == 503
-    assert any("malformed" in p for p in response.get_json()["problems"])
+    assert response.get_json()["problems"] == ["keyring: cannot be loaded; see the server log"]
+    assert any("malformed" in r.message for r in caplog.records)
     token = fetch_token(http, cid, secret)["access_token"]  # still signs with the last good key
     assert jwt.get_unverified_header(token)["kid"] == good
 

@@ -171,7 +171,7 @@ def test_discovery_fields(http, path, make_client):
         assert set(data[f"{name}_auth_methods_supported"]) == {"client_secret_basic", "client_secret_post", "private_key_jwt"}
     assert "ES256" in data["token_endpoint_auth_signing_alg_values_supported"]
     assert "none" not in data["token_endpoint_auth_signing_alg_values_supported"]
-    assert data["scopes_supported"] == ["read", "write"]
+    assert data["scopes_supported"] == []  # only TOKENDEALER_PUBLIC_SCOPES are published
 
 
 def test_discovery_for_issuer_with_path(tmp_path):

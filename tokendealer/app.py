@@ -32,13 +32,15 @@ from .errors import (
     TemporarilyUnavailable,
     TooManyRequests,
 )
+from .fastpath import TokenFastPath
+from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
+from .metrics import Metrics, ScrapeGuard
+from .ratelimits import AddressRateLimit
 from .tokens import RevocationList, TokenRejected, TokenService
-from .wsgi import FORM, MAX_PARAMS, NO_STORE, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,19 @@ def form_params() -> Params:
     return parse_form(request.content_type, request.get_data(cache=True))
 
 
+def _verify_token_body() -> dict[str, Any]:
+    """The /verify_token body: JSON, or the form the original TokenDealer took."""
+    data = request.get_json(silent=True) if request.is_json else None
+    if data is None and request.mimetype == FORM:
+        data = {name: values[0] for name, values in form_params().items()}
+    if not isinstance(data, dict):
+        raise InvalidRequest('the body must be JSON {"access_token": ..., "audience": ...}')
+    return data
+
+
 def create_app(config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1) -> Flask:
-    """Build a fresh application; `config` defaults to the environment (SPEC §2); `processes` is the number
-    of worker processes of this instance."""
+    """Build a fresh application; `config` defaults to the environment; `processes` is the number of
+    worker processes of this instance."""
     config = config or Config.load()
     services = build_services(config, clock, processes)
     app = Flask("tokendealer")
@@ -130,7 +142,7 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
         # Request-rate limits are Flask-Limiter's, so the token endpoint then goes through Flask.
         _register_request_limits(app, services)
     else:
-        app.wsgi_app = TokenFastPath(app.wsgi_app, services)
+        app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)
     if config.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
     return app
@@ -207,7 +219,6 @@ def _register_errors(app: Flask, s: Services) -> None:
 
 def _register_views(app: Flask, s: Services) -> None:
     config = s.config
-    discovery_cache: dict[str, Any] = {"at": -1.0, "body": None}
     jwks_cache: dict[Any, tuple[bytes, str]] = {}
 
     def _address() -> str | None:
@@ -228,13 +239,19 @@ def _register_views(app: Flask, s: Services) -> None:
         s.revocation.revoke(TokenQuery.parse(form_params(), request.headers.get("Authorization"), _address()))
         return json_response({}, 200, NO_STORE)
 
+    verify_limit = (
+        AddressRateLimit(config.ratelimit_storage, config.verify_token_limit, "/verify_token") if config.verify_token_limit else None
+    )
+
     @app.post("/verify_token")
     def verify_token() -> Response:
-        data = request.get_json(silent=True) if request.is_json else None
-        if data is None and request.mimetype == FORM:
-            data = {name: values[0] for name, values in form_params().items()}
-        if not isinstance(data, dict):
-            raise InvalidRequest('the body must be JSON {"access_token": ..., "audience": ...}')
+        if verify_limit:
+            verify_limit.hit(_address())
+        data = _verify_token_body()
+        if config.verify_token_auth:
+            # The same client authentication as introspection: /verify_token tells revoked and disabled apart.
+            params = {name: [value] for name, value in data.items() if isinstance(value, str)}
+            s.authenticator.authenticate(ClientAuth.parse(params, request.headers.get("Authorization"), _address()))
         token, audience = data.get("access_token"), data.get("audience")
         if not isinstance(token, str) or not token:
             raise InvalidRequest("access_token is required")
@@ -263,12 +280,10 @@ def _register_views(app: Flask, s: Services) -> None:
             return Response(status=304, headers=headers)
         return Response(body, 200, headers=headers, mimetype="application/json")
 
+    metadata_body = dumps(server_metadata(config))
+
     def _metadata() -> Response:
-        now = time.monotonic()
-        if discovery_cache["body"] is None or now - discovery_cache["at"] > 10:
-            discovery_cache["body"] = dumps(server_metadata(config, s.clients.scopes_supported()))
-            discovery_cache["at"] = now
-        return Response(discovery_cache["body"], 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")
+        return Response(metadata_body, 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")
 
     app.add_url_rule("/.well-known/oauth-authorization-server", "metadata", _metadata)
     app.add_url_rule("/.well-known/openid-configuration", "openid_configuration", _metadata)
@@ -284,22 +299,27 @@ def _register_views(app: Flask, s: Services) -> None:
 
     @app.get("/readyz")
     def readyz() -> Response:
+        # Problem names only: the detail (paths, hosts) goes to the server log, where the keyring's already is.
         problems = []
         try:
             db.ping(s.engine)
         except SQLAlchemyError as exc:
-            problems.append(f"database: {exc.__class__.__name__}")
+            log.warning("readiness: the database does not answer: %s", exc)
+            problems.append("database: does not answer; see the server log")
         keyring = s.keys.current()
         if keyring is None or keyring.active is None:
             problems.append("keyring: no active signing key loaded")
         if s.keys.error:
-            problems.append(f"keyring: {s.keys.error}")
+            problems.append("keyring: cannot be loaded; see the server log")
         if problems:
             return json_response({"status": "unavailable", "problems": problems}, 503)
         return json_response({"status": "ok"})
 
+    scrape_guard = ScrapeGuard(config.metrics_networks, config.metrics_token)
+
     @app.get("/metrics")
     def metrics() -> Response:
+        scrape_guard.check(_address(), request.headers.get("Authorization"))
         return Response(s.metrics.render(), 200, mimetype=None, content_type=METRICS_CONTENT_TYPE)
 
     openapi_body = dumps(openapi_document(config))

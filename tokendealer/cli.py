@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -128,6 +129,12 @@ def serve(state: State, host: str, port: int, workers: int | None, dev: bool) ->
 
     db.check_schema(db.make_engine(state.config.database_url))
     state.key_store().load()
+    if state.config.plain_http_off_loopback:
+        click.echo(
+            f"warning: the issuer {state.config.issuer} is plain http off loopback, so secrets and tokens cross the network "
+            "in clear: use an https issuer in production (http is fine on loopback for development)",
+            err=True,
+        )
     run(state.config, host, port, workers, dev, state.config_file)
 
 
@@ -413,20 +420,29 @@ def keys_list(state: State, as_json: bool) -> None:
 
 @main.command()
 @click.option("--client-id", envvar="TOKENDEALER_CLIENT_ID", required=True, help="Or TOKENDEALER_CLIENT_ID.")
-@click.option("--client-secret", envvar="TOKENDEALER_CLIENT_SECRET", help="Or TOKENDEALER_CLIENT_SECRET.")
+@click.option(
+    "--client-secret",
+    envvar="TOKENDEALER_CLIENT_SECRET",
+    help="Or TOKENDEALER_CLIENT_SECRET; `-` reads it from stdin. A literal value is visible in the process list.",
+)
+@click.option("--client-secret-file", type=click.Path(exists=True, dir_okay=False), help="Read the secret from this file.")
 @click.option("--private-key", type=click.Path(dir_okay=False), help="PEM key for private_key_jwt instead of a secret.")
 @click.option("--key-id", help="kid of the private key.")
 @click.option("--audience", help="Audience of the token.")
 @click.option("--scope", help="Space-separated scopes.")
 @click.option("--url", envvar="TOKENDEALER_URL", help="Server base URL (default: the issuer).")
 @json_option
-@click.pass_obj
-def token(state: State, client_id, client_secret, private_key, key_id, audience, scope, url, as_json) -> None:  # noqa: ANN001
+@click.pass_context
+def token(ctx: click.Context, client_id, client_secret, client_secret_file, private_key, key_id, audience, scope, url, as_json) -> None:  # noqa: ANN001
     """Fetch an access token as a client and print it."""
     from client_lib import TokenClient, TokenClientError  # noqa: PLC0415
 
+    state = ctx.obj
+    client_secret = _client_secret(ctx, client_secret, client_secret_file)
     if bool(client_secret) == bool(private_key):
-        raise click.UsageError("give exactly one of --client-secret and --private-key")
+        raise click.UsageError(
+            "give exactly one of a client secret (--client-secret, --client-secret-file or TOKENDEALER_CLIENT_SECRET) and --private-key"
+        )
     issuer = state.config.issuer
     # With --url the server is reached at another address than its issuer: skip discovery.
     endpoint = url.rstrip("/") + "/oauth/token" if url else None
@@ -438,6 +454,28 @@ def token(state: State, client_id, client_secret, private_key, key_id, audience,
     except (OSError, ValueError) as exc:
         raise Refused(f"cannot use the private key: {exc}") from None
     emit(response, as_json, response["access_token"])
+
+
+def _client_secret(ctx: click.Context, secret: str | None, secret_file: str | None) -> str | None:
+    """The secret from --client-secret-file, stdin (`--client-secret -`) or TOKENDEALER_CLIENT_SECRET; one given
+    as a literal --client-secret still works, with a warning, since every local user can read argv."""
+    from_argv = ctx.get_parameter_source("client_secret") is ParameterSource.COMMANDLINE
+    if secret_file is not None:
+        if from_argv:
+            raise click.UsageError("give only one of --client-secret and --client-secret-file")
+        try:
+            return Path(secret_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"{secret_file}: cannot read ({exc})", param_hint="--client-secret-file") from None
+    if secret == "-":
+        return sys.stdin.read().strip()
+    if secret and from_argv:
+        click.echo(
+            "warning: --client-secret VALUE is visible to other local users in the process list; "
+            "use TOKENDEALER_CLIENT_SECRET, --client-secret-file PATH or --client-secret - (stdin)",
+            err=True,
+        )
+    return secret
 
 
 @main.command()

@@ -329,12 +329,6 @@ class ClientStore:
         with self._cache_lock:
             self._cache.pop(client_id, None)
 
-    def scopes_supported(self) -> list[str]:
-        """Every scope any enabled client may ask for (RFC 8414 scopes_supported)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(db.clients.c.scopes).where(db.clients.c.enabled.is_(True))).all()
-        return sorted({s for (scopes,) in rows for s in scopes})
-
 
 def _to_row(client: Client) -> dict[str, Any]:
     row = asdict(client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -16,7 +17,10 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .clients import SCOPE_TOKEN_RE
+
 PREFIX = "TOKENDEALER_"
+_METRICS_TOKEN_RE = re.compile(r"[!-~]{16,}")
 _LIMIT_RE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*$", re.I)
 
 
@@ -56,6 +60,14 @@ class Config:
     client_cache_seconds: float = 2.0
     audit_log: str | None = None
     log_json: bool = False
+    # /metrics: peer networks allowed to read it (comma-separated CIDRs), and a bearer token required when set.
+    metrics_allow: str = "127.0.0.0/8,::1"
+    metrics_token: str | None = None
+    # The scopes discovery publishes in scopes_supported (space-separated); the others stay unnamed.
+    public_scopes: str | None = None
+    # /verify_token: whether the caller must authenticate as a client, and its request rate per address.
+    verify_token_auth: bool = False
+    verify_token_limit: str | None = "20/second"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -65,6 +77,28 @@ class Config:
     def url(self, path: str) -> str:
         """Absolute URL of `path` under the issuer."""
         return self.issuer.rstrip("/") + path
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """TOKENDEALER_METRICS_ALLOW as networks."""
+        return _networks(self.metrics_allow)
+
+    @property
+    def plain_http_off_loopback(self) -> bool:
+        """Whether the issuer is plain http on a host other than loopback: secrets and tokens would cross a
+        network in clear (http is for development on loopback)."""
+        parts = urlsplit(self.issuer)
+        if parts.scheme != "http" or parts.hostname == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(parts.hostname or "").is_loopback
+        except ValueError:
+            return True
+
+    @property
+    def scopes_published(self) -> list[str]:
+        """TOKENDEALER_PUBLIC_SCOPES as a list, in the order given."""
+        return list(dict.fromkeys((self.public_scopes or "").split()))
 
     @classmethod
     def load(
@@ -112,7 +146,7 @@ class Config:
         for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 _bad(name, "must be positive")
-        for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit"):
+        for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit", "verify_token_limit"):
             value = getattr(self, name)
             if value is not None and not all(_LIMIT_RE.match(p) for p in value.split(";")):
                 _bad(name, "must be a rate such as 10/minute")
@@ -125,6 +159,14 @@ class Config:
         for name in ("ratelimit_storage",):
             if not getattr(self, name).startswith(("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
                 _bad(name, "must be memory:// or redis://...")
+        try:
+            _networks(self.metrics_allow)
+        except ValueError:
+            _bad("metrics_allow", "must be comma-separated networks such as 127.0.0.0/8,::1")
+        if self.metrics_token is not None and not _METRICS_TOKEN_RE.fullmatch(self.metrics_token):
+            _bad("metrics_token", "must be at least 16 printable characters without spaces")
+        if not all(SCOPE_TOKEN_RE.match(scope) for scope in self.scopes_published):
+            _bad("public_scopes", "must be space-separated scope tokens (RFC 6749 §3.3)")
         if self.audit_log and not Path(self.audit_log).parent.is_dir():
             _bad("audit_log", f"names a file in a missing directory ({Path(self.audit_log).parent})")
         if self.keys_dir.exists() and not self.keys_dir.is_dir():
@@ -152,6 +194,11 @@ class Config:
         if len(key) != 32:
             _bad(name, "must be 32 random bytes, base64url (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return key
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is a network of one); raises ValueError on a malformed entry."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
 def _bad(name: str, why: str) -> None:

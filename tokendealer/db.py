@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -89,11 +90,11 @@ VERSION_TABLE = sa.Table("alembic_version", sa.MetaData(), sa.Column("version_nu
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; a SQLite file's folder is created and WAL mode used for several workers."""
+    """An engine for `url`; a SQLite file is created private to its owner and WAL mode used for several workers."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(parsed.database))
         engine = sa.create_engine(url, connect_args={"timeout": 5, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
@@ -108,6 +109,16 @@ def make_engine(url: str) -> Engine:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _create_private(path: Path) -> None:
+    """Create a SQLite file's folder (0700) and the empty file (0600) when absent. SQLite gives its -wal and
+    -shm files the database file's mode, so the client registry and its journal stay the owner's alone."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # there already, or not creatable here: SQLite's own open then says why
 
 
 def upgrade_schema(engine: Engine) -> None:

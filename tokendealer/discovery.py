@@ -10,8 +10,9 @@ from .keyring import ALGORITHMS
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
 
-def server_metadata(config: Config, scopes: list[str]) -> dict[str, Any]:
-    """RFC 8414 §2 authorization server metadata."""
+def server_metadata(config: Config) -> dict[str, Any]:
+    """RFC 8414 §2 authorization server metadata; `scopes_supported` names only the public scopes, as §2
+    allows ("servers MAY choose not to advertise some supported scope values")."""
     return {
         "issuer": config.issuer,
         "token_endpoint": config.token_endpoint,
@@ -28,7 +29,7 @@ def server_metadata(config: Config, scopes: list[str]) -> dict[str, Any]:
         "introspection_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "scopes_supported": scopes,
+        "scopes_supported": config.scopes_published,
         "service_documentation": config.url("/openapi.json"),
     }
 
@@ -159,7 +160,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "responses": {
                         "200": _json_response("The token's claims", claims),
                         "400": _error_response("Invalid request or invalid token"),
+                        "401": _error_response("Client authentication failed (with TOKENDEALER_VERIFY_TOKEN_AUTH)"),
                         "413": _ERRORS["413"],
+                        "429": _error_response("Too many requests from this address, or failed authentications"),
                         "503": _ERRORS["503"],
                     },
                 }
@@ -205,6 +208,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "summary": "Prometheus metrics",
                     "responses": {
                         "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "401": _error_response("The metrics bearer token is missing or wrong (TOKENDEALER_METRICS_TOKEN)"),
+                        "403": _error_response("The address is not allowed (TOKENDEALER_METRICS_ALLOW)"),
                         **_GET_ERRORS,
                     },
                 }

@@ -55,6 +55,20 @@ class InvalidToken(OAuthError):
     error = "invalid_token"
 
 
+class BearerTokenRequired(OAuthError):
+    """RFC 6750 §3.1: the bearer token is missing or wrong (401 with `WWW-Authenticate: Bearer`)."""
+
+    error = "invalid_token"
+    status = 401
+
+
+class Forbidden(OAuthError):
+    """The caller may not use this endpoint at all (403), whatever it presents."""
+
+    error = "access_denied"
+    status = 403
+
+
 class NotFound(OAuthError):
     error = "not_found"
     status = 404

@@ -1,13 +1,21 @@
-"""Process logging: plain or JSON lines, each carrying the request id of the request it belongs to."""
+"""Process logging: plain or JSON lines, each carrying the request id of the request it belongs to; and the
+access log, one escaped line per request."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import g, has_request_context
+
+# Anything but printable ASCII, and the space, quote and backslash that delimit or escape a field.
+_UNSAFE = re.compile(r"[^!#-\[\]-~]")
 
 
 class RequestIdFilter(logging.Filter):
@@ -45,3 +53,51 @@ def configure_logging(json_lines: bool, level: int = logging.INFO) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+
+
+def _hex(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """`text` as one unambiguous log field: control characters, non-printables, spaces, quotes and
+    backslashes written as `\\xNN`, so a client cannot forge a line or send terminal escape sequences."""
+    return _UNSAFE.sub(_hex, text)
+
+
+class AccessLog:
+    """WSGI middleware writing one access line per request to the file descriptor `fd`:
+    `ADDRESS "METHOD PATH PROTOCOL" STATUS DURATIONms`.
+
+    Every field is escaped; the path goes without its query string, so a misplaced credential never
+    reaches the log. The address is the peer's, read before ProxyFix rewrites it. Each line is one
+    `write(2)`, so lines from several workers sharing the descriptor never interleave.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], fd: int):
+        self.app = app
+        self.fd = fd
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        address = environ.get("REMOTE_ADDR", "-")
+        statuses: list[str] = []
+
+        def recording_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, recording_start_response)
+        finally:
+            # Without a status the app raised, and the server answers 500.
+            self._write(address, environ, statuses[-1][:3] if statuses else "500", started)
+
+    def _write(self, address: str, environ: dict[str, Any], status: str, started: float) -> None:
+        request = " ".join(escape(environ.get(name, "-")) for name in ("REQUEST_METHOD", "PATH_INFO", "SERVER_PROTOCOL"))
+        line = f'{escape(address)} "{request}" {status} {(time.perf_counter() - started) * 1000:.3f}ms\n'
+        try:
+            os.write(self.fd, line.encode("ascii"))
+        except OSError:
+            pass  # a closed or full log destination must not fail the request

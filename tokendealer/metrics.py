@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from .errors import BearerTokenRequired, Forbidden
 from .keyring import KeyringSource
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -64,3 +67,33 @@ class Metrics:
             registry.register(self.keyring)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class ScrapeGuard:
+    """Who may read /metrics (client ids are in the series): a peer address within `networks` and, when a
+    token is set, `Authorization: Bearer TOKEN` (RFC 6750 §2.1), compared in constant time."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network], token: str | None):
+        self.networks = tuple(networks)
+        self.token = token.encode() if token else None
+
+    def check(self, address: str | None, authorization: str | None) -> None:
+        """Return if the scrape is allowed, else raise Forbidden (403) or BearerTokenRequired (401)."""
+        if not self._allowed(address):
+            raise Forbidden("metrics are not served to this address (TOKENDEALER_METRICS_ALLOW)")
+        if self.token is None:
+            return
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.token):
+            raise BearerTokenRequired(
+                "the metrics bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="tokendealer-metrics"'}
+            )
+
+    def _allowed(self, address: str | None) -> bool:
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
 from .config import Config
-from .logs import configure_logging
+from .logs import AccessLog, configure_logging
 
-# The access log records the path without its query string: a misplaced credential never reaches it.
-ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).3fms'
 CONFIG_FILE_ENV = "TOKENDEALER_SERVE_CONFIG_FILE"
 WORKERS_ENV = "TOKENDEALER_SERVE_WORKERS"
 
@@ -30,10 +29,12 @@ def default_workers() -> int:
 
 
 def worker_app() -> Any:
-    """Application factory each worker calls: the same configuration the `serve` command validated."""
+    """Application factory each worker calls: the same configuration the `serve` command validated, with
+    the access log on standard output (where granian writes its own lines)."""
     from .app import create_app  # noqa: PLC0415 (imported in the worker, after the metrics set-up)
 
-    return create_app(Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None), processes=int(os.environ.get(WORKERS_ENV, "1")))
+    config = Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None)
+    return AccessLog(create_app(config, processes=int(os.environ.get(WORKERS_ENV, "1"))), sys.stdout.fileno())
 
 
 def run(config: Config, host: str, port: int, workers: int | None, dev: bool, config_file: str | None = None) -> None:
@@ -72,8 +73,7 @@ def _granian(host: str, port: int, workers: int) -> None:
         blocking_threads=1,
         factory=True,
         http1_settings=HTTP1Settings(header_read_timeout=30_000, keep_alive=True),
-        log_access=True,
-        log_access_format=ACCESS_LOG_FORMAT,
+        log_access=False,
         respawn_failed_workers=True,
         workers_kill_timeout=30,
     ).serve()
