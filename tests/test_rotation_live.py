@@ -7,9 +7,12 @@ import threading
 import time
 
 import jwt
+import pytest
 import requests
 
 from .conftest import run_cli
+
+pytestmark = [pytest.mark.live]
 
 AUDIENCE = "https://api.example.com"
 
