@@ -4,7 +4,11 @@ past the limit and write a bounded number of audit lines."""
 
 from __future__ import annotations
 
+import pytest
+
 from .brute_force import brute_force
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 # The failures the limit admits (10 a minute per client id, counted per worker with memory:// storage, two

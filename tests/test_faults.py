@@ -13,6 +13,9 @@ import pytest
 from .fault_injection import FAULTS, Timing
 from .token_load import TABLE_HEADER, FaultRow
 
+# Private PostgreSQL/Redis servers, not the machine's: no postgres/redis marks.
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
 TIMING = Timing(before=1.0, fault=1.5, after=1.5, threads=3, rate=25.0)
 
 
