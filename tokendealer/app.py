@@ -33,6 +33,7 @@ from .errors import (
     TooManyRequests,
 )
 from .fastpath import TokenFastPath
+from .grants.client_credentials import ClientCredentialsGrant
 from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
@@ -99,7 +100,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         clients=clients,
         tokens=tokens,
         authenticator=authenticator,
-        token_endpoint=TokenEndpoint(authenticator, tokens, audit, metrics),
+        token_endpoint=TokenEndpoint([ClientCredentialsGrant(authenticator, tokens)], audit, metrics),
         introspection=IntrospectionEndpoint(authenticator, tokens),
         revocation=RevocationEndpoint(authenticator, tokens, audit),
         audit=audit,
@@ -280,7 +281,7 @@ def _register_views(app: Flask, s: Services) -> None:
             return Response(status=304, headers=headers)
         return Response(body, 200, headers=headers, mimetype="application/json")
 
-    metadata_body = dumps(server_metadata(config))
+    metadata_body = dumps(server_metadata(config, s.token_endpoint.grant_types))
 
     def _metadata() -> Response:
         return Response(metadata_body, 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")
