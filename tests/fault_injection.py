@@ -118,7 +118,8 @@ class PostgresCluster:
 
 
 class RedisServer:
-    """A throw-away redis-server on a free loopback port, without persistence."""
+    """A throw-away redis-server on a free loopback port, persisting to an append-only file as the replay
+    cache requires (README: Redis for the replay cache must survive a restart)."""
 
     def __init__(self) -> None:
         self.binary = shutil.which("redis-server")
@@ -140,7 +141,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],
@@ -420,7 +423,8 @@ def postgres_restart(directory: Path, timing: Timing) -> FaultRow:
 
 
 def redis_restart(directory: Path, timing: Timing) -> FaultRow:
-    """Stop the private Redis holding the failure counters and the replay cache, start it again (empty)."""
+    """Stop the private Redis holding the failure counters and the replay cache, start it again: its
+    append-only file brings the replay entries back."""
     redis = RedisServer().start()
     stack = None
     try:
@@ -434,7 +438,7 @@ def redis_restart(directory: Path, timing: Timing) -> FaultRow:
             time.sleep(t.fault)
             redis.start()
             window.end = time.monotonic()
-            return window, [f"redis-server on :{redis.port} without persistence (--save '' --appendonly no)"]
+            return window, [f"redis-server on :{redis.port} with an append-only file (--appendonly yes --appendfsync always)"]
 
         return run_fault("Redis stop/start", stack, ledger, timing, inject)
     finally:
