@@ -37,7 +37,11 @@ setup(
             "anyio>=4.0",
             "Authlib>=1.6",
             "ruff>=0.5",
+            "opentelemetry-sdk>=1.25",
+            "opentelemetry-exporter-otlp-proto-http>=1.25",
         ],
+        # Tracing (README "Operations"): off until OTEL_TRACES_EXPORTER names an exporter.
+        "otel": ["opentelemetry-sdk>=1.25", "opentelemetry-exporter-otlp-proto-http>=1.25"],
         "httpx": ["httpx>=0.27"],
         "fastapi": ["httpx>=0.27", "fastapi>=0.110"],
         "bench": [

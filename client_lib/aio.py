@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from . import tracing
 from .core import (
     DISCOVERY_PATHS,
     Credentials,
@@ -39,7 +40,7 @@ async def discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
     base = issuer.rstrip("/")
     for path in DISCOVERY_PATHS:
         try:
-            response = await http.get(base + path)
+            response = await http.get(base + path, headers=tracing.inject())
         except httpx.HTTPError as exc:
             raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
         metadata = discovered_metadata(issuer, base + path, response)
@@ -143,16 +144,19 @@ class AsyncTokenClient:
         requested_at = self.clock()
         return self.cache.store(key, await self._request(token_form(*key)), requested_at)
 
+    @tracing.traced("fetch token", kind="client")
     async def _request(self, form: dict[str, str]) -> dict[str, Any]:
+        tracing.annotate(client_id=self.client_id, grant_type=form.get("grant_type"), audience=form.get("audience"))
         endpoint = await self.token_endpoint()
         schedule = RetrySchedule(endpoint, self.retries, self.backoff, self.retry_budget)
         while True:
             fields, basic = await self.client_auth()
             try:
-                response = await self.http.post(endpoint, data={**form, **fields}, auth=basic)
+                response = await self.http.post(endpoint, data={**form, **fields}, auth=basic, headers=tracing.inject())
             except httpx.HTTPError as exc:
                 await self.sleep(schedule.next_wait(exc.__class__.__name__))
                 continue
+            tracing.annotate(status=response.status_code)
             if response.status_code == 200:
                 try:
                     return token_response(response.json())
@@ -204,6 +208,7 @@ class AsyncTokenVerifier:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    @tracing.traced("verify token")
     async def verify(self, token: str, scopes: Iterable[str] | None = None) -> dict[str, Any]:
         """The token's claims, or an InvalidToken subclass saying why it is refused."""
         policy, now = self.policy, self.clock()
@@ -232,10 +237,11 @@ class AsyncTokenVerifier:
             self._jwks_uri = (await discover(self.http, self.issuer))["jwks_uri"]
         return self._jwks_uri
 
+    @tracing.traced("fetch JWKS", kind="client")
     async def _fetch(self, now: float) -> None:
         self.fetch_count += 1
         try:
-            response = await self.http.get(await self._jwks_url())
+            response = await self.http.get(await self._jwks_url(), headers=tracing.inject())
             response.raise_for_status()
             self.policy.accept_keys(response.json(), response.headers.get("Cache-Control"), now)
         except (httpx.HTTPError, ValueError, DiscoveryError) as exc:
@@ -249,7 +255,7 @@ class AsyncTokenVerifier:
         endpoint = (await client.metadata())["introspection_endpoint"]
         fields, basic = await client.client_auth(endpoint)
         try:
-            response = await self.http.post(endpoint, data={"token": token, **fields}, auth=basic)
+            response = await self.http.post(endpoint, data={"token": token, **fields}, auth=basic, headers=tracing.inject())
             response.raise_for_status()
             active = response.json().get("active") is True
         except (httpx.HTTPError, ValueError, AttributeError):

@@ -12,6 +12,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from . import tracing
 from .core import (
     DISCOVERY_PATHS,
     Credentials,
@@ -37,7 +38,7 @@ def discover(session: requests.Session, issuer: str, timeout: Any) -> dict[str, 
     base = issuer.rstrip("/")
     for path in DISCOVERY_PATHS:
         try:
-            response = session.get(base + path, timeout=timeout)
+            response = session.get(base + path, timeout=timeout, headers=tracing.inject())
         except requests.RequestException as exc:
             raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
         metadata = discovered_metadata(issuer, base + path, response)
@@ -156,16 +157,21 @@ class TokenClient:
         requested_at = self.clock()
         return self.cache.store(key, self._request(token_form(*key)), requested_at)
 
+    @tracing.traced("fetch token", kind="client")
     def _request(self, form: dict[str, str]) -> dict[str, Any]:
         """POST to the token endpoint with retries on network errors, 5xx and 429."""
+        tracing.annotate(client_id=self.client_id, grant_type=form.get("grant_type"), audience=form.get("audience"))
         schedule = RetrySchedule(self.token_endpoint, self.retries, self.backoff, self.retry_budget)
         while True:
             fields, basic = self.client_auth()
             try:
-                response = self.session.post(self.token_endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout)
+                response = self.session.post(
+                    self.token_endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=tracing.inject()
+                )
             except requests.RequestException as exc:
                 self.sleep(schedule.next_wait(exc.__class__.__name__))
                 continue
+            tracing.annotate(status=response.status_code)
             if response.status_code == 200:
                 try:
                     return token_response(response.json())
@@ -191,6 +197,7 @@ class TokenAuth(requests.auth.AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if self.pin.admits(request.url):
             request.headers["Authorization"] = f"Bearer {self.client.get_token(self.audience, self.scope)}"
+            tracing.inject(request.headers)
             request.register_hook("response", self._strip_before_leaving)
             request.register_hook("response", self._retry_on_invalid_token)
         return request

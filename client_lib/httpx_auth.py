@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from . import tracing
 from .aio import AsyncTokenClient
 from .client import TokenClient
 from .core import OriginPin
@@ -77,4 +78,5 @@ class HttpxTokenAuth(httpx.Auth):
     @staticmethod
     def _with(request: httpx.Request, token: str) -> Any:
         request.headers["Authorization"] = f"Bearer {token}"
+        tracing.inject(request.headers)
         return request

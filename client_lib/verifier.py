@@ -10,6 +10,7 @@ from typing import Any
 
 import requests
 
+from . import tracing
 from .client import DEFAULT_TIMEOUT, TokenClient, discover
 from .core import Verification, parse_token
 from .exceptions import KeySetUnavailable, RevokedToken, TokenClientError
@@ -69,6 +70,7 @@ class TokenVerifier:
             self._jwks_uri = discover(self.session, self.issuer, self.timeout)["jwks_uri"]
         return self._jwks_uri
 
+    @tracing.traced("verify token")
     def verify(self, token: str, scopes: Iterable[str] | None = None) -> dict[str, Any]:
         """The token's claims, or an InvalidToken subclass saying why it is refused."""
         policy, now = self.policy, self.clock()
@@ -93,11 +95,12 @@ class TokenVerifier:
             self._check_active(token, claims, now)
         return policy.result(claims, scopes)
 
+    @tracing.traced("fetch JWKS", kind="client")
     def _fetch(self, now: float) -> None:
         """Fetch the JWKS; a failure keeps the cached keys."""
         self.fetch_count += 1
         try:
-            response = self.session.get(self.jwks_uri, timeout=self.timeout)
+            response = self.session.get(self.jwks_uri, timeout=self.timeout, headers=tracing.inject())
             response.raise_for_status()
             self.policy.accept_keys(response.json(), response.headers.get("Cache-Control"), now)
         except (requests.RequestException, ValueError, TokenClientError) as exc:
@@ -112,7 +115,9 @@ class TokenVerifier:
         endpoint = client.metadata["introspection_endpoint"]
         fields, basic = client.client_auth(endpoint)
         try:
-            response = self.session.post(endpoint, data={"token": token, **fields}, auth=basic, timeout=self.timeout)
+            response = self.session.post(
+                endpoint, data={"token": token, **fields}, auth=basic, timeout=self.timeout, headers=tracing.inject()
+            )
             response.raise_for_status()
             active = response.json().get("active") is True
         except (requests.RequestException, ValueError, AttributeError):

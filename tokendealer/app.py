@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import db
+from . import db, tracing
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
 from .authentication import ClientAuthenticator, FailureThrottle
@@ -146,6 +146,7 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
         app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)
     if config.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
+    tracing.instrument(app, services.engine)
     return app
 
 

@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from . import tracing
+
 log = logging.getLogger(__name__)
 
 # Fields that could carry credentials are never written, whatever a caller passes.
@@ -40,6 +42,9 @@ class AuditLog:
     def emit(self, event: str, **fields: Any) -> None:
         """Log `event` with its non-empty fields."""
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())), "event": event}
+        trace_id = tracing.trace_id()
+        if trace_id:
+            record["trace_id"] = trace_id
         for name, value in fields.items():
             if value is not None and name not in _FORBIDDEN:
                 record[name] = value

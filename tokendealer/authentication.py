@@ -16,6 +16,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from . import tracing
 from .assertions import ASSERTION_TYPE, AssertionVerifier
 from .audit import AuditLog
 from .clients import Client, ClientStore, SecretHasher
@@ -200,12 +201,14 @@ class ClientAuthenticator:
         except OAuthError:
             return None
 
+    @tracing.traced("client authentication")
     def authenticate(self, auth: ClientAuth) -> tuple[Client, Credentials]:
         """The authenticated client, or raise InvalidClient (401), or TooManyRequests (429) for a failure
         past the limits; valid credentials are never refused because of earlier failures."""
         creds = None
         try:
             creds = self.credentials(auth)
+            tracing.annotate_request(client_id=creds.client_id, auth_method=creds.method)
             return self._verify(creds), creds
         except InvalidClient as exc:
             # Only a failed proof counts; an outage (503) during the check is not the caller's failure.

@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db
+from . import db, tracing
 from .audit import AuditLog
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
@@ -129,6 +129,10 @@ def serve(state: State, host: str, port: int, workers: int | None, dev: bool) ->
 
     db.check_schema(db.make_engine(state.config.database_url))
     state.key_store().load()
+    try:
+        tracing.check_environment()
+    except tracing.TracingConfigError as exc:
+        raise BadConfig(str(exc)) from None
     if state.config.plain_http_off_loopback:
         click.echo(
             f"warning: the issuer {state.config.issuer} is plain http off loopback, so secrets and tokens cross the network "

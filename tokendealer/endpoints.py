@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import tracing
 from .audit import AuditLog
 from .authentication import ClientAuthenticator
 from .errors import OAuthError, UnsupportedGrantType
@@ -33,6 +34,7 @@ class TokenEndpoint:
     def create_token_response(self, request: TokenRequest) -> dict[str, Any]:
         """The token response (RFC 6749 §5.1), or an OAuthError (§5.2); audited and counted either way."""
         context: dict[str, Any] = {"remote_addr": request.auth.address}
+        tracing.annotate_request(grant_type=request.grant_type)
         try:
             grant = self.grants.get(request.grant_type)
             if grant is None:

@@ -5,6 +5,7 @@ fetch per back-off period."""
 
 from __future__ import annotations
 
+import contextvars
 import http.client
 import json
 import logging
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import tracing
+
 log = logging.getLogger(__name__)
 
 USER_AGENT = "tokendealer"
@@ -28,10 +31,12 @@ class FetchError(Exception):
     """A remote document could not be had; the message says why, without echoing its content."""
 
 
+@tracing.traced("GET", kind="client")
 def get_json(url: str, deadline: float, max_bytes: int = MAX_BYTES) -> Any:
     """GET `url` and parse its JSON body, all within `deadline` seconds (not per socket operation), at
     most `max_bytes`, answering anything but a 200 (redirects included) with FetchError."""
     parts = urlsplit(url)
+    tracing.annotate(method="GET", url=url, server_address=parts.hostname)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError("not an http(s) URL")
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -39,8 +44,9 @@ def get_json(url: str, deadline: float, max_bytes: int = MAX_BYTES) -> Any:
     done = threading.Event()
     threading.Thread(target=_abort_at, args=(conn, done, time.monotonic() + deadline), daemon=True).start()
     try:
-        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=_HEADERS)
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=tracing.inject(dict(_HEADERS)))
         response = conn.getresponse()
+        tracing.annotate(status=response.status)
         if response.status != 200:
             raise FetchError(f"answered HTTP {response.status}")
         body = response.read(max_bytes + 1)
@@ -166,7 +172,8 @@ class RemoteCache:
             return None
         if force:
             remote.last_forced = now
-        remote.pending = self._pool.submit(self._fetch, url, remote)
+        # In the context of the request that started it, so its span is that request's child.
+        remote.pending = self._pool.submit(contextvars.copy_context().run, self._fetch, url, remote)
         return remote.pending
 
     def _fetch(self, url: str, remote: _Remote) -> Any:

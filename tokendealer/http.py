@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import tracing
 from .errors import InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
 from .keyring import KeyringError
 from .messages import Params
@@ -63,6 +64,7 @@ def as_oauth_error(exc: Exception) -> OAuthError:
 
 def error_parts(exc: OAuthError, path: str) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of an error answer (RFC 6749 §5.2)."""
+    tracing.annotate_request(error=exc.error)
     headers = dict(exc.headers)
     if path in OAUTH_PATHS:
         headers.update(NO_STORE)

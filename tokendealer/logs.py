@@ -14,15 +14,19 @@ from typing import Any
 
 from flask import g, has_request_context
 
+from . import tracing
+
 # Anything but printable ASCII, and the space, quote and backslash that delimit or escape a field.
 _UNSAFE = re.compile(r"[^!#-\[\]-~]")
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` (from the X-Request-ID of the current request, or "-") to every record."""
+    """Adds `request_id` (from the X-Request-ID of the current request, or "-") to every record, and
+    `trace_id` (the current trace's, or None)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        record.trace_id = tracing.trace_id()
         return True
 
 
@@ -35,6 +39,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        if getattr(record, "trace_id", None):
+            line["trace_id"] = record.trace_id
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line)

@@ -12,7 +12,7 @@ import jwt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from . import db
+from . import db, tracing
 from .clients import Client, ClientStore
 from .config import Config
 from .keyring import ALGORITHMS, KeyringSource
@@ -100,12 +100,15 @@ class TokenService:
             "jti": secrets.token_urlsafe(18),
             "scope": " ".join(scopes),
         }
-        return key.sign(self._encoder.encode(claims).encode("utf-8")), claims
+        with tracing.span("sign token", kid=key.kid, alg=key.alg):
+            token = key.sign(self._encoder.encode(claims).encode("utf-8"))
+        return token, claims
 
     def revoke(self, claims: dict[str, Any]) -> None:
         """RFC 7009: deny the token's jti until it has expired anyway."""
         self.revocations.revoke(claims["jti"], claims["client_id"], claims["exp"] + self.config.leeway)
 
+    @tracing.traced("validate token")
     def validate(self, token: str, audience: str | None = None, check_state: bool = True) -> dict[str, Any]:
         """The claims of a token this server issued and that is valid now, or raise TokenRejected.
 
