@@ -42,12 +42,12 @@ class AuditLog:
     def emit(self, event: str, **fields: Any) -> None:
         """Log `event` with its non-empty fields."""
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())), "event": event}
-        trace_id = tracing.trace_id()
-        if trace_id:
-            record["trace_id"] = trace_id
         for name, value in fields.items():
             if value is not None and name not in _FORBIDDEN:
                 record[name] = value
+        trace_id = tracing.trace_id()
+        if trace_id:
+            record["trace_id"] = trace_id
         line = (_encode(record) + "\n").encode("utf-8")
         with self._lock:
             if len(self._pending) >= self.max_pending:
