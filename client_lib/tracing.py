@@ -82,6 +82,7 @@ class _Backend:
 
 
 _UNSET: Any = object()
+_NO_SPAN = contextlib.nullcontext()
 _backend: Any = _UNSET  # a _Backend when on; None when off for good (configured off, or explicitly disabled)
 _environment_read = False  # OTEL_TRACES_EXPORTER was read and names no exporter
 _lock = threading.Lock()
@@ -273,7 +274,7 @@ class Tracer:
         `kind` is internal, client or server."""
         tracer = self.tracer()
         if tracer is None:
-            return contextlib.nullcontext()
+            return _NO_SPAN
         return self._span(tracer, name, kind, values, context)
 
     def traced(self, name: str, kind: str = "internal") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
