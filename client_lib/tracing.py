@@ -74,42 +74,35 @@ def exporter_names(environ: Any = os.environ) -> list[str]:
     return [OTLP_EXPORTERS[protocol] if name == "otlp" else name for name in names]
 
 
-class _Backend:
-    """Tracing is on: the tracer provider spans go to."""
-
-    def __init__(self, provider: Any):
-        self.provider = provider
-
-
 _UNSET: Any = object()
 _NO_SPAN = contextlib.nullcontext()
-_backend: Any = _UNSET  # a _Backend when on; None when off for good (configured off, or explicitly disabled)
+_provider: Any = _UNSET  # the tracer provider spans go to; None when off for good (set up off, or disabled)
 _environment_read = False  # OTEL_TRACES_EXPORTER was read and names no exporter
 _lock = threading.Lock()
 _warned: set[str] = set()
 
 
-def _current() -> _Backend | None:
-    backend = _backend
-    if backend is not _UNSET:
-        return backend
+def _current() -> Any:
+    provider = _provider
+    if provider is not _UNSET:
+        return provider
     if _environment_read and "opentelemetry.trace" not in sys.modules:
         return None
     return configure()
 
 
-def configure(service_name: str | None = None) -> _Backend | None:
+def configure(service_name: str | None = None) -> Any:
     """Tracing's state from the environment (done by the first hook that runs, or at start-up), with
     `service_name` as the default `OTEL_SERVICE_NAME`. While the environment asks for none, a tracer
-    provider the application sets up later is still picked up."""
-    global _backend, _environment_read
+    provider the application sets up later is still picked up. The tracer provider, or None while off."""
+    global _provider, _environment_read
     with _lock:
-        if _backend is not _UNSET:
-            return _backend
+        if _provider is not _UNSET:
+            return _provider
         provider = _application_provider()
         if provider is not None:
-            _backend = _Backend(provider)
-            return _backend
+            _provider = provider
+            return provider
         if _environment_read:
             return None
         try:
@@ -121,11 +114,14 @@ def configure(service_name: str | None = None) -> _Backend | None:
         except TracingConfigError as exc:
             _warn_once(f"{exc}: tracing is off")
             names = []
+        except Exception as exc:  # an exporter that cannot be built must not fail the caller's requests
+            _warn_once(f"tracing is off: the exporter could not be set up ({exc.__class__.__name__}: {exc})")
+            names = []
         if not names:
             _environment_read = True
             return None
-        _backend = _Backend(provider)
-        return _backend
+        _provider = provider
+        return provider
 
 
 def _application_provider() -> Any:
@@ -172,25 +168,25 @@ def provider_from_environment(names: list[str], service_name: str | None = None)
 
 def enable(tracer_provider: Any = None) -> None:
     """Trace from now on, to `tracer_provider` or else the global one, whatever the environment says."""
-    global _backend
+    global _provider
     from opentelemetry import trace  # noqa: PLC0415
 
     with _lock:
-        _backend = _Backend(tracer_provider or trace.get_tracer_provider())
+        _provider = tracer_provider or trace.get_tracer_provider()
 
 
 def disable() -> None:
     """Trace no more in this process (until `enable()`)."""
-    global _backend
+    global _provider
     with _lock:
-        _backend = None
+        _provider = None
 
 
 def reset() -> None:
     """Forget the state, so the next hook reads the environment again (for tests)."""
-    global _backend, _environment_read
+    global _provider, _environment_read
     with _lock:
-        _backend, _environment_read = _UNSET, False
+        _provider, _environment_read = _UNSET, False
 
 
 def is_enabled() -> bool:
@@ -244,13 +240,13 @@ class Tracer:
 
     def tracer(self) -> Any:
         """The OpenTelemetry tracer, or None while tracing is off."""
-        backend = _current()
-        if backend is None:
+        provider = _current()
+        if provider is None:
             return None
-        provider, tracer = self._cached
-        if provider is not backend.provider:
-            tracer = backend.provider.get_tracer(self.scope)
-            self._cached = (backend.provider, tracer)
+        cached, tracer = self._cached
+        if cached is not provider:
+            tracer = provider.get_tracer(self.scope)
+            self._cached = (provider, tracer)
         return tracer
 
     @contextlib.contextmanager
