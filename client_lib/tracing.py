@@ -35,8 +35,6 @@ ATTRIBUTES = {
     "grant_type": "oauth.grant_type",
     "auth_method": "oauth.client_auth_method",
     "audience": "oauth.audience",
-    "scope": "oauth.scope",
-    "issuer": "oauth.issuer",
     "error": "oauth.error",
     "error_type": "error.type",
     "kid": "jwt.kid",
@@ -46,8 +44,7 @@ ATTRIBUTES = {
     "status": "http.response.status_code",
     "url": "url.full",
     "server_address": "server.address",
-    "server_port": "server.port",
-    "client_address": "client.address",
+    "peer_address": "network.peer.address",
     "db_system": "db.system.name",
     "db_operation": "db.operation.name",
     "db_table": "db.collection.name",
@@ -145,8 +142,8 @@ def exporter_entry_points(names: list[str]) -> dict[str, Any]:
 
 
 def provider_from_environment(names: list[str], service_name: str | None = None) -> Any:
-    """A tracer provider set up by the SDK from the `OTEL_*` variables, exporting to `names` in batches, and
-    made the global one unless one is set; `service_name` is the default for `OTEL_SERVICE_NAME`."""
+    """A tracer provider set up by the SDK from the `OTEL_*` variables, exporting to `names` in batches, made
+    the global one (when none is set yet); `service_name` is the default for `OTEL_SERVICE_NAME`."""
     from opentelemetry import trace  # noqa: PLC0415 (only with tracing on)
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
@@ -159,9 +156,6 @@ def provider_from_environment(names: list[str], service_name: str | None = None)
     provider = TracerProvider(resource=resource)
     for name in names:
         provider.add_span_processor(BatchSpanProcessor(exporters[name].load()()))
-    existing = _application_provider()
-    if existing is not None:
-        return existing
     trace.set_tracer_provider(provider)
     return provider
 

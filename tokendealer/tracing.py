@@ -111,7 +111,7 @@ class TracingMiddleware:
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET")
         route = self._route(environ, method)
-        values = {"method": method, "route": route, "client_address": environ.get("REMOTE_ADDR")}
+        values = {"method": method, "route": route, "peer_address": environ.get("REMOTE_ADDR")}
         with span(f"{method} {route}" if route else method, kind="server", context=extract(environ), **values) as server_span:
             token = _request_span.set(server_span)
 
