@@ -3,8 +3,8 @@
 Off, and `opentelemetry` never imported, unless one of these holds (checked on first use):
 - `OTEL_TRACES_EXPORTER` names exporters (`otlp`, `console`, or any installed one; `none` is off) and the
   `otel` extra is installed; a tracer provider is then built by the SDK from the standard `OTEL_*` variables
-  (`OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, ...) and made
-  the process's global one, unless the application had set one already;
+  (`OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, ...), for
+  client_lib's spans only: the process's global provider stays the application's to set;
 - the application has set up OpenTelemetry itself (a real global tracer provider): spans go there;
 - `enable()` was called.
 Off, every hook costs one function call. `OTEL_SDK_DISABLED=true` keeps tracing off.
@@ -88,10 +88,11 @@ def _current() -> Any:
     return configure()
 
 
-def configure(service_name: str | None = None) -> Any:
-    """Tracing's state from the environment (done by the first hook that runs, or at start-up), with
-    `service_name` as the default `OTEL_SERVICE_NAME`. While the environment asks for none, a tracer
-    provider the application sets up later is still picked up. The tracer provider, or None while off."""
+def configure(service_name: str | None = None, set_global: bool = False) -> Any:
+    """Tracing's state from the environment (done by the first hook that runs, or at start-up by a program
+    that owns its process, which passes `set_global`), with `service_name` as the default `OTEL_SERVICE_NAME`.
+    While the environment asks for none, a tracer provider the application sets up later is still picked up.
+    The tracer provider, or None while off."""
     global _provider, _environment_read
     with _lock:
         if _provider is not _UNSET:
@@ -104,7 +105,7 @@ def configure(service_name: str | None = None) -> Any:
             return None
         try:
             names = exporter_names()
-            provider = provider_from_environment(names, service_name) if names else None
+            provider = provider_from_environment(names, service_name, set_global) if names else None
         except ImportError:
             _warn_once("OTEL_TRACES_EXPORTER is set but the `otel` extra is not installed: tracing is off")
             names = []
@@ -141,9 +142,9 @@ def exporter_entry_points(names: list[str]) -> dict[str, Any]:
     return {name: available[name] for name in names}
 
 
-def provider_from_environment(names: list[str], service_name: str | None = None) -> Any:
-    """A tracer provider set up by the SDK from the `OTEL_*` variables, exporting to `names` in batches, made
-    the global one (when none is set yet); `service_name` is the default for `OTEL_SERVICE_NAME`."""
+def provider_from_environment(names: list[str], service_name: str | None = None, set_global: bool = False) -> Any:
+    """A tracer provider set up by the SDK from the `OTEL_*` variables, exporting to `names` in batches (and
+    made the process's global one with `set_global`); `service_name` is the default for `OTEL_SERVICE_NAME`."""
     from opentelemetry import trace  # noqa: PLC0415 (only with tracing on)
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
@@ -156,7 +157,8 @@ def provider_from_environment(names: list[str], service_name: str | None = None)
     provider = TracerProvider(resource=resource)
     for name in names:
         provider.add_span_processor(BatchSpanProcessor(exporters[name].load()()))
-    trace.set_tracer_provider(provider)
+    if set_global:
+        trace.set_tracer_provider(provider)
     return provider
 
 

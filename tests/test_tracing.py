@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -142,6 +143,24 @@ def test_console_exporter_from_the_environment(tmp_path):
     assert exported["kind"] == "SpanKind.SERVER"
     assert exported["attributes"]["http.response.status_code"] == 200
     assert exported["resource"]["attributes"]["service.name"] == "tokendealer"
+
+
+LIBRARY_RUN = """
+from opentelemetry import trace
+from client_lib import tracing
+with tracing.span("fetch token", kind="client", client_id="svc"):
+    pass
+assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # still the application's to set
+"""
+
+
+def test_client_lib_follows_the_environment_without_taking_the_global_provider():
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "billing"}
+    result = subprocess.run([sys.executable, "-c", LIBRARY_RUN], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    exported = json.loads(result.stdout)
+    assert exported["name"] == "fetch token" and exported["attributes"] == {"oauth.client_id": "svc"}
+    assert exported["resource"]["attributes"]["service.name"] == "billing"
 
 
 # ---- server spans ----------------------------------------------------------------------------------------

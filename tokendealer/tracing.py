@@ -49,7 +49,7 @@ def _sdk_installed() -> bool:
 def instrument(app: Any, engine: Any) -> None:
     """With tracing on (as the `OTEL_*` variables say): a server span around every request of the Flask
     `app` (its token fast path included), and a span per statement on the SQLAlchemy `engine`."""
-    if _common.configure(SERVICE_NAME) is None:
+    if _common.configure(SERVICE_NAME, set_global=True) is None:
         return
     app.wsgi_app = TracingMiddleware(app.wsgi_app, app.url_map)
     _instrument_engine(engine)
