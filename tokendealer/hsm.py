@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -33,6 +34,8 @@ from .config import Config
 from .keyring import RSA_BITS, SIGNING_STATES, KeyRecord, KeyringError, public_jwk
 from .keystores import DatabaseManifest
 from .tokens import NoSigningKey
+
+log = logging.getLogger(__name__)
 
 PEPPER_LABEL = "tokendealer:pepper"
 PEPPER_INFO = b"tokendealer client-secret pepper"
@@ -79,16 +82,20 @@ class _Library:
                         lib.reinitialize()
                 except PKCS11Error as exc:
                     self._retry_at = time.monotonic() + RETRY_SECONDS
+                    log.error("PKCS#11 module %s does not initialise: %s", self.path, exc.__class__.__name__)
                     raise HsmUnavailable(f"PKCS#11 module {self.path}: {exc.__class__.__name__}") from None
                 self._lib, self._pid = lib, os.getpid()
                 self.generation += 1
             return self._lib, self.generation
 
-    def restart(self, generation: int) -> None:
-        """Drop every session of `generation` (a token stopped answering); the next use initialises anew."""
+    def restart(self, generation: int) -> bool:
+        """Drop every session of `generation` (a token stopped answering); the next use initialises anew.
+        False when another thread already did."""
         with self.lock:
             if generation == self.generation and self._pid == os.getpid():
                 self._pid = -1
+                return True
+            return False
 
 
 _LIBRARIES: dict[str, _Library] = {}
@@ -137,8 +144,10 @@ class Pkcs11Token:
             if isinstance(exc, NoSuchKey):  # an answer, not a failure
                 self._idle.append(pooled)
                 raise
-            self._library.restart(pooled.generation)
-            raise HsmUnavailable(f"PKCS#11 token {self.label!r}: {exc.__class__.__name__}") from None
+            message = f"PKCS#11 token {self.label!r}: {exc.__class__.__name__}"
+            if self._library.restart(pooled.generation):
+                log.error("PKCS#11 failure, dropping every session to log in again: %s", message)
+            raise HsmUnavailable(message) from None
         except BaseException:
             self._idle.append(pooled)
             raise
@@ -159,8 +168,9 @@ class Pkcs11Token:
         except PinIncorrect:
             raise HsmUnavailable(f"PKCS#11 token {self.label!r} refused the PIN (TOKENDEALER_PKCS11_PIN)") from None
         except PKCS11Error as exc:
+            message = f"PKCS#11 token {self.label!r}: not available ({exc.__class__.__name__})"
             self._library.restart(generation)
-            raise HsmUnavailable(f"PKCS#11 token {self.label!r}: not available ({exc.__class__.__name__})") from None
+            raise HsmUnavailable(message) from None
         return _Session(session, generation)
 
     def generate(self, alg: str, now: float) -> KeyRecord:
