@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import InvalidRequest, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from .messages import Params, TokenRequest
+from .metrics import DATABASE_ERRORS
 from .tokens import NoSigningKey
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def as_oauth_error(exc: Exception) -> OAuthError:
         return exc
     if isinstance(exc, SQLAlchemyError):
         log.error("database error: %s", exc.__class__.__name__)
+        DATABASE_ERRORS.inc()
         return TemporarilyUnavailable("the database is not available; retry shortly", headers={"Retry-After": "1"})
     if isinstance(exc, NoSigningKey):
         return TemporarilyUnavailable("no signing key is loaded", headers={"Retry-After": "5"})
