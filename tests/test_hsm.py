@@ -7,6 +7,7 @@ import json
 import shutil
 
 import jwt
+import pkcs11
 import pytest
 import requests
 import sqlalchemy as sa
@@ -107,6 +108,13 @@ def test_token_removed_answers_503_then_recovers(http, services, make_client, so
     finally:
         shutil.move(away, softhsm.tokens)
     fetch_token(http, cid, secret)  # the next request opens a session and logs in again
+
+
+def test_lost_sessions_are_opened_again_without_a_refusal(http, services, make_client, softhsm):
+    cid, secret = make_client()
+    fetch_token(http, cid, secret)
+    pkcs11.lib(softhsm.module).reinitialize()  # every session of this process is gone behind the pool's back
+    fetch_token(http, cid, secret)
 
 
 def test_pin_refused_on_relogin_answers_503(http, services, make_client, monkeypatch):

@@ -260,6 +260,12 @@ class TokenKey:
     def sign_jws(self, signing_input: bytes) -> bytes:
         """The JWS signature (RFC 7518 §3) of `signing_input`, computed by the token."""
         data = hashlib.sha256(signing_input).digest() if self._prehash else signing_input
+        try:
+            return self._sign(data)
+        except HsmUnavailable:
+            return self._sign(data)  # once more in a new session: a lost session need not cost an answer
+
+    def _sign(self, data: bytes) -> bytes:
         with self.token.session() as pooled:
             try:
                 key = pooled.private_key(self.kid)
