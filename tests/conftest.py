@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,10 +32,27 @@ from tokendealer.app import create_app
 from tokendealer.config import Config
 from tokendealer.db import make_engine, upgrade_schema
 from tokendealer.keyring import KeyStore
-from tokendealer.keystores import FileKeyStore, make_key_store
+from tokendealer.keystores import make_key_store
 
 AUDIENCE = "https://api.example.com"
 TOKENDEALER = str(Path(sys.executable).with_name("tokendealer"))
+
+
+# ---- tiers: `make test-fast` runs the tests that need none of these ------------------------------------
+
+# Fixtures that start real servers or reach the machine's PostgreSQL and Redis, and the marker each implies.
+TIER_FIXTURES = {"live_factory": "live", "stack": "live", "proxy": "live", "postgresql_url": "postgres", "redis_url": "redis"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they need, from their fixtures and their database parameter."""
+    for item in items:
+        for fixture, marker in TIER_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "postgresql" in callspec.id:
+            item.add_marker("postgres")
 
 
 class FakeClock:
@@ -117,9 +135,29 @@ def config(tmp_path: Path, database_url: str) -> Config:
     return make_config(tmp_path, database_url=database_url)
 
 
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+def upgraded_database(url: str) -> None:
+    """Bring `url` to the current schema; a new SQLite file is copied from one migrated once per session."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if path is None or Path(path).exists():
+        upgrade_schema(make_engine(url))
+        return
+    if not _SQLITE_TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="tokendealer-schema-")) / "template.db"
+        engine = make_engine(f"sqlite:///{template}")
+        upgrade_schema(engine)
+        engine.dispose()
+        _SQLITE_TEMPLATE.append(template)
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(_SQLITE_TEMPLATE[0], path)
+    os.chmod(path, 0o600)
+
+
 def initialise(config: Config, clock: Callable[[], float] = time.time, alg: str = "ES256") -> KeyStore:
     """The schema and the keyring the configuration names (file by default)."""
-    upgrade_schema(make_engine(config.database_url))
+    upgraded_database(config.database_url)
     store = make_key_store(config, clock)
     store.init(alg)
     return store
@@ -189,7 +227,7 @@ def softhsm(tmp_path_factory) -> SoftHsm:
 
 
 @pytest.fixture
-def app(config: Config, clock: FakeClock, key_store: FileKeyStore):
+def app(config: Config, clock: FakeClock, key_store: KeyStore):
     application = create_app(config, clock=clock)
     yield application
     application.extensions["tokendealer"].audit.close()

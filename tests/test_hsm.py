@@ -131,6 +131,7 @@ def test_pin_refused_on_relogin_answers_503(http, services, make_client, monkeyp
     fetch_token(http, cid, secret)
 
 
+@pytest.mark.slow
 def test_wrong_pin_or_absent_token_stops_start_up_with_one_line(tmp_path, softhsm):
     env = server_env(tmp_path, **softhsm.env("td-pin"))
     assert run_cli("init", env=env).returncode == 0
@@ -141,6 +142,7 @@ def test_wrong_pin_or_absent_token_stops_start_up_with_one_line(tmp_path, sofths
         assert len(lines) == 1 and expected in lines[0] and "0000" not in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_missing_module_or_pin_is_a_configuration_error(tmp_path, softhsm):
     env = server_env(tmp_path, **softhsm.env())
     for name, value, expected in (

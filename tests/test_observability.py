@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 
 from tokendealer import db
+from tokendealer.http import as_oauth_error
 from tokendealer.metrics import DATABASE_ERRORS
-from tokendealer.wsgi import as_oauth_error
 
 from .conftest import AUDIENCE, debian_tool, run_cli
 

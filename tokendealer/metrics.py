@@ -18,7 +18,7 @@ from .errors import BearerTokenRequired, Forbidden
 from .keyring import KeyringSource
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Counted where any failure is mapped to an answer (wsgi.as_oauth_error), which knows no app: one per process.
+# Counted where any failure is mapped to an answer (http.as_oauth_error), which knows no app: one per process.
 DATABASE_ERRORS = Counter("tokendealer_database_errors", "Requests answered 503 because the database failed", registry=None)
 
 
