@@ -31,7 +31,7 @@ from pkcs11.exceptions import NoSuchKey, PinIncorrect, PKCS11Error, UserAlreadyL
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from .config import Config
-from .keyring import RSA_BITS, SIGNING_STATES, KeyRecord, KeyringError, public_jwk
+from .keyring import DEFAULT_ALG, RSA_BITS, SIGNING_STATES, KeyRecord, KeyringError, public_jwk
 from .keystores import DatabaseManifest
 from .tokens import NoSigningKey
 
@@ -306,7 +306,7 @@ class Pkcs11KeyStore(DatabaseManifest):
         token = Pkcs11Token(str(config.pkcs11_module), str(config.pkcs11_token_label), config.pkcs11_user_pin())
         return cls(engine, token, clock)
 
-    def init(self, alg: str = "ES256") -> bool:
+    def init(self, alg: str = DEFAULT_ALG) -> bool:
         self.token.ensure_pepper()
         return super().init(alg)
 
