@@ -1,5 +1,7 @@
 """client_lib: fetch and cache TokenDealer access tokens, and verify them locally."""
 
+from typing import Any
+
 from .client import TokenAuth, TokenClient
 from .exceptions import (
     DisallowedAlgorithm,
@@ -21,19 +23,23 @@ from .exceptions import (
     WrongIssuer,
     WrongTokenType,
 )
-from .flask_auth import require_token
 from .verifier import TokenVerifier
 
-# The async and FastAPI parts need the `httpx` / `fastapi` extras, so they load on first use.
+# The one version of both distributions (tokendealer-client and the tokendealer server), read by both builds.
+__version__ = "1.0.0"
+
+# The Flask, async and FastAPI parts need the `flask` / `httpx` / `fastapi` extras, so they load on first use.
 _LAZY = {
     "AsyncTokenClient": "aio",
     "AsyncTokenVerifier": "aio",
     "HttpxTokenAuth": "httpx_auth",
+    "require_token": "flask_auth",
     "require_token_async": "fastapi_auth",
 }
 
 
-def __getattr__(name: str):  # noqa: ANN202 (PEP 562 module attribute)
+def __getattr__(name: str) -> Any:
+    """PEP 562: the optional parts, imported when first asked for."""
     if name in _LAZY:
         import importlib  # noqa: PLC0415
 
