@@ -30,11 +30,11 @@ __version__ = "1.0.0"
 
 # The Flask, async and FastAPI parts need the `flask` / `httpx` / `fastapi` extras, so they load on first use.
 _LAZY = {
-    "AsyncTokenClient": "aio",
-    "AsyncTokenVerifier": "aio",
-    "HttpxTokenAuth": "httpx_auth",
-    "require_token": "flask_auth",
-    "require_token_async": "fastapi_auth",
+    "AsyncTokenClient": ("aio", "httpx"),
+    "AsyncTokenVerifier": ("aio", "httpx"),
+    "HttpxTokenAuth": ("httpx_auth", "httpx"),
+    "require_token": ("flask_auth", "flask"),
+    "require_token_async": ("fastapi_auth", "fastapi"),
 }
 
 
@@ -43,7 +43,11 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib  # noqa: PLC0415
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module, extra = _LAZY[name]
+        try:
+            return getattr(importlib.import_module(f".{module}", __name__), name)
+        except ModuleNotFoundError as exc:
+            raise ImportError(f"client_lib.{name} needs the {extra!r} extra (pip install './client_lib[{extra}]'): {exc}") from None
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
