@@ -9,9 +9,11 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +35,23 @@ from tokendealer.keystores import FileKeyStore
 
 AUDIENCE = "https://api.example.com"
 TOKENDEALER = str(Path(sys.executable).with_name("tokendealer"))
+
+
+# ---- tiers: `make test-fast` runs the tests that need none of these ------------------------------------
+
+# Fixtures that start real servers or reach the machine's PostgreSQL and Redis, and the marker each implies.
+TIER_FIXTURES = {"live_factory": "live", "stack": "live", "proxy": "live", "postgresql_url": "postgres", "redis_url": "redis"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they need, from their fixtures and their database parameter."""
+    for item in items:
+        for fixture, marker in TIER_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "postgresql" in callspec.id:
+            item.add_marker("postgres")
 
 
 class FakeClock:
@@ -115,10 +134,30 @@ def config(tmp_path: Path, database_url: str) -> Config:
     return make_config(tmp_path, database_url=database_url)
 
 
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+def upgraded_database(url: str) -> None:
+    """Bring `url` to the current schema; a new SQLite file is copied from one migrated once per session."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if path is None or Path(path).exists():
+        upgrade_schema(make_engine(url))
+        return
+    if not _SQLITE_TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="tokendealer-schema-")) / "template.db"
+        engine = make_engine(f"sqlite:///{template}")
+        upgrade_schema(engine)
+        engine.dispose()
+        _SQLITE_TEMPLATE.append(template)
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(_SQLITE_TEMPLATE[0], path)
+    os.chmod(path, 0o600)
+
+
 def initialise(config: Config, clock: Callable[[], float] = time.time, alg: str = "ES256") -> FileKeyStore:
     store = FileKeyStore(config.keys_dir, clock=clock)
     store.init(alg)
-    upgrade_schema(make_engine(config.database_url))
+    upgraded_database(config.database_url)
     return store
 
 

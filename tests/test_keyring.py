@@ -157,6 +157,7 @@ def test_crash_between_key_and_manifest_leaves_loadable_keyring(key_store, confi
     assert len(list(config.keys_dir.glob("*.pem"))) == 2
 
 
+@pytest.mark.slow
 def test_crash_of_a_real_process_mid_rotation(tmp_path):
     """SIGKILL a `keys rotate` after it wrote the key files but before the manifest."""
     env = server_env(tmp_path)
@@ -176,6 +177,7 @@ def test_crash_of_a_real_process_mid_rotation(tmp_path):
     assert sorted(r["state"] for r in json.loads(listing.stdout)) == ["active", "next"]
 
 
+@pytest.mark.slow
 def test_two_concurrent_rotations_leave_a_consistent_keyring(tmp_path):
     env = server_env(tmp_path)
     assert run_cli("init", env=env).returncode == 0

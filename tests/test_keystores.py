@@ -162,6 +162,7 @@ def test_database_keyring_rotation_rolls_back_on_crash(tmp_path, clock, monkeypa
     assert states(store) == before
 
 
+@pytest.mark.postgres
 def test_server_with_database_keyring_on_postgresql(tmp_path, clock):
     with postgres_schema() as url:
         config = make_config(tmp_path, database_url=url, keyring="database", key_encryption_key=KEK)

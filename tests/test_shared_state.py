@@ -24,6 +24,8 @@ from tokendealer.keystores import make_key_store
 
 from .conftest import AUDIENCE, REDIS_URL, LiveServer, basic, fetch_token, free_port, make_config, postgres_schema, run_cli, server_env
 
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.live]
+
 KEK = secrets.token_urlsafe(32)
 
 

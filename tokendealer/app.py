@@ -32,6 +32,9 @@ from .errors import (
     TemporarilyUnavailable,
     TooManyRequests,
 )
+from .fastpath import TokenFastPath
+from .grants.client_credentials import ClientCredentialsGrant
+from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
@@ -39,7 +42,6 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
 from .ratelimits import AddressRateLimit
 from .tokens import RevocationList, TokenRejected, TokenService
-from .wsgi import FORM, MAX_PARAMS, NO_STORE, TokenFastPath, as_oauth_error, dumps, error_parts, parse_form, request_id
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         clients=clients,
         tokens=tokens,
         authenticator=authenticator,
-        token_endpoint=TokenEndpoint(authenticator, tokens, audit, metrics),
+        token_endpoint=TokenEndpoint([ClientCredentialsGrant(authenticator, tokens)], audit, metrics),
         introspection=IntrospectionEndpoint(authenticator, tokens),
         revocation=RevocationEndpoint(authenticator, tokens, audit),
         audit=audit,
@@ -141,7 +143,7 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
         # Request-rate limits are Flask-Limiter's, so the token endpoint then goes through Flask.
         _register_request_limits(app, services)
     else:
-        app.wsgi_app = TokenFastPath(app.wsgi_app, services)
+        app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)
     if config.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
     return app
@@ -279,7 +281,7 @@ def _register_views(app: Flask, s: Services) -> None:
             return Response(status=304, headers=headers)
         return Response(body, 200, headers=headers, mimetype="application/json")
 
-    metadata_body = dumps(server_metadata(config))
+    metadata_body = dumps(server_metadata(config, s.token_endpoint.grant_types))
 
     def _metadata() -> Response:
         return Response(metadata_body, 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")

@@ -57,6 +57,10 @@ class Client:
     created_at: float = 0.0
     updated_at: float = 0.0
     tokens_not_before: float | None = None
+    # RFC 8693: the audience identities this client serves (tokens meant for them it may exchange) and
+    # the audiences it may exchange them for.
+    serves: tuple[str, ...] = ()
+    exchange_audiences: tuple[str, ...] = ()
 
     def owns_token_issued_at(self, iat: float) -> bool:
         """False for a token issued to an earlier client under the same id (deleted, then re-created)."""
@@ -84,6 +88,8 @@ class Client:
         data["scopes"] = list(self.scopes)
         data["audiences"] = list(self.audiences)
         data["default_scopes"] = None if self.default_scopes is None else list(self.default_scopes)
+        data["serves"] = list(self.serves)
+        data["exchange_audiences"] = list(self.exchange_audiences)
         data["auth_method"] = self.auth_method
         return data
 
@@ -338,6 +344,8 @@ def _to_row(client: Client) -> dict[str, Any]:
     row["scopes"] = list(client.scopes)
     row["audiences"] = list(client.audiences)
     row["default_scopes"] = None if client.default_scopes is None else list(client.default_scopes)
+    row["serves"] = list(client.serves)
+    row["exchange_audiences"] = list(client.exchange_audiences)
     return row
 
 
@@ -347,4 +355,6 @@ def _from_row(row: Any) -> Client:
     data["audiences"] = tuple(data["audiences"])
     if data["default_scopes"] is not None:
         data["default_scopes"] = tuple(data["default_scopes"])
+    data["serves"] = tuple(data["serves"] or ())
+    data["exchange_audiences"] = tuple(data["exchange_audiences"] or ())
     return Client(**data)

@@ -1,0 +1,65 @@
+"""HTTP plumbing shared by every endpoint: form parsing, request ids, and turning failures into answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from urllib.parse import parse_qs
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
+from .messages import Params
+from .tokens import NoSigningKey
+
+log = logging.getLogger(__name__)
+
+FORM = "application/x-www-form-urlencoded"
+MAX_PARAMS = 32
+MAX_PARAM_LENGTH = 16384
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+OAUTH_PATHS = frozenset({"/oauth/token", "/oauth/introspect", "/oauth/revoke"})
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def parse_form(content_type: str | None, body: bytes) -> Params:
+    """An `application/x-www-form-urlencoded` body as name -> values, bounded in count and length."""
+    if (content_type or "").split(";", 1)[0].strip().lower() != FORM:
+        raise InvalidRequest(f"the body must be {FORM}")
+    try:
+        params = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_PARAMS)
+    except ValueError:
+        raise InvalidRequest("too many parameters") from None
+    for name, values in params.items():
+        if len(name) > 64 or any(len(v) > MAX_PARAM_LENGTH for v in values):
+            raise InvalidRequest(f"parameter {name[:64]!r} is too long")
+    return params
+
+
+def request_id(incoming: str | None) -> str:
+    """The caller's X-Request-ID when it is a short safe token, else a fresh one."""
+    return incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else secrets.token_hex(16)
+
+
+def as_oauth_error(exc: Exception) -> OAuthError:
+    """Every failure as the OAuthError to answer with: database and keyring outages are 503, never 500."""
+    if isinstance(exc, OAuthError):
+        return exc
+    if isinstance(exc, SQLAlchemyError):
+        log.error("database error: %s", exc.__class__.__name__)
+        return TemporarilyUnavailable("the database is not available; retry shortly", headers={"Retry-After": "1"})
+    if isinstance(exc, NoSigningKey):
+        return TemporarilyUnavailable("no signing key is loaded", headers={"Retry-After": "5"})
+    log.error("unexpected error", exc_info=exc)
+    return ServerError("internal error")
+
+
+def error_parts(exc: OAuthError, path: str) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of an error answer (RFC 6749 §5.2)."""
+    headers = dict(exc.headers)
+    if path in OAUTH_PATHS:
+        headers.update(NO_STORE)
+    return exc.status, headers, dumps(exc.body()).encode()
