@@ -41,4 +41,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check tokendealer client_lib tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) var *.egg-info
+	rm -rf $(VENV) var *.egg-info client_lib/*.egg-info client_lib/build
