@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from client_lib import RevokedToken, TokenClient, TokenVerifier
 from client_lib.jose import public_jwk
+from tokendealer import db
 from tokendealer.clients import ClientError
 
 from .conftest import AUDIENCE, basic, both_databases, fetch_token, run_cli
@@ -212,6 +213,8 @@ def test_replay_cache_entries_expire(services, clock):
     assert replay.first_use("c", "j1", clock.now + 10)
     assert not replay.first_use("c", "j1", clock.now + 10)
     clock.advance(11)
+    assert not replay.first_use("c", "j1", clock.now + 10)  # kept through the purge grace
+    clock.advance(db.PURGE_GRACE)
     assert replay.first_use("c", "j2", clock.now + 10)  # purges expired entries
     assert replay.first_use("c", "j1", clock.now + 10)
 
