@@ -113,6 +113,16 @@ class ResourceServer:
         self.server.server_close()
 
 
+def wait_for_audit(path: Path, event: str, timeout: float = 10.0) -> list[dict]:
+    """The audit lines of `event`, once written (`serve` may batch its audit writes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in map(json.loads, path.read_text().splitlines()) if line["event"] == event]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def collector():
     receiver = Collector()
@@ -170,8 +180,7 @@ def test_one_trace_spans_the_caller_and_the_server(live_factory, collector, call
     assert jwks_span["trace_id"] == f"{jwks.context.trace_id:032x}"
     assert jwks_span["parent_span_id"] == f"{jwks.context.span_id:016x}"
 
-    audit = [json.loads(line) for line in Path(server.env["TOKENDEALER_AUDIT_LOG"]).read_text().splitlines()]
-    (issued,) = [line for line in audit if line["event"] == "token.issued"]
+    (issued,) = wait_for_audit(Path(server.env["TOKENDEALER_AUDIT_LOG"]), "token.issued")
     assert issued["trace_id"] == fetch_trace
 
     resource = ResourceServer()
