@@ -257,7 +257,7 @@ class Tracer:
         ) as span:
             try:
                 yield span
-            except BaseException as exc:
+            except Exception as exc:
                 failed(span, exc)
                 raise
 
