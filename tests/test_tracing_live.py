@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from client_lib import TokenAuth, TokenClient, TokenVerifier
+from client_lib import TokenAuth, TokenClient, TokenRequestError, TokenVerifier
 from client_lib import tracing as client_tracing
 
-from .conftest import JWT_RE, run_cli
+from .conftest import JWT_RE, free_port, run_cli
 
 BILLING = "https://billing"
 
@@ -113,6 +114,10 @@ class ResourceServer:
         self.server.server_close()
 
 
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def wait_for_audit(path: Path, event: str, timeout: float = 10.0) -> list[dict]:
     """The audit lines of `event`, once written (`serve` may batch its audit writes)."""
     deadline = time.monotonic() + timeout
@@ -182,6 +187,29 @@ def test_one_trace_spans_the_caller_and_the_server(live_factory, collector, call
 
     (issued,) = wait_for_audit(Path(server.env["TOKENDEALER_AUDIT_LOG"]), "token.issued")
     assert issued["trace_id"] == fetch_trace
+
+    # A request whose outbound fetch fails: the fetch's span and the warning it logs carry the request's trace.
+    dead = f"http://127.0.0.1:{free_port()}/jwks.json"
+    keyed = ("client", "create", "keyed", "--scope", "invoices:read", "--audience", BILLING, "--jwks-uri", dead)
+    assert run_cli(*keyed, env=server.env).returncode == 0
+    with pytest.raises(TokenRequestError):
+        TokenClient(server.url, "keyed", private_key=ec.generate_private_key(ec.SECP256R1())).get_token(audience=BILLING)
+    (refused,) = [s for s in caller_spans.get_finished_spans() if s.name == "fetch token" and s.attributes["oauth.client_id"] == "keyed"]
+    assert refused.attributes["oauth.error"] == "invalid_client"
+    refused_trace = f"{refused.context.trace_id:032x}"
+    (request_span,) = collector.wait_for(lambda s: s["name"] == "POST /oauth/token" and s["trace_id"] == refused_trace)
+    assert request_span["attributes"]["oauth.error"] == "invalid_client"
+    assert request_span["attributes"]["oauth.client_auth_method"] == "private_key_jwt"
+    (outbound,) = collector.wait_for(lambda s: s["name"] == "GET" and s["trace_id"] == refused_trace)
+    assert outbound["attributes"]["error.type"] == "FetchError" and outbound["attributes"]["url.full"] == dead
+    (authentication,) = collector.wait_for(lambda s: s["span_id"] == outbound["parent_span_id"])
+    assert authentication["name"] == "client authentication" and authentication["parent_span_id"] == request_span["span_id"]
+    deadline = time.monotonic() + 10
+    while not [line for line in json_lines(server.log()) if line.get("trace_id") == refused_trace]:
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.05)
+    (warning,) = [line for line in json_lines(server.log()) if line.get("trace_id") == refused_trace]
+    assert warning["logger"] == "tokendealer.fetcher" and "failed" in warning["message"]
 
     resource = ResourceServer()
     try:
