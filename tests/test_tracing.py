@@ -19,6 +19,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode
 
 from client_lib import AsyncTokenClient, HttpxTokenAuth
@@ -189,6 +190,22 @@ def test_token_request_spans_continue_the_callers_trace(traced_http, secret_clie
     lookups = by_name(spans, "SELECT clients")
     assert lookups[0].parent.span_id == auth.context.span_id
     assert lookups[0].kind == SpanKind.CLIENT and lookups[0].attributes["db.system.name"] == "sqlite"
+
+
+def test_always_on_sampler_traces_callers_that_ask_not_to_be(config, clock, key_store):
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    for sampler, exported in ((None, 0), (ALWAYS_ON, 1)):
+        spans = InMemorySpanExporter()
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        client_tracing.enable(provider)
+        application = create_app(config, clock=clock)
+        try:
+            assert application.test_client().get("/healthz", headers={"traceparent": unsampled}).status_code == 200
+        finally:
+            client_tracing.reset()
+            application.extensions["tokendealer"].audit.close()
+        assert len(spans.get_finished_spans()) == exported
 
 
 def test_refused_request_records_the_oauth_error(traced_http, secret_client, exporter):
