@@ -205,6 +205,7 @@ def test_always_on_sampler_traces_callers_that_ask_not_to_be(config, clock, key_
         finally:
             client_tracing.reset()
             application.extensions["tokendealer"].audit.close()
+            application.extensions["tokendealer"].engine.dispose()
         assert len(spans.get_finished_spans()) == exported
 
 
