@@ -14,7 +14,7 @@ from .errors import OAuthError, UnsupportedGrantType
 from .grants import Grant
 from .messages import TokenQuery, TokenRequest
 from .metrics import Metrics
-from .tokens import TokenRejected, TokenService
+from .tokens import TokenRejected, TokenService, actor_chain
 
 
 class TokenEndpoint:
@@ -89,7 +89,8 @@ class RevocationEndpoint:
             claims = self.tokens.validate(query.required_token(), check_state=False)
         except TokenRejected:
             return
-        if claims["client_id"] != client.client_id:
+        # The token's client, or for an exchanged token (RFC 8693) also the actor that obtained it.
+        if client.client_id not in (claims["client_id"], *actor_chain(claims)[:1]):
             self.audit.emit("token.revoke_refused", outcome="refused", client_id=client.client_id, remote_addr=address)
             return
         self.tokens.revoke(claims)
