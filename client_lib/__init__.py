@@ -1,7 +1,9 @@
 """client_lib: fetch and cache TokenDealer access tokens, and verify them locally."""
 
 from .client import TokenAuth, TokenClient
+from .core import actors
 from .exceptions import (
+    ActorNotAllowed,
     DisallowedAlgorithm,
     DiscoveryError,
     ExpiredToken,
@@ -42,6 +44,8 @@ def __getattr__(name: str):  # noqa: ANN202 (PEP 562 module attribute)
 
 
 __all__ = [
+    "ActorNotAllowed",
+    "actors",
     "AsyncTokenClient",
     "AsyncTokenVerifier",
     "HttpxTokenAuth",

@@ -4,6 +4,7 @@ the checks that make a JWT an acceptable access token. Nothing here performs net
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import re
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from .exceptions import (
+    ActorNotAllowed,
     DisallowedAlgorithm,
     DiscoveryError,
     ExpiredToken,
@@ -142,6 +144,65 @@ def token_form(audience: str | None, scope: str | None) -> dict[str, str]:
     return form
 
 
+# ---- token exchange (RFC 8693) ------------------------------------------------------------------------
+
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def exchange_form(subject_token: str, audience: str | None, scope: str | None) -> dict[str, str]:
+    """The body of a token-exchange request for an access token (RFC 8693 §2.1)."""
+    if not isinstance(subject_token, str) or not subject_token:
+        raise ValueError("subject_token must be a non-empty string")
+    form = {
+        "grant_type": EXCHANGE_GRANT,
+        "subject_token": subject_token,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "requested_token_type": ACCESS_TOKEN_TYPE,
+    }
+    if audience:
+        form["audience"] = audience
+    if scope:
+        form["scope"] = scope
+    return form
+
+
+def exchange_key(subject_token: str, audience: str | None, scope: str | None) -> CacheKey:
+    """The cache key of an exchanged token: the subject token's jti, bound to a digest of the whole token, so a
+    crafted token repeating another's jti never finds that caller's exchanged token (the jti is read unverified)."""
+    try:
+        jti = _json_object(subject_token.split(".")[1], "payload").get("jti")
+    except (MalformedToken, IndexError):
+        jti = None
+    digest = hashlib.sha256(subject_token.encode("utf-8", "surrogatepass")).hexdigest()
+    return (EXCHANGE_GRANT, jti if isinstance(jti, str) else None, digest, audience, scope)
+
+
+def actors(claims: dict[str, Any]) -> list[str]:
+    """The actor chain of a token (RFC 8693 §4.1, `act` within `act`): the current actor first; [] for a
+    token without `act`, that is a direct call."""
+    chain: list[str] = []
+    act = claims.get("act")
+    while isinstance(act, dict) and isinstance(act.get("sub"), str) and len(chain) < MAX_JSON_DEPTH:
+        chain.append(act["sub"])
+        act = act.get("act")
+    return chain
+
+
+def check_actors(claims: dict[str, Any], actor: str | None, no_actor: bool | str | Iterable[str]) -> None:
+    """Raise ActorNotAllowed unless the current actor is `actor` (when given) and, with `no_actor`, the token
+    is a direct call (True) or names none of the given actors anywhere in its chain."""
+    chain = actors(claims)
+    if actor is not None and (not chain or chain[0] != actor):
+        raise ActorNotAllowed(f"the token's current actor is not {actor}")
+    if no_actor is True and chain:
+        raise ActorNotAllowed("the token was obtained by an actor; only direct calls are accepted")
+    if no_actor and no_actor is not True:
+        refused = {no_actor} if isinstance(no_actor, str) else set(no_actor)
+        if refused & set(chain):
+            raise ActorNotAllowed("the token's delegation chain names a refused actor")
+
+
 def token_error(response: Any) -> TokenRequestError:
     """The exception for a refused token request (requests or httpx response), carrying the server's
     error (RFC 6749 §5.2)."""
@@ -171,24 +232,37 @@ def discovered_metadata(issuer: str, url: str, response: Any) -> dict[str, Any] 
 DISCOVERY_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 
 
+# (audience, scope) for a client's own tokens; (EXCHANGE_GRANT, subject jti, subject digest, audience, scope)
+# for exchanged ones.
+CacheKey = tuple[str | None, ...]
+
+
 class TokenCache:
-    """One token per (audience, scope) and the decisions about it; the shells do the locking and I/O."""
+    """One token per key and the decisions about it; the shells do the locking and I/O. Exchanged tokens
+    have a key per incoming token, so the cache is bounded: past `size` entries, expired ones go first, then
+    the oldest."""
 
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str | None, str | None], CachedToken] = {}
+    def __init__(self, size: int = 10000) -> None:
+        self.size = size
+        self.entries: dict[CacheKey, CachedToken] = {}
 
-    def fresh(self, key: tuple[str | None, str | None], now: float) -> str | None:
+    def fresh(self, key: CacheKey, now: float) -> str | None:
         """The token if it is not stale yet."""
         entry = self.entries.get(key)
         return entry.access_token if entry is not None and now < entry.stale_at else None
 
-    def usable(self, key: tuple[str | None, str | None], now: float) -> str | None:
+    def usable(self, key: CacheKey, now: float) -> str | None:
         """The token if it has not expired, stale or not."""
         entry = self.entries.get(key)
         return entry.access_token if entry is not None and now < entry.expires_at else None
 
-    def store(self, key: tuple[str | None, str | None], response: dict[str, Any], requested_at: float) -> str:
+    def store(self, key: CacheKey, response: dict[str, Any], requested_at: float) -> str:
         entry = CachedToken.from_response(response, requested_at)
+        self.entries.pop(key, None)
+        if len(self.entries) >= self.size:
+            self.entries = {k: e for k, e in self.entries.items() if e.usable(requested_at)}
+            while len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
         self.entries[key] = entry
         return entry.access_token
 
@@ -587,6 +661,9 @@ class Verification:
         self._active[jti] = until
 
     @staticmethod
-    def result(claims: dict[str, Any], scopes: Iterable[str] | None) -> dict[str, Any]:
+    def result(
+        claims: dict[str, Any], scopes: Iterable[str] | None, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+    ) -> dict[str, Any]:
         check_scopes(claims, scopes)
+        check_actors(claims, actor, no_actor)
         return dict(claims)
