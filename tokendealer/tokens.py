@@ -64,7 +64,7 @@ class RevocationList:
         except sa.exc.IntegrityError:
             pass  # already revoked
         with self.engine.begin() as conn:
-            conn.execute(db.revoked_tokens.delete().where(db.revoked_tokens.c.expires_at < self.clock()))
+            conn.execute(db.revoked_tokens.delete().where(db.revoked_tokens.c.expires_at < self.clock() - db.PURGE_GRACE))
 
     def revoked_among(self, jtis: Sequence[str]) -> set[str]:
         """Which of `jtis` are revoked: one query for a token and every token it was exchanged from."""
