@@ -1,12 +1,13 @@
 """Token exchange (RFC 8693) next to plain client-credentials grants, in one process, same run.
 
-    .venv/bin/python benchmarks/exchange.py [--seconds 3] [--rounds 3]
+    .venv/bin/python benchmarks/exchange.py [--seconds 5] [--rounds 3]
 
-Both go through the application's WSGI entry (the token endpoint's fast path, SQLite, ES256) in a loop
-on one thread, with no network in between, so the figures compare the work of the two grants: a
-client-credentials grant authenticates and signs; an exchange also verifies the subject token and checks
-its revocation and its client. Rounds alternate; the medians and their ratio are printed. Bounded:
-`rounds × 2 × seconds`.
+Both go through the application's WSGI entry (the token endpoint's fast path, SQLite, ES256) on one
+thread, with no network in between, so the figures compare the work of the two grants: a client-credentials
+grant authenticates and signs; an exchange also verifies the subject token and checks its revocation (one
+query) and its client. The two take turns request by request, so load from the rest of the machine falls on
+both alike; each is reported as 1 / its median request time, per round and overall, with their ratio.
+Bounded: `rounds × seconds` plus a half-second warm-up.
 """
 
 from __future__ import annotations
@@ -38,21 +39,24 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
 
-def rate(call: Callable[[], int], seconds: float) -> float:
-    """Calls per second of `call` for `seconds`; every answer must be 200."""
-    done, started = 0, time.perf_counter()
-    deadline = started + seconds
+def interleaved(calls: dict[str, Callable[[], int]], seconds: float) -> dict[str, list[float]]:
+    """Each call in turn until `seconds` have passed; the duration of every call, by name. Taking turns puts
+    both grants under the same load from the rest of the machine. Every answer must be 200."""
+    durations: dict[str, list[float]] = {name: [] for name in calls}
+    deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        status = call()
-        if status != 200:
-            raise SystemExit(f"unexpected status {status}")
-        done += 1
-    return done / (time.perf_counter() - started)
+        for name, call in calls.items():
+            started = time.perf_counter()
+            status = call()
+            durations[name].append(time.perf_counter() - started)
+            if status != 200:
+                raise SystemExit(f"{name}: unexpected status {status}")
+    return durations
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="td-bench-exchange-"))
@@ -82,15 +86,18 @@ def main() -> None:
         def exchange() -> int:
             return http.post("/oauth/token", data=exchange_form, headers=b_auth).status_code
 
-        rate(client_credentials, 0.5)  # warm-up
-        rate(exchange, 0.5)
-        plain, exchanged = [], []
+        calls = {"client_credentials": client_credentials, "token exchange": exchange}
+        interleaved(calls, 0.5)  # warm-up
+        medians: dict[str, list[float]] = {name: [] for name in calls}
         for round_ in range(1, args.rounds + 1):
-            plain.append(rate(client_credentials, args.seconds))
-            exchanged.append(rate(exchange, args.seconds))
-            print(f"round {round_}: client_credentials {plain[-1]:7.0f}/s   token exchange {exchanged[-1]:7.0f}/s", flush=True)
-        p, e = statistics.median(plain), statistics.median(exchanged)
-        print(f"median:  client_credentials {p:7.0f}/s   token exchange {e:7.0f}/s   exchange/plain = {e / p:.2f}")
+            durations = interleaved(calls, args.seconds)
+            line = []
+            for name, values in durations.items():
+                medians[name].append(statistics.median(values))
+                line.append(f"{name} {1 / medians[name][-1]:7.0f}/s (median of {len(values)})")
+            print(f"round {round_}: " + "   ".join(line), flush=True)
+        plain, exchanged = (1 / statistics.median(medians[name]) for name in calls)
+        print(f"overall: client_credentials {plain:7.0f}/s   token exchange {exchanged:7.0f}/s   exchange/plain = {exchanged / plain:.2f}")
         app.extensions["tokendealer"].engine.dispose()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
