@@ -1,6 +1,6 @@
 """Async shells (httpx) over the same I/O-free core as the sync client: AsyncTokenClient, AsyncTokenVerifier.
 
-Needs the `httpx` extra: `pip install 'tokendealer[httpx]'`.
+Needs the `httpx` extra: `pip install './client_lib[httpx]'`.
 """
 
 from __future__ import annotations
@@ -13,41 +13,16 @@ from typing import Any
 
 import httpx
 
-from .core import (
-    DISCOVERY_PATHS,
-    CacheKey,
-    Credentials,
-    RetrySchedule,
-    TokenCache,
-    Verification,
-    discovered_metadata,
-    exchange_form,
-    exchange_key,
-    parse_token,
-    retryable_status,
-    token_error,
-    token_form,
-    token_response,
-)
+from .core.credentials import Credentials
+from .core.retries import RetrySchedule, retryable_status
+from .core.tokens import CacheKey, TokenCache, exchange_form, exchange_key, token_error, token_form, token_response
+from .core.verification import Verification
+from .discovery import discover_async
 from .exceptions import DiscoveryError, KeySetUnavailable, RevokedToken, TokenRequestError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
-
-
-async def discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
-    """RFC 8414 metadata of `issuer` (OIDC discovery as fallback); its `issuer` must match exactly."""
-    base = issuer.rstrip("/")
-    for path in DISCOVERY_PATHS:
-        try:
-            response = await http.get(base + path)
-        except httpx.HTTPError as exc:
-            raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
-        metadata = discovered_metadata(issuer, base + path, response)
-        if metadata is not None:
-            return metadata
-    raise DiscoveryError(f"no authorization server metadata at {base}")
 
 
 class _LoopLocks:
@@ -110,7 +85,7 @@ class AsyncTokenClient:
     async def metadata(self) -> dict[str, Any]:
         """The issuer's metadata, fetched once."""
         if self._metadata is None:
-            self._metadata = await discover(self.http, self.issuer)
+            self._metadata = await discover_async(self.http, self.issuer)
         return self._metadata
 
     async def token_endpoint(self) -> str:
@@ -224,8 +199,8 @@ class AsyncTokenVerifier:
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
-            jws = parse_token(token)
-            kid = jws.header.get("kid")
+            jws = policy.parse(token)
+            kid = jws.kid
             lock = self._locks.get("jwks")
             if policy.jwks.needs_refresh(now) and (policy.must_wait_for_keys(now) or not lock.locked()):
                 async with lock:
@@ -244,7 +219,7 @@ class AsyncTokenVerifier:
 
     async def _jwks_url(self) -> str:
         if self._jwks_uri is None:
-            self._jwks_uri = (await discover(self.http, self.issuer))["jwks_uri"]
+            self._jwks_uri = (await discover_async(self.http, self.issuer))["jwks_uri"]
         return self._jwks_uri
 
     async def _fetch(self, now: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -28,9 +29,10 @@ from client_lib import (
     require_token,
     require_token_async,
 )
-from client_lib.core import CachedToken, TokenCache, check_actors, exchange_form, exchange_key
+from client_lib.core.tokens import TokenCache, exchange_form, exchange_key
+from client_lib.core.verification import check_actors
 
-from .conftest import all_at_once, run_cli
+from .conftest import FakeClock, all_at_once, run_cli
 
 B, C = "https://b.example", "https://c.example"
 
@@ -95,9 +97,9 @@ def test_token_cache_is_bounded_expired_entries_first():
     cache.store(("a", None), response, requested_at=90)
     cache.store(("b", None), response, requested_at=90)
     cache.store(("c", None), response, requested_at=150)
-    assert set(cache.entries) == {("a", None), ("b", None), ("c", None)}
-    cache.store(("d", None), response, requested_at=150)
-    assert len(cache.entries) == 3 and ("d", None) in cache.entries and ("a", None) not in cache.entries
+    assert [cache.usable((k, None), 150) for k in ("old", "a", "b", "c")] == [None, "t", "t", "t"]
+    cache.store(("d", None), response, requested_at=150)  # full of live tokens: the oldest goes
+    assert [cache.usable((k, None), 150) for k in ("a", "b", "c", "d")] == [None, "t", "t", "t"]
 
 
 # ---- against a live server ------------------------------------------------------------------------------
@@ -319,8 +321,12 @@ def test_fastapi_require_token_async_actor_rules(stack, tokens_for_c):
 
 def test_cached_exchange_never_outlives_its_subject(stack, chain):
     """The server caps the exchanged token's exp at the subject's; the cache holds it no longer than expires_in."""
-    a, b = client_of(stack, chain, "svc-a"), client_of(stack, chain, "svc-b")
+    clock = FakeClock(time.time())
+    a, b = client_of(stack, chain, "svc-a"), client_of(stack, chain, "svc-b", clock=clock)
     subject = a.get_token(B, "invoices:read")
-    b.exchange(subject, audience=C)
-    entry: CachedToken = next(e for k, e in b.cache.entries.items() if k[0] == "urn:ietf:params:oauth:grant-type:token-exchange")
-    assert entry.expires_at <= claims_of(subject)["exp"] + 1
+    exchanged = b.exchange(subject, audience=C)
+    key = exchange_key(subject, C, None)
+    clock.now = claims_of(subject)["exp"] - 1
+    assert b.cache.usable(key, clock()) == exchanged
+    clock.now = claims_of(subject)["exp"] + 1
+    assert b.cache.usable(key, clock()) is None

@@ -91,7 +91,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
     )
     authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock)
-    metrics = Metrics(keys, clock)
+    metrics = Metrics(keys, clock, engine)
     return Services(
         config=config,
         clock=clock,

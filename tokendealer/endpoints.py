@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.jose import actors
+
 from .audit import AuditLog
 from .authentication import ClientAuthenticator
 from .errors import OAuthError, UnsupportedGrantType
 from .grants import Grant
 from .messages import TokenQuery, TokenRequest
 from .metrics import Metrics
-from .tokens import TokenRejected, TokenService, actor_chain
+from .tokens import TokenRejected, TokenService
 
 
 class TokenEndpoint:
@@ -90,7 +92,7 @@ class RevocationEndpoint:
         except TokenRejected:
             return
         # The token's client, or for an exchanged token (RFC 8693) also the actor that obtained it.
-        if client.client_id not in (claims["client_id"], *actor_chain(claims)[:1]):
+        if client.client_id not in (claims["client_id"], *actors(claims)[:1]):
             self.audit.emit("token.revoke_refused", outcome="refused", client_id=client.client_id, remote_addr=address)
             return
         self.tokens.revoke(claims)

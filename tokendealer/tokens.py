@@ -8,17 +8,20 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import jwt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from client_lib.exceptions import InvalidToken
+from client_lib.jose import ACCESS_TOKEN_TYPES, MAX_TOKEN_LENGTH, ClaimCheck, VerificationKey, actors, parse_jws, verify_signature
 
 from . import db
 from .clients import Client, ClientStore
 from .config import MAX_EXCHANGE_DEPTH, Config
-from .keyring import ALGORITHMS, KeyringSource
+from .keyring import KeyringSource
 
-TOKEN_TYPES = ("at+jwt", "application/at+jwt")
-REQUIRED_CLAIMS = ("iss", "sub", "client_id", "aud", "iat", "exp", "jti")
+# RFC 9068 §2.2: the claims of every access token this server issues; sub, client_id and jti non-empty strings.
+REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp")
+STRING_CLAIMS = ("sub", "client_id", "jti")
 # Seconds by which another instance's clock may run ahead of this one's (iat and nbf are whole seconds).
 INSTANCE_SKEW = 1.0
 
@@ -29,16 +32,6 @@ ACT = "act"
 EXCHANGED_FROM = "exchanged_from"
 # What an exchanged token does not carry over from its subject token: the server sets these anew.
 _NOT_CARRIED = frozenset({"iss", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf", ACT, "may_act", EXCHANGED_FROM})
-
-
-def actor_chain(claims: dict[str, Any]) -> list[str]:
-    """RFC 8693 §4.1: the `sub` of each nested `act`, the current actor first; [] for a token without one."""
-    chain: list[str] = []
-    act = claims.get(ACT)
-    while isinstance(act, dict) and isinstance(act.get("sub"), str) and len(chain) <= MAX_EXCHANGE_DEPTH:
-        chain.append(act["sub"])
-        act = act.get(ACT)
-    return chain
 
 
 class TokenRejected(Exception):
@@ -159,38 +152,22 @@ class TokenService:
         the token nor any it was exchanged from is revoked and its client and actors (the same incarnation of each
         id) exist and are enabled.
         """
-        if not isinstance(token, str) or not token or len(token) > 16384:
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise TokenRejected("token is missing or too long")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise TokenRejected("token is not a well-formed JWT") from None
-        if header.get("typ") not in TOKEN_TYPES:
-            raise TokenRejected("token typ is not at+jwt")
-        alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise TokenRejected(f"algorithm {alg!r} is not accepted")
-        kid = header.get("kid")
-        # The store's newest keyring, so this process never judges by an older one than another has used.
-        keyring = self.keys.current(check=True)
-        found = keyring.verification_key(kid, self.clock(), self.max_token_lifetime) if keyring and isinstance(kid, str) else None
-        if found is None:
-            raise TokenRejected("token was signed by an unknown or withdrawn key")
-        key_alg, public_key = found
-        if alg != key_alg:
-            raise TokenRejected("token algorithm does not match its key")
-        try:
-            claims = jwt.decode(
-                token,
-                public_key,
-                algorithms=[key_alg],
-                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False},
+            jws = parse_jws(token, ACCESS_TOKEN_TYPES)
+            # The store's newest keyring, so this process never judges by an older one than another has used.
+            keyring = self.keys.current(check=True)
+            found = (
+                keyring.verification_key(jws.kid, self.clock(), self.max_token_lifetime) if keyring and isinstance(jws.kid, str) else None
             )
-        except jwt.InvalidSignatureError:
-            raise TokenRejected("signature verification failed") from None
-        except jwt.InvalidTokenError:
-            raise TokenRejected("token is not a well-formed JWT") from None
-        self._check_claims(claims, audience)
+            if found is None:
+                raise TokenRejected("token was signed by an unknown or withdrawn key")
+            key_alg, public_key = found
+            claims = verify_signature(jws, VerificationKey((key_alg,), public_key))
+            self._claim_check(audience).check(claims, self.clock())
+        except InvalidToken as exc:
+            raise TokenRejected(str(exc)) from None
         if check_state:
             self._check_state(claims)
         return claims
@@ -206,29 +183,18 @@ class TokenService:
             raise TokenRejected("token has been revoked")
         if revoked:
             raise TokenRejected("a token this one was exchanged from has been revoked")
-        holders = [(claims["client_id"], "token's client"), *((actor, "an actor of the token") for actor in actor_chain(claims))]
+        holders = [(claims["client_id"], "token's client"), *((actor, "an actor of the token") for actor in actors(claims))]
         for client_id, what in holders:
             client = self.clients.get(client_id)
             if client is None or not client.enabled or not client.owns_token_issued_at(claims["iat"]):
                 raise TokenRejected(f"{what} is unknown or disabled")
 
-    def _check_claims(self, claims: dict[str, Any], audience: str | None) -> None:
-        missing = [name for name in REQUIRED_CLAIMS if name not in claims]
-        if missing:
-            raise TokenRejected(f"token lacks the {missing[0]} claim")
-        if claims["iss"] != self.config.issuer:
-            raise TokenRejected("token issuer is not this server")
-        for name in ("exp", "iat", "nbf"):
-            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
-                raise TokenRejected(f"token {name} is not a number")
-        # The server judges its own tokens by its own clock: leeway is for other parties' clocks.
-        # Only the sub-second skew between instances is allowed on the not-before side.
-        now = self.clock()
-        if claims["exp"] <= now:
-            raise TokenRejected("token has expired")
-        if claims.get("nbf", 0) > now + INSTANCE_SKEW or claims["iat"] > now + INSTANCE_SKEW:
-            raise TokenRejected("token is not valid yet")
-        if audience is not None:
-            aud = claims["aud"]
-            if audience not in (aud if isinstance(aud, list) else [aud]):
-                raise TokenRejected("token audience does not match")
+    def _claim_check(self, audience: str | None) -> ClaimCheck:
+        """The claim checks of this server's own tokens, for `audience` when one is asked for.
+
+        The server judges its own tokens by its own clock: leeway is for other parties' clocks. Only the
+        sub-second skew between instances is allowed on the not-before side.
+        """
+        return ClaimCheck(
+            issuer=self.config.issuer, audience=audience, required=REQUIRED_CLAIMS, strings=STRING_CLAIMS, leeway=0.0, skew=INSTANCE_SKEW
+        )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.jose import actors
+
 from ..authentication import ClientAuthenticator
 from ..clients import Client, ClientStore
 from ..errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
 from ..messages import TokenRequest
-from ..tokens import TokenRejected, TokenService, actor_chain
+from ..tokens import TokenRejected, TokenService
 from . import Issued, requested_scopes, requested_targets
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -42,11 +44,11 @@ class TokenExchangeGrant:
         if not client.serves or not client.exchange_audiences:
             raise UnauthorizedClient("this client has no token-exchange policy (--serves and --exchange-audience)")
         subject = self._subject(request.subject_token, client)
-        actors = actor_chain(subject)
-        context.update(subject=subject["sub"], actors=[client.client_id, *actors], subject_jti=subject["jti"])
+        previous = actors(subject)
+        context.update(subject=subject["sub"], actors=[client.client_id, *previous], subject_jti=subject["jti"])
         if request.actor_token is not None:
             self._check_actor(request.actor_token, client)
-        if len(actors) + 1 > self.max_depth:
+        if len(previous) + 1 > self.max_depth:
             raise InvalidRequest(f"the delegation chain would exceed {self.max_depth} actors")
         audiences = _audiences(client, request.audience, request.resources)
         subject_client = self.clients.get(subject["client_id"])
