@@ -1,4 +1,4 @@
-"""Typed configuration read once from the environment and an optional TOML file (SPEC §2)."""
+"""Typed configuration read once from the environment and an optional TOML file."""
 
 from __future__ import annotations
 
