@@ -32,6 +32,8 @@ from tokendealer.logs import JsonFormatter, RequestIdFilter
 from .conftest import AUDIENCE, JWT_RE, basic, run_cli, server_env
 
 TRACE_ID = "4bf92f3577b34da6a3ce929e0e4736aa"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 
@@ -261,6 +263,26 @@ def test_no_secret_token_or_assertion_in_any_span(traced_http, secret_client, ex
     exported = "\n".join(span.to_json() for span in exporter.get_finished_spans())
     assert len(exporter.get_finished_spans()) > 10
     assert secret not in exported and token not in exported and assertion not in exported
+    assert not JWT_RE.search(exported)
+
+
+def test_token_exchange_spans_carry_neither_token(traced_app, traced_http, exporter):
+    registry = traced_app.extensions["tokendealer"].clients
+    _, caller_secret = registry.create("svc-a", scopes=("read",), audiences=("https://b.example",))
+    _, service_secret = registry.create(
+        "svc-b", scopes=("own",), audiences=(AUDIENCE,), serves=("https://b.example",), exchange_audiences=(AUDIENCE,)
+    )
+    subject = issue(traced_http, "svc-a", caller_secret).json["access_token"]
+    exporter.clear()
+    form = {"grant_type": EXCHANGE, "subject_token": subject, "subject_token_type": ACCESS_TOKEN, "audience": AUDIENCE}
+    response = traced_http.post("/oauth/token", data=form, headers=basic("svc-b", service_secret))
+    assert response.status_code == 200, response.json
+    spans = exporter.get_finished_spans()
+    (server,) = by_name(spans, "POST /oauth/token")
+    assert server.attributes["oauth.grant_type"] == EXCHANGE and server.attributes["oauth.client_id"] == "svc-b"
+    by_name(spans, "sign token")
+    exported = "\n".join(span.to_json() for span in spans)
+    assert subject not in exported and response.json["access_token"] not in exported and service_secret not in exported
     assert not JWT_RE.search(exported)
 
 
