@@ -63,12 +63,17 @@ class Services:
     audit: AuditLog
     metrics: Metrics
 
+    def close(self) -> None:
+        """Shutdown: write out what is buffered (audit lines, this worker's metrics)."""
+        self.audit.flush()
+        self.metrics.flush()
 
-def build_services(config: Config, clock: Callable[[], float] = time.time, processes: int = 1) -> Services:
+
+def build_services(config: Config, clock: Callable[[], float] = time.time, processes: int = 1, buffered_logs: bool = False) -> Services:
     """Wire the server's parts; opens nothing that fails when the database or keyring is down.
 
     `processes` is how many worker processes of this instance serve side by side (they share the
-    failed-authentication limits)."""
+    failed-authentication limits); `buffered_logs` batches the audit log's writes (`tokendealer serve`)."""
     engine = db.make_engine(config.database_url)
     store = make_key_store(config, clock, engine)
     keys = KeyringSource(store, config.keyring_reload_interval)
@@ -84,7 +89,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         leeway=config.leeway,
         clock=clock,
     )
-    audit = AuditLog(config.audit_log, clock)
+    audit = AuditLog(config.audit_log, clock, buffered=buffered_logs)
     throttle = FailureThrottle(
         config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
     )
@@ -126,11 +131,13 @@ def _verify_token_body() -> dict[str, Any]:
     return data
 
 
-def create_app(config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1) -> Flask:
+def create_app(
+    config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1, buffered_logs: bool = False
+) -> Flask:
     """Build a fresh application; `config` defaults to the environment; `processes` is the number of
-    worker processes of this instance."""
+    worker processes of this instance; `buffered_logs` as in `build_services`."""
     config = config or Config.load()
-    services = build_services(config, clock, processes)
+    services = build_services(config, clock, processes, buffered_logs)
     app = Flask("tokendealer")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_PARAMS * 2

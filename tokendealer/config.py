@@ -55,6 +55,8 @@ class Config:
     # private_key_jwt: how far ahead an assertion's exp may lie.
     assertion_max_lifetime: int = 3600
     max_body_bytes: int = 65536
+    # Seconds a request's whole body may take to arrive (`tokendealer serve`); past it, 408 and the connection closes.
+    body_timeout: float = 10.0
     trusted_proxies: int = 0
     # How long a process may serve a cached client record before re-reading it.
     client_cache_seconds: float = 2.0
@@ -143,7 +145,7 @@ class Config:
         for name in ("jwks_max_age", "leeway", "trusted_proxies"):
             if getattr(self, name) < 0:
                 _bad(name, "must not be negative")
-        for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes"):
+        for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes", "body_timeout"):
             if getattr(self, name) <= 0:
                 _bad(name, "must be positive")
         for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit", "verify_token_limit"):
