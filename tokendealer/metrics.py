@@ -131,6 +131,7 @@ class TallyCounter:
         child = self._children.get(values)
         if child is None:
             child = self._children.setdefault(values, _CounterChild(self.tally, (self.name, tuple(map(str, values)))))
+            self.tally.values().setdefault(child.key, 0)  # the series exists from its first use, at 0
         return child
 
     def family(self, values: dict[tuple, Any]) -> CounterMetricFamily:
@@ -164,6 +165,7 @@ class TallyHistogram:
         child = self._children.get(values)
         if child is None:
             child = self._children.setdefault(values, _HistogramChild(self, (self.name, tuple(map(str, values)))))
+            self.tally.values().setdefault(child.key, [0] * child.size)
         return child
 
     def family(self, values: dict[tuple, Any]) -> HistogramMetricFamily:
