@@ -43,6 +43,7 @@ setup(
         "bench": [
             "gunicorn>=22.0",
             "matplotlib>=3.7",
+            "py-spy>=0.3",
         ],
     },
     entry_points={"console_scripts": ["tokendealer=tokendealer.cli:run"]},
