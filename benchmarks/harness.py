@@ -169,9 +169,18 @@ def basic_header(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
-def wrk(url: str, authorization: str, body: str, connections: int, seconds: int = 10, threads: int = 2) -> dict[str, float]:
-    """One bounded wrk run with token.lua; returns requests/s, latency percentiles and failure counts."""
-    env = {**os.environ, "WRK_AUTHORIZATION": authorization, "WRK_BODY": body}
+def wrk(
+    url: str,
+    authorization: str,
+    body: str,
+    connections: int,
+    seconds: int = 10,
+    threads: int = 2,
+    script: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """One bounded wrk run with token.lua (or `script`); returns requests/s, latency percentiles and failure counts."""
+    env = {**os.environ, "WRK_AUTHORIZATION": authorization, "WRK_BODY": body, **(extra_env or {})}
     out = subprocess.run(
         [
             "wrk",
@@ -181,7 +190,7 @@ def wrk(url: str, authorization: str, body: str, connections: int, seconds: int 
             "--timeout",
             "5s",
             "-s",
-            os.environ.get("WRK_SCRIPT", str(HERE / "token.lua")),
+            script or os.environ.get("WRK_SCRIPT", str(HERE / "token.lua")),
             url,
         ],
         env=env,

@@ -4,8 +4,8 @@ granian calls `Edge` through RSGI on each worker's event loop. Every request's b
 awaiting it, within `body_timeout` seconds and `max_body_bytes`; a body that is late gets 408 and a body
 that is too large 413, and either way the connection closes. So a slow, stalled or oversized request costs
 a coroutine and a socket, never a thread. Only a complete, bounded request reaches the WSGI application:
-the token endpoint (CPU-bound, cached client lookups) runs at once on the loop, everything else (Flask)
-in a small thread pool, so the admin and database-bound endpoints never delay the loop.
+the token endpoint (CPU-bound, cached client lookups) and /healthz run at once on the loop, everything
+else (Flask) in a small thread pool, so the admin and database-bound endpoints never delay the loop.
 
 The access log is written here too, one escaped line per request (`logs.AccessLog`).
 """
@@ -29,7 +29,8 @@ from .logs import AccessLog
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-TOKEN_PATH = "/oauth/token"
+# Served at once on the loop: CPU only (the token path's client and key lookups are cached), no waiting.
+INLINE = frozenset({("POST", "/oauth/token"), ("GET", "/healthz")})
 # Flask views that wait on the database or a remote (introspection, admin, readiness) run here.
 POOL_THREADS = 4
 
@@ -50,7 +51,8 @@ class Edge:
         self.access_log = access_log
         self.body_timeout = body_timeout
         self.max_body = max_body
-        self.inline_token_path = inline_token_path
+        # With TOKENDEALER_RATELIMIT the token path goes through Flask-Limiter, whose storage may be remote.
+        self.inline = INLINE if inline_token_path else INLINE - {("POST", "/oauth/token")}
         self.on_close = on_close
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="flask")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -74,7 +76,7 @@ class Edge:
         try:
             body = await self.read_body(scope, protocol)
             environ = self.environ(scope, path, address, body)
-            if self.inline_token_path and path == TOKEN_PATH and scope.method == "POST":
+            if (scope.method, path) in self.inline:
                 status, headers, payload = self.call(environ)
             else:
                 status, headers, payload = await asyncio.get_running_loop().run_in_executor(self.pool, self.call, environ)
