@@ -113,6 +113,19 @@ def test_a_chunked_body_past_the_limit_is_refused(abused):
     assert response.status_code == 413
 
 
+def test_a_crashed_worker_is_replaced(abused):
+    server, secret = abused
+    (master,) = _children(server.process.pid)
+    workers = _children(master)
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while len(set(_children(master)) - {workers[0]}) < len(workers):
+        assert time.monotonic() < deadline, "no worker replaced the killed one"
+        time.sleep(0.2)
+    for _ in range(4):
+        assert requests.post(server.url + "/oauth/token", data=GRANT, auth=("svc", secret), timeout=5).status_code == 200
+
+
 def _load(server: LiveServer, secret: str, stop: threading.Event, statuses: list[int]) -> None:
     """Token requests in a loop until `stop`; the status of every answer (0 for a refused connection once
     the server is stopping: not an in-flight request)."""
