@@ -18,6 +18,7 @@ setup(
         "cryptography>=42.0",
         "SQLAlchemy>=2.0",
         "granian>=2.0",
+        "uvloop>=0.19",
         "requests>=2.31",
         "click>=8.1",
         "limits>=3.10",
