@@ -152,3 +152,19 @@ def test_config_file_errors(tmp_path):
 def test_audit_log_in_a_missing_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="TOKENDEALER_AUDIT_LOG"):
         Config.load(environ={"TOKENDEALER_AUDIT_LOG": str(tmp_path / "nope" / "audit.log")})
+
+
+def test_refresh_rereads_used_cached_clients_in_bulk(registry):
+    """What a worker's refresh thread does: the clients used since the last refresh are read again, a
+    change (here a disable) is seen, and unused ones are left to expire."""
+    registry.cache_seconds = 60
+    registry.create("used", scopes=["a"], audiences=["https://x"])
+    registry.create("idle", scopes=["a"], audiences=["https://x"])
+    assert registry.get("used").enabled and registry.get("idle").enabled
+    registry.get("used")  # a hit: marks it used
+    with registry.engine.begin() as conn:
+        conn.execute(db.clients.update().where(db.clients.c.client_id.in_(["used", "idle"])).values(enabled=False))
+    assert registry.refresh_cached() == 1
+    assert not registry.get("used").enabled
+    assert registry.get("idle").enabled  # cached, not refreshed: it expires in its time
+    assert registry.refresh_cached() == 2

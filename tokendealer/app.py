@@ -69,17 +69,20 @@ class Services:
         self.metrics.flush()
 
 
-def build_services(config: Config, clock: Callable[[], float] = time.time, processes: int = 1, buffered_logs: bool = False) -> Services:
+def build_services(config: Config, clock: Callable[[], float] = time.time, processes: int = 1, serving: bool = False) -> Services:
     """Wire the server's parts; opens nothing that fails when the database or keyring is down.
 
     `processes` is how many worker processes of this instance serve side by side (they share the
-    failed-authentication limits); `buffered_logs` batches the audit log's writes (`tokendealer serve`)."""
+    failed-authentication limits); `serving` (the workers of `tokendealer serve`) batches the audit log's
+    writes and refreshes the cached clients in the background."""
     engine = db.make_engine(config.database_url)
     store = make_key_store(config, clock, engine)
     keys = KeyringSource(store, config.keyring_reload_interval)
     keys.current()  # load now, so a worker is ready (or /readyz says why not) before its first request
     hasher = SecretHasher(store.pepper())
     clients = ClientStore(engine, hasher, clock, cache_seconds=config.client_cache_seconds, max_token_ttl=config.max_token_ttl)
+    if serving:
+        clients.refresh_in_background()
     revocations = RevocationList(engine, clock)
     tokens = TokenService(config, keys, clients, revocations, clock)
     assertions = AssertionVerifier(
@@ -89,7 +92,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         leeway=config.leeway,
         clock=clock,
     )
-    audit = AuditLog(config.audit_log, clock, buffered=buffered_logs)
+    audit = AuditLog(config.audit_log, clock, buffered=serving)
     throttle = FailureThrottle(
         config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
     )
@@ -131,13 +134,11 @@ def _verify_token_body() -> dict[str, Any]:
     return data
 
 
-def create_app(
-    config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1, buffered_logs: bool = False
-) -> Flask:
+def create_app(config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1, serving: bool = False) -> Flask:
     """Build a fresh application; `config` defaults to the environment; `processes` is the number of
-    worker processes of this instance; `buffered_logs` as in `build_services`."""
+    worker processes of this instance; `serving` as in `build_services`."""
     config = config or Config.load()
-    services = build_services(config, clock, processes, buffered_logs)
+    services = build_services(config, clock, processes, serving)
     app = Flask("tokendealer")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_PARAMS * 2

@@ -157,6 +157,10 @@ def new_secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
 
 
+# Client ids per query when the cache is refreshed.
+REFRESH_CHUNK = 500
+
+
 class ClientStore:
     """CRUD for client records on a SQLAlchemy engine, with a cache bounded in staleness for reads."""
 
@@ -175,6 +179,7 @@ class ClientStore:
         self.max_token_ttl = max_token_ttl
         self._cache: dict[str, tuple[float, Client | None]] = {}
         self._cache_lock = threading.Lock()
+        self._used: set[str] = set()  # cached ids read since the last refresh_cached()
 
     def get(self, client_id: str, cached: bool = True) -> Client | None:
         """The client, or None; a cached read is at most `cache_seconds` old."""
@@ -182,6 +187,7 @@ class ClientStore:
         if cached and self.cache_seconds:
             hit = self._cache.get(client_id)
             if hit and hit[0] > now:
+                self._used.add(client_id)
                 return hit[1]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(db.clients).where(db.clients.c.client_id == client_id)).first()
@@ -192,6 +198,37 @@ class ClientStore:
                     self._cache.clear()
                 self._cache[client_id] = (now + self.cache_seconds, client)
         return client
+
+    def refresh_cached(self) -> int:
+        """Re-read, a few hundred per query, the cached clients used since the last call, so that requests
+        find them fresh rather than each reading its own when it expires (one query per client per
+        `cache_seconds` with many active clients); unused ones are left to expire. Returns how many."""
+        used, self._used = self._used, set()
+        ids = [client_id for client_id in used if client_id in self._cache]
+        now = time.monotonic()  # before the reads: what they see is then at most cache_seconds old at expiry
+        found: dict[str, Client] = {}
+        for start in range(0, len(ids), REFRESH_CHUNK):
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(db.clients).where(db.clients.c.client_id.in_(ids[start : start + REFRESH_CHUNK]))).all()
+            found.update((row.client_id, _from_row(row)) for row in rows)
+        with self._cache_lock:
+            for client_id in ids:
+                self._cache[client_id] = (now + self.cache_seconds, found.get(client_id))
+        return len(ids)
+
+    def refresh_in_background(self) -> None:
+        """A daemon thread calling `refresh_cached` every half `cache_seconds` (`tokendealer serve`'s workers)."""
+
+        def run() -> None:
+            while True:
+                time.sleep(self.cache_seconds / 2)
+                try:
+                    self.refresh_cached()
+                except sa.exc.SQLAlchemyError:
+                    pass  # the database is down: entries expire and requests read (and answer 503) themselves
+
+        if self.cache_seconds:
+            threading.Thread(target=run, name="client-refresh", daemon=True).start()
 
     def require(self, client_id: str) -> Client:
         client = self.get(client_id, cached=False)

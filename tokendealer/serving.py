@@ -49,7 +49,7 @@ def worker_app() -> Any:
     from .edge import Edge  # noqa: PLC0415
 
     config = Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None)
-    app = create_app(config, processes=int(os.environ.get(WORKERS_ENV, "1")), buffered_logs=True)
+    app = create_app(config, processes=int(os.environ.get(WORKERS_ENV, "1")), serving=True)
     services = app.extensions["tokendealer"]
     return Edge(
         app,

@@ -12,4 +12,4 @@ from tokendealer.config import Config
 
 
 def create_app() -> Flask:
-    return create_tokendealer(Config.load(), processes=int(os.environ.get("WORKERS", "2")), buffered_logs=True)
+    return create_tokendealer(Config.load(), processes=int(os.environ.get("WORKERS", "2")), serving=True)
