@@ -9,7 +9,8 @@ Each size is its own database (a SQLite file, or a PostgreSQL schema at TOKENDEA
 filled with SQL in bulk; clients are copies of one real client (same secret), and with more than one the
 load is spread over 1,000 distinct ids across the registry (client_secret_post, `token_spread.lua`).
 Revocations are live (unexpired) rows; keys are published retired keys (rotations not pruned). Sizes run
-in alternating rounds; the medians are printed as a table, with each rate relative to the smallest size,
+in alternating rounds, each after 3 s of the same load (so every worker has read its clients once: the
+steady state, not the first pass); the medians are printed as a table, with each rate relative to the smallest size,
 and drawn in benchmarks/scale.png. RSS is the largest worker's after its run.
 """
 
@@ -38,6 +39,7 @@ from tokendealer.keystores import make_key_store  # noqa: E402
 
 POSTGRES = os.environ.get("TOKENDEALER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SPREAD = 1000
+WARM_UP = 3  # seconds of load before each measured run
 FAR = 4_000_000_000.0  # an expiry far ahead: every revocation stays live
 
 
@@ -122,15 +124,12 @@ class Point:
         with Server([BIN / "tokendealer", "serve", "--port", str(port)], port, env=env) as server:
             url = server.url + "/oauth/token"
             check_token(url, "", f"{rest}&client_id={self.clients[-1]}&client_secret={self.secret}")
-            result = wrk(
-                url,
-                "",
-                rest,
-                connections,
-                seconds,
-                script=str(HERE / "token_spread.lua"),
-                extra_env={"WRK_CLIENTS": " ".join(self.clients), "WRK_SECRET": self.secret},
-            )
+            spread = {
+                "script": str(HERE / "token_spread.lua"),
+                "extra_env": {"WRK_CLIENTS": " ".join(self.clients), "WRK_SECRET": self.secret},
+            }
+            wrk(url, "", rest, connections, WARM_UP, **spread)  # every worker has read its clients once: steady state
+            result = wrk(url, "", rest, connections, seconds, **spread)
             result["rss_mb"] = max(server.rss_mb())
         self.runs.append(result)
 
