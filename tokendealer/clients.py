@@ -157,8 +157,9 @@ def new_secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
 
 
-# Client ids per query when the cache is refreshed.
+# Client ids per query when the cache is refreshed, and how long after its last use a client is kept fresh.
 REFRESH_CHUNK = 500
+KEEP_WARM = 30.0
 
 
 class ClientStore:
@@ -179,7 +180,7 @@ class ClientStore:
         self.max_token_ttl = max_token_ttl
         self._cache: dict[str, tuple[float, Client | None]] = {}
         self._cache_lock = threading.Lock()
-        self._used: set[str] = set()  # cached ids read since the last refresh_cached()
+        self._used: dict[str, float] = {}  # cached id -> when it was last asked for (time.monotonic())
 
     def get(self, client_id: str, cached: bool = True) -> Client | None:
         """The client, or None; a cached read is at most `cache_seconds` old."""
@@ -187,7 +188,7 @@ class ClientStore:
         if cached and self.cache_seconds:
             hit = self._cache.get(client_id)
             if hit and hit[0] > now:
-                self._used.add(client_id)
+                self._used[client_id] = now
                 return hit[1]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(db.clients).where(db.clients.c.client_id == client_id)).first()
@@ -197,15 +198,19 @@ class ClientStore:
                 if len(self._cache) > 10000:
                     self._cache.clear()
                 self._cache[client_id] = (now + self.cache_seconds, client)
+                self._used[client_id] = now
         return client
 
     def refresh_cached(self) -> int:
-        """Re-read, a few hundred per query, the cached clients used since the last call, so that requests
-        find them fresh rather than each reading its own when it expires (one query per client per
-        `cache_seconds` with many active clients); unused ones are left to expire. Returns how many."""
-        used, self._used = self._used, set()
-        ids = [client_id for client_id in used if client_id in self._cache]
+        """Re-read, a few hundred per query, the cached clients asked for in the last `KEEP_WARM` seconds,
+        so that requests find them fresh rather than each reading its own when it expires (one query per
+        client per `cache_seconds` with many active clients); the others are left to expire. Returns how many."""
         now = time.monotonic()  # before the reads: what they see is then at most cache_seconds old at expiry
+        used = self._used.copy()
+        ids = [client_id for client_id, at in used.items() if at > now - KEEP_WARM and client_id in self._cache]
+        for client_id, at in used.items():
+            if at <= now - KEEP_WARM:
+                self._used.pop(client_id, None)
         found: dict[str, Client] = {}
         for start in range(0, len(ids), REFRESH_CHUNK):
             with self.engine.connect() as conn:
