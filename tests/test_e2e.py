@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import jwt
+import pytest
 import requests
 
 from .conftest import run_cli, server_env
+
+pytestmark = [pytest.mark.live]
 
 
 def test_serve_fetch_and_verify_over_http(live_factory):

@@ -13,8 +13,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client_lib.jose import public_jwk
 from tokendealer.app import create_app
-from tokendealer.keyring import public_jwk
 
 from .conftest import AUDIENCE, basic, initialise, make_config, run_cli, server_env
 
@@ -163,6 +163,7 @@ def test_audit_log_lines(http, make_client, config):
     assert secret not in text and token not in text and "wrong" not in text
 
 
+@pytest.mark.slow
 def test_cli_changes_are_audited(tmp_path):
     env = server_env(tmp_path)
     run_cli("init", env=env)
@@ -227,6 +228,7 @@ def test_metrics_under_the_production_server(live_factory):
         assert name in text
 
 
+@pytest.mark.slow
 def test_locked_database_is_503_for_writes_and_tokens_still_issue(http, make_client, config, services):
     """Another process holds SQLite's write lock: revocation (a write) answers 503 after the busy timeout,
     while token issuance (reads only) goes on; both recover when the lock is released."""

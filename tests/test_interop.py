@@ -17,6 +17,8 @@ from joserfc.jwk import ECKey, KeySet
 
 from .conftest import run_cli
 
+pytestmark = [pytest.mark.live]
+
 AUDIENCE = "https://api.example.com"
 
 

@@ -15,6 +15,8 @@ from schemathesis.checks import (
 
 from .conftest import LiveServer, free_port, run_cli, server_env
 
+pytestmark = [pytest.mark.slow]
+
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance, response_schema_conformance]
 
 

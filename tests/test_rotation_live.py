@@ -1,4 +1,4 @@
-"""Rotation on a running gunicorn with 2 workers: zero failed fetches or verifications, new key within 5 s."""
+"""Rotation on a running server with 2 workers: zero failed fetches or verifications, the new key at once."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import threading
 import time
 
 import jwt
+import pytest
 import requests
 
 from .conftest import run_cli
+
+pytestmark = [pytest.mark.live]
 
 AUDIENCE = "https://api.example.com"
 
@@ -79,13 +82,13 @@ def test_rotation_under_load(live_factory):
     rotations: list[tuple[float, float, str]] = []  # (command started, command done, new active kid)
     try:
         for _ in range(3):
-            time.sleep(6.5)
+            time.sleep(3.5)  # more than the JWKS max-age (2 s) plus the reload interval (1 s)
             begun = time.monotonic()
             result = run_cli("keys", "rotate", "--json", env=server.env)
             assert result.returncode == 0, result.stderr
             active = next(r["kid"] for r in json.loads(result.stdout) if r["state"] == "active")
             rotations.append((begun, time.monotonic(), active))
-        time.sleep(6)
+        time.sleep(2)
     finally:
         stop.set()
         for t in threads:
@@ -95,9 +98,9 @@ def test_rotation_under_load(live_factory):
     assert len(results) > 200
     for i, (_, rotated_at, kid) in enumerate(rotations):
         until = rotations[i + 1][0] if i + 1 < len(rotations) else float("inf")
-        window = [k for started, k in results if rotated_at + 5 <= started < until]
+        window = [k for started, k in results if rotated_at <= started < until]
         assert window, f"no requests after rotation {i}"
-        assert set(window) == {kid}, f"rotation {i}: an old key still signed 5 s after the rotation"
+        assert set(window) == {kid}, f"rotation {i}: an old key still signed after the rotation was done"
 
 
 def test_emergency_rotation_on_live_server(live_factory):
@@ -109,8 +112,7 @@ def test_emergency_rotation_on_live_server(live_factory):
     ]
     old_kid = jwt.get_unverified_header(token)["kid"]
     assert run_cli("keys", "rotate", "--now", env=server.env).returncode == 0
-    time.sleep(1.5)
-    for _ in range(6):  # each request may land on either worker
+    for _ in range(6):  # at once, on whichever worker each request lands
         response = requests.post(server.url + "/verify_token", json={"access_token": token, "audience": AUDIENCE}, timeout=5)
         assert response.status_code == 400
         jwks = requests.get(server.url + "/.well-known/jwks.json", timeout=5).json()

@@ -19,6 +19,8 @@ import requests
 
 from .conftest import AUDIENCE, LiveServer, free_port, run_cli, server_env
 
+pytestmark = pytest.mark.live
+
 GRANT = {"grant_type": "client_credentials"}
 BODY_TIMEOUT = 2.0
 REPEATS = int(os.environ.get("TOKENDEALER_SHUTDOWN_REPEATS", "1"))

@@ -33,6 +33,7 @@ from .errors import (
     TooManyRequests,
 )
 from .fastpath import TokenFastPath
+from .grants.client_credentials import ClientCredentialsGrant
 from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
@@ -79,7 +80,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
     store = make_key_store(config, clock, engine)
     keys = KeyringSource(store, config.keyring_reload_interval)
     keys.current()  # load now, so a worker is ready (or /readyz says why not) before its first request
-    hasher = SecretHasher(store.pepper())
+    hasher = SecretHasher(store.pepper)
     clients = ClientStore(engine, hasher, clock, cache_seconds=config.client_cache_seconds, max_token_ttl=config.max_token_ttl)
     if serving:
         clients.refresh_in_background()
@@ -87,7 +88,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
     tokens = TokenService(config, keys, clients, revocations, clock)
     assertions = AssertionVerifier(
         audiences=(config.issuer, config.token_endpoint, config.url("/oauth/introspect"), config.url("/oauth/revoke")),
-        replay=ReplayCache(engine, clock) if config.replay_cache == "database" else RedisReplayCache(config.replay_cache, clock),
+        replay=ReplayCache(engine, clock) if config.replay_cache == "database" else RedisReplayCache(config.replay_cache),
         max_lifetime=config.assertion_max_lifetime,
         leeway=config.leeway,
         clock=clock,
@@ -97,7 +98,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
     )
     authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock)
-    metrics = Metrics(keys, clock)
+    metrics = Metrics(keys, clock, engine)
     return Services(
         config=config,
         clock=clock,
@@ -107,7 +108,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         clients=clients,
         tokens=tokens,
         authenticator=authenticator,
-        token_endpoint=TokenEndpoint(authenticator, tokens, audit, metrics),
+        token_endpoint=TokenEndpoint([ClientCredentialsGrant(authenticator, tokens)], audit, metrics),
         introspection=IntrospectionEndpoint(authenticator, tokens),
         revocation=RevocationEndpoint(authenticator, tokens, audit),
         audit=audit,
@@ -288,7 +289,7 @@ def _register_views(app: Flask, s: Services) -> None:
             return Response(status=304, headers=headers)
         return Response(body, 200, headers=headers, mimetype="application/json")
 
-    metadata_body = dumps(server_metadata(config))
+    metadata_body = dumps(server_metadata(config, s.token_endpoint.grant_types))
 
     def _metadata() -> Response:
         return Response(metadata_body, 200, {"Cache-Control": "public, max-age=60"}, mimetype="application/json")

@@ -16,11 +16,13 @@ from click.core import ParameterSource
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
+from client_lib.jose import ALGORITHMS, default_algorithm, public_jwk
+
 from . import db
 from .audit import AuditLog
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
-from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore, default_alg, public_jwk
+from .keyring import DEFAULT_ALG, KeyringError, KeyStore
 from .keystores import make_key_store
 
 
@@ -111,7 +113,10 @@ def init(state: State, alg: str, as_json: bool) -> None:
     created = state.key_store().init(alg)
     if created:
         state.audit("keys.initialised", alg=alg)
-    where = "the database" if state.config.keyring == "database" else str(state.config.keys_dir)
+    where = {
+        "database": "the database",
+        "pkcs11": f"the PKCS#11 token {state.config.pkcs11_token_label!r} (key states in the database)",
+    }.get(state.config.keyring, str(state.config.keys_dir))
     result = {"keyring": where, "keys_created": created, "database": "ready"}
     emit(result, as_json, f"keyring {'created' if created else 'already present'} in {where}; database ready")
 
@@ -314,7 +319,7 @@ def client_jwks(pem_file: str, alg: str | None) -> None:
             public = serialization.load_pem_public_key(data)
         else:
             public = serialization.load_pem_private_key(data, password=None).public_key()
-        jwk = public_jwk(public, alg or default_alg(public))
+        jwk = public_jwk(public, alg or default_algorithm(public))
     except OSError as exc:
         raise Refused(f"{pem_file}: cannot read ({exc.strerror})") from None
     except (ValueError, TypeError):

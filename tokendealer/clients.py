@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from client_lib.jose import JwkError, checked_jwk_set
+
 from . import db
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -55,6 +57,10 @@ class Client:
     created_at: float = 0.0
     updated_at: float = 0.0
     tokens_not_before: float | None = None
+    # RFC 8693: the audience identities this client serves (tokens meant for them it may exchange) and
+    # the audiences it may exchange them for.
+    serves: tuple[str, ...] = ()
+    exchange_audiences: tuple[str, ...] = ()
 
     def owns_token_issued_at(self, iat: float) -> bool:
         """False for a token issued to an earlier client under the same id (deleted, then re-created)."""
@@ -82,6 +88,8 @@ class Client:
         data["scopes"] = list(self.scopes)
         data["audiences"] = list(self.audiences)
         data["default_scopes"] = None if self.default_scopes is None else list(self.default_scopes)
+        data["serves"] = list(self.serves)
+        data["exchange_audiences"] = list(self.exchange_audiences)
         data["auth_method"] = self.auth_method
         return data
 
@@ -124,10 +132,11 @@ def parse_claims(items: Iterable[str]) -> dict[str, Any]:
 
 
 def check_jwks(jwks: Any) -> dict[str, Any]:
-    """A public JWK Set usable for private_key_jwt (RFC 7523): no private or symmetric members."""
-    from .assertions import usable_jwks  # noqa: PLC0415 (assertions imports this module)
-
-    return usable_jwks(jwks)
+    """A public JWK Set usable for private_key_jwt (RFC 7523): public signing keys of accepted types only."""
+    try:
+        return checked_jwk_set(jwks)
+    except JwkError as exc:
+        raise ClientError(str(exc)) from None
 
 
 class SecretHasher:
@@ -137,10 +146,14 @@ class SecretHasher:
     throughput; the pepper keeps a stolen database from being enough to test guesses offline.
     """
 
-    def __init__(self, pepper: bytes):
-        self._pepper = pepper
+    def __init__(self, pepper: bytes | Callable[[], bytes]):
+        self._load = pepper if callable(pepper) else lambda: pepper
+        self._pepper: bytes | None = None
 
     def hash(self, secret: str) -> str:
+        if self._pepper is None:
+            # Read at first use: a worker started while the keyring is unreadable answers 503, it does not die.
+            self._pepper = self._load()
         return hmac.new(self._pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def matches(self, client: Client, secret: str, now: float) -> bool:
@@ -377,6 +390,8 @@ def _to_row(client: Client) -> dict[str, Any]:
     row["scopes"] = list(client.scopes)
     row["audiences"] = list(client.audiences)
     row["default_scopes"] = None if client.default_scopes is None else list(client.default_scopes)
+    row["serves"] = list(client.serves)
+    row["exchange_audiences"] = list(client.exchange_audiences)
     return row
 
 
@@ -386,4 +401,6 @@ def _from_row(row: Any) -> Client:
     data["audiences"] = tuple(data["audiences"])
     if data["default_scopes"] is not None:
         data["default_scopes"] = tuple(data["default_scopes"])
+    data["serves"] = tuple(data["serves"] or ())
+    data["exchange_audiences"] = tuple(data["exchange_audiences"] or ())
     return Client(**data)

@@ -30,6 +30,9 @@ clients = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     # Set when the id belonged to a deleted client: tokens issued up to then belong to that client.
     sa.Column("tokens_not_before", sa.Float, nullable=True),
+    # RFC 8693 policy: the audience identities the client serves, and what it may exchange tokens for.
+    sa.Column("serves", sa.JSON, nullable=True),
+    sa.Column("exchange_audiences", sa.JSON, nullable=True),
 )
 
 # When each deleted client id was deleted, so a client re-created under it does not revive old tokens.
@@ -83,9 +86,39 @@ keyring_state = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# Workload identity federation: external OIDC issuers whose tokens clients may trust (keys from discovery's
+# jwks_uri, or a given JWK Set), and per-client rules matching those tokens.
+trusted_issuers = sa.Table(
+    "trusted_issuers",
+    metadata,
+    sa.Column("issuer", sa.String(2048), primary_key=True),
+    sa.Column("jwks_uri", sa.String(2048), nullable=True),
+    sa.Column("jwks", sa.JSON, nullable=True),
+    sa.Column("allow_http", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+federation_rules = sa.Table(
+    "federation_rules",
+    metadata,
+    sa.Column("rule_id", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(64), nullable=False, index=True),
+    sa.Column("issuer", sa.String(2048), nullable=False, index=True),
+    sa.Column("subject", sa.String(2048), nullable=False),
+    sa.Column("audience", sa.String(2048), nullable=False),
+    # [[dotted claim path, exact value or glob], ...]
+    sa.Column("conditions", sa.JSON, nullable=False),
+    sa.Column("single_use", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Rows that expire (revocations, used assertion ids) are purged this long after their expiry, so a worker
+# whose clock jumps ahead by less than that cannot delete entries that are still live elsewhere.
+PURGE_GRACE = 86400.0
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two in step), and the table Alembic records it in.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0004"
 VERSION_TABLE = sa.Table("alembic_version", sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True))
 
 

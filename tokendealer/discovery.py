@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.jose import ALGORITHMS
+
 from .config import Config
-from .keyring import ALGORITHMS
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
 
-def server_metadata(config: Config) -> dict[str, Any]:
+def server_metadata(config: Config, grant_types: list[str]) -> dict[str, Any]:
     """RFC 8414 §2 authorization server metadata; `scopes_supported` names only the public scopes, as §2
     allows ("servers MAY choose not to advertise some supported scope values")."""
     return {
@@ -19,7 +20,7 @@ def server_metadata(config: Config) -> dict[str, Any]:
         "jwks_uri": config.url("/.well-known/jwks.json"),
         "introspection_endpoint": config.url("/oauth/introspect"),
         "revocation_endpoint": config.url("/oauth/revoke"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": grant_types,
         # REQUIRED by RFC 8414 §2; there is no authorization endpoint, and strict validators (Authlib)
         # refuse an empty list, so only the registered "none" type is named.
         "response_types_supported": ["none"],

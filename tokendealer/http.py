@@ -11,7 +11,9 @@ from urllib.parse import parse_qs
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
+from .keyring import KeyringError
 from .messages import Params
+from .metrics import DATABASE_ERRORS
 from .tokens import NoSigningKey
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,13 @@ def as_oauth_error(exc: Exception) -> OAuthError:
         return exc
     if isinstance(exc, SQLAlchemyError):
         log.error("database error: %s", exc.__class__.__name__)
+        DATABASE_ERRORS.inc()
         return TemporarilyUnavailable("the database is not available; retry shortly", headers={"Retry-After": "1"})
     if isinstance(exc, NoSigningKey):
         return TemporarilyUnavailable("no signing key is loaded", headers={"Retry-After": "5"})
+    if isinstance(exc, KeyringError):
+        log.error("keyring error: %s", exc)
+        return TemporarilyUnavailable("the keyring is not available; retry shortly", headers={"Retry-After": "5"})
     log.error("unexpected error", exc_info=exc)
     return ServerError("internal error")
 

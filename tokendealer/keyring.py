@@ -8,7 +8,6 @@ JWK stays in the manifest, so a leaked keys directory cannot forge tokens with r
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import threading
@@ -21,61 +20,30 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
+from client_lib.jose import ALGORITHMS, ALGS_BY_KEY, public_jwk
+
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("ES256", "RS256", "RS512", "PS256", "EdDSA")
 DEFAULT_ALG = "ES256"
 STATES = ("next", "active", "retired", "revoked")
 RSA_BITS = 2048
 
 _JWA = get_default_algorithms()
-# RFC 7638 §3.2: the members of each key type that enter the thumbprint.
-_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 
 
 class KeyringError(Exception):
     """The keyring cannot be read, written or used; the message says which file and why."""
 
 
-def b64url(data: bytes) -> str:
-    """Base64url without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def generate_private_key(alg: str) -> Any:
     """A fresh private key suitable for `alg`."""
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
-    if alg in ("RS256", "RS512", "PS256"):
+    if alg in ALGS_BY_KEY[("RSA", None)]:
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     raise KeyringError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
-
-
-def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638 JWK thumbprint (SHA-256), used as the key id."""
-    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
-    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
-    return b64url(hashlib.sha256(canonical).digest())
-
-
-def default_alg(public_key: Any) -> str:
-    """The algorithm a key of this type signs with by default."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1":
-        return "ES256"
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return "RS256"
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return "EdDSA"
-    raise ValueError("only EC P-256, RSA and Ed25519 keys are supported")
-
-
-def public_jwk(public_key: Any, alg: str) -> dict[str, Any]:
-    """The public JWK (RFC 7517) of a key, with kid (RFC 7638 thumbprint), alg and use."""
-    jwk = _JWA[alg].to_jwk(public_key, as_dict=True)
-    jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
-    return {**jwk, "kid": jwk_thumbprint(jwk), "alg": alg, "use": "sig"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +103,8 @@ class SigningKey:
     record: KeyRecord
     private_key: Any = field(repr=False)
     header_b64: bytes = field(repr=False, default=b"")
+    # JWS signature of a signing input by a key held elsewhere (an HSM); None: `private_key` signs here.
+    signer: Callable[[bytes], bytes] | None = field(repr=False, default=None)
 
     @property
     def kid(self) -> str:
@@ -147,14 +117,15 @@ class SigningKey:
     def sign(self, payload: bytes) -> str:
         """A compact JWS (RFC 7515 §7.1) of `payload` with header alg, kid and typ at+jwt (RFC 9068 §2.1)."""
         signing_input = self.header_b64 + b"." + base64.urlsafe_b64encode(payload).rstrip(b"=")
-        signature = _JWA[self.alg].sign(signing_input, self.private_key)
+        signature = self.signer(signing_input) if self.signer else _JWA[self.alg].sign(signing_input, self.private_key)
         return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
 
 
 def make_signing_key(record: KeyRecord, private_key: Any) -> SigningKey:
-    """Bind a record to its private key, precomputing the JWS header once per key."""
+    """Bind a record to its private key, precomputing the JWS header once per key. A key held elsewhere
+    (`hsm.TokenKey`) offers `sign_jws` and signs there."""
     header = json.dumps({"alg": record.alg, "kid": record.kid, "typ": "at+jwt"}, separators=(",", ":"))
-    return SigningKey(record, private_key, base64.urlsafe_b64encode(header.encode()).rstrip(b"="))
+    return SigningKey(record, private_key, base64.urlsafe_b64encode(header.encode()).rstrip(b"="), getattr(private_key, "sign_jws", None))
 
 
 @dataclass(frozen=True)
@@ -274,17 +245,12 @@ class KeyStore(Protocol):
     def pepper(self) -> bytes: ...
 
 
-# Seconds between two looks at a cheap store's version on the signing path.
-CHEAP_CHECK = 0.05
-
-
 class KeyringSource:
     """The live keyring of one process, re-read when the store's version changes.
 
-    The version is looked at every `CHEAP_CHECK` seconds at most when the store says that is cheap (a
-    file `stat`), else at most every `interval` seconds, and at once when a caller asks (`check=True`:
-    before answering the JWKS or verifying a token), so no process answers from an older keyring than
-    another has used.
+    The version is looked at on every use when the store says that is cheap (a file `stat`), else at
+    most every `interval` seconds, and at once when a caller asks (`check=True`: before answering the
+    JWKS or verifying a token), so no process answers from an older keyring than another has used.
     A reload that fails keeps the last good keyring and records the error (logged once) for /readyz;
     a broken store is retried when its version changes or once per interval.
     """
@@ -297,7 +263,6 @@ class KeyringSource:
         self._keyring: Keyring | None = None
         self._version: Any = object()
         self._next_check = 0.0
-        self._next_cheap_check = 0.0
         self._lock = threading.Lock()
         self.reload_failures = 0
 
@@ -307,12 +272,8 @@ class KeyringSource:
         While one thread reloads, the others go on with the current keyring, except before the first load
         and when `check` asks for the store's newest, where they wait for it.
         """
-        # serve: a stat per token released the GIL to granian's threads, ~15% of the token path (benchmarks/RESULTS.md).
-        if self._keyring is not None and not check:
-            now = self.monotonic()
-            if now < (self._next_cheap_check if self.store.cheap_version else self._next_check):
-                return self._keyring
-            self._next_cheap_check = now + CHEAP_CHECK
+        if self._keyring is not None and not check and not self.store.cheap_version and self.monotonic() < self._next_check:
+            return self._keyring
         if self._lock.acquire(blocking=self._keyring is None or check):
             try:
                 self._refresh()

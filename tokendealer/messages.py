@@ -56,6 +56,14 @@ class TokenRequest:
     audience: str | None
     resources: tuple[str, ...]
     auth: ClientAuth
+    # RFC 7523 §2.1: the JWT bearer grant's assertion.
+    assertion: str | None = None
+    # RFC 8693 §2.1: token exchange.
+    subject_token: str | None = None
+    subject_token_type: str | None = None
+    actor_token: str | None = None
+    actor_token_type: str | None = None
+    requested_token_type: str | None = None
 
     @classmethod
     def parse(cls, params: Params, authorization: str | None, address: str | None) -> TokenRequest:
@@ -70,6 +78,12 @@ class TokenRequest:
             audience=_single(params, "audience"),
             resources=tuple(params.get("resource", ())),
             auth=ClientAuth.parse(params, authorization, address),
+            assertion=_single(params, "assertion"),
+            subject_token=_single(params, "subject_token"),
+            subject_token_type=_single(params, "subject_token_type"),
+            actor_token=_single(params, "actor_token"),
+            actor_token_type=_single(params, "actor_token_type"),
+            requested_token_type=_single(params, "requested_token_type"),
         )
 
 
