@@ -34,6 +34,7 @@ from .errors import (
 )
 from .fastpath import TokenFastPath
 from .grants.client_credentials import ClientCredentialsGrant
+from .grants.token_exchange import TokenExchangeGrant
 from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
@@ -108,7 +109,14 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         clients=clients,
         tokens=tokens,
         authenticator=authenticator,
-        token_endpoint=TokenEndpoint([ClientCredentialsGrant(authenticator, tokens)], audit, metrics),
+        token_endpoint=TokenEndpoint(
+            [
+                ClientCredentialsGrant(authenticator, tokens),
+                TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth),
+            ],
+            audit,
+            metrics,
+        ),
         introspection=IntrospectionEndpoint(authenticator, tokens),
         revocation=RevocationEndpoint(authenticator, tokens, audit),
         audit=audit,

@@ -43,6 +43,18 @@ class InvalidScope(OAuthError):
     error = "invalid_scope"
 
 
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2: the presented grant (an assertion, or RFC 8693's subject token) is not valid for this client."""
+
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    """RFC 6749 §5.2: the authenticated client may not use this grant type."""
+
+    error = "unauthorized_client"
+
+
 class InvalidTarget(OAuthError):
     """RFC 8707 §2: the requested resource or audience is not allowed."""
 
