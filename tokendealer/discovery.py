@@ -96,7 +96,13 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "paths": {
             "/oauth/token": {
                 "post": {
-                    "summary": "Client-credentials grant (RFC 6749 §4.4)",
+                    "summary": "Client-credentials grant (RFC 6749 §4.4) and JWT bearer grant (RFC 7523 §2.1)",
+                    "description": (
+                        "grant_type=client_credentials with client authentication (a secret, private_key_jwt, or a "
+                        "client_assertion from a trusted external issuer with client_id: federated client authentication), "
+                        "or grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer with assertion= a workload token of a "
+                        "trusted issuer and no client authentication (the matching federation rule names the client)."
+                    ),
                     "security": [{"basic": []}, {}],
                     "requestBody": _form_body(
                         {
@@ -104,6 +110,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "scope": {"type": "string"},
                             "audience": {"type": "string"},
                             "resource": {"type": "array", "items": {"type": "string"}},
+                            "assertion": {"type": "string", "description": "RFC 7523 §2.1: the JWT of the jwt-bearer grant"},
                             **_CLIENT_AUTH_FIELDS,
                         },
                         ["grant_type"],

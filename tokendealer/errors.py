@@ -35,6 +35,12 @@ class InvalidClient(OAuthError):
     status = 401
 
 
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2: the grant (here a JWT bearer assertion, RFC 7523 §3.1) is not valid."""
+
+    error = "invalid_grant"
+
+
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
 

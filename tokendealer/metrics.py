@@ -48,6 +48,13 @@ class Metrics:
         self.tokens_refused = Counter(
             "tokendealer_tokens_refused", "Token requests refused", ["client_id", "error"], registry=self.registry
         )
+        # Workload identity federation: which trusted issuer and rule admitted each token (bounded: both are registered).
+        self.federated_tokens = Counter(
+            "tokendealer_federated_tokens_issued",
+            "Access tokens issued on a federated workload token",
+            ["client_id", "issuer", "rule_id"],
+            registry=self.registry,
+        )
         self.rate_limited = Counter("tokendealer_rate_limit_refusals", "Requests refused with 429", ["endpoint"], registry=self.registry)
         self.latency = Histogram(
             "tokendealer_request_duration_seconds",
