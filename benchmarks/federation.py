@@ -3,11 +3,18 @@
     .venv/bin/python benchmarks/federation.py [--seconds 3] [--rounds 5]
 
 In-process: the server's WSGI application (the token endpoint's own fast path) is called in a loop, with no
-network, so the numbers compare the work of the two ways in. The federated request presents an RS256
-Kubernetes-shaped projected token (re-used, as a pod does) from an issuer trusted with a JWK Set file, and
-matches a rule with a subject and a `kubernetes.io.namespace` condition. Rounds alternate between the two
-kinds so drift on a loaded machine hits both; each round is bounded by --seconds. Prints the req/s of each
-kind per round and the ratio of the medians (target: federated >= 0.7x secret).
+network, so the numbers compare the work of the ways in. Three kinds of request:
+- secret: client_secret_basic;
+- federated, re-used token: an RS256 Kubernetes-shaped projected token presented again and again, as a pod
+  does until the kubelet refreshes it (its signature is checked once a minute);
+- federated, new token: a different token each time (as GitHub Actions or per-call JWT-SVIDs), so every
+  request parses and verifies one (pre-signed, 600 per round: the bound of that kind).
+Each token is matched against a rule with a subject and a `kubernetes.io.namespace` condition.
+
+Batches of 25 requests alternate between the kinds, so drift on a loaded machine hits all alike, and each
+kind's rate is counted in the CPU time of this process (what the requests cost the server, whatever else the
+machine runs) and in wall-clock time. Each round is bounded by --seconds. Prints the rates per round and the
+ratios of the medians to secret (target: federated >= 0.7x).
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import itertools
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -38,10 +47,13 @@ from tokendealer.keystores import FileKeyStore
 ISSUER = "http://127.0.0.1:5000"
 CLUSTER = "https://kubernetes.default.svc.cluster.local"
 AUDIENCE = "https://billing"
+BATCH = 25
+FRESH_PER_ROUND = 600
 
 
-def build(tmp: Path) -> tuple[Any, dict[str, bytes | str], dict[str, bytes | str]]:
-    """The app, and the environ parts of a secret request and of a federated one."""
+def build(tmp: Path, fresh: int) -> tuple[Any, dict[str, bytes | str], dict[str, bytes | str], list[dict[str, bytes | str]]]:
+    """The app; the environ parts of a secret request, of a federated one, and of `fresh` federated ones
+    each with its own token."""
     config = Config.load(
         environ={},
         issuer=ISSUER,
@@ -62,35 +74,36 @@ def build(tmp: Path) -> tuple[Any, dict[str, bytes | str], dict[str, bytes | str
     issuers.add(CLUSTER, jwks={"keys": [jwk]})
     rules = RuleStore(services.engine)
     rules.add(services.clients, issuers, "billing", CLUSTER, "system:serviceaccount:prod:billing", ISSUER, ["kubernetes.io.namespace=prod"])
-    now = int(time.time())
-    projected = jwt.encode(
-        {
-            "iss": CLUSTER,
-            "sub": "system:serviceaccount:prod:billing",
-            "aud": [ISSUER],
-            "iat": now,
-            "nbf": now,
-            "exp": now + 3600,
-            "jti": str(uuid.uuid4()),
-            "kubernetes.io": {
-                "namespace": "prod",
-                "pod": {"name": "billing-7d9c5b8f6-x2x4k", "uid": str(uuid.uuid4())},
-                "serviceaccount": {"name": "billing", "uid": str(uuid.uuid4())},
-            },
-        },
-        key,
-        algorithm="RS256",
-        headers={"kid": jwk["kid"]},
-    )
     basic = base64.b64encode(f"secret-svc:{secret}".encode()).decode()
     secret_request = {"body": urlencode({"grant_type": "client_credentials"}).encode(), "HTTP_AUTHORIZATION": f"Basic {basic}"}
-    federated = {
+    federated = [federated_request(key, jwk["kid"]) for _ in range(fresh + 1)]
+    return app, secret_request, federated[0], federated[1:]
+
+
+def federated_request(key: Any, kid: str) -> dict[str, bytes]:
+    now = int(time.time())
+    uid = str(uuid.uuid4())
+    claims = {
+        "iss": CLUSTER,
+        "sub": "system:serviceaccount:prod:billing",
+        "aud": [ISSUER],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "jti": uid,
+        "kubernetes.io": {
+            "namespace": "prod",
+            "pod": {"name": "billing-7d9c5b8f6-x2x4k", "uid": uid},
+            "serviceaccount": {"name": "billing", "uid": "0c4e0c7e-2f4d-4c5e-9d7e-8c1f2b3a4d5e"},
+        },
+    }
+    form = {
         "grant_type": "client_credentials",
         "client_id": "billing",
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": projected,
+        "client_assertion": jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid}),
     }
-    return app, secret_request, {"body": urlencode(federated).encode()}
+    return {"body": urlencode(form).encode()}
 
 
 def call(app: Any, request: dict[str, Any]) -> str:
@@ -109,17 +122,32 @@ def call(app: Any, request: dict[str, Any]) -> str:
     return status[0]
 
 
-def rate(app: Any, request: dict[str, Any], seconds: float) -> float:
-    """Requests per second over `seconds`; every answer must be 200."""
-    count, start = 0, time.perf_counter()
-    end = start + seconds
-    while time.perf_counter() < end:
-        for _ in range(50):
-            status = call(app, request)
-            if not status.startswith("200"):
-                sys.exit(f"non-200 answer: {status}")
-        count += 50
-    return count / (time.perf_counter() - start)
+def batch(app: Any, requests: Iterator[dict[str, Any]]) -> tuple[float, float]:
+    """CPU and wall seconds for BATCH requests; every answer must be 200."""
+    todo = [next(requests) for _ in range(BATCH)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for request in todo:
+        status = call(app, request)
+        if not status.startswith("200"):
+            sys.exit(f"non-200 answer: {status}")
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def round_rates(app: Any, kinds: dict[str, Iterator[dict[str, Any]]], seconds: float) -> dict[str, tuple[float, float]]:
+    """(CPU-time req/s, wall req/s) of each kind over alternating batches, for `seconds` or until a kind
+    runs out of requests."""
+    spent = {name: [0.0, 0.0, 0] for name in kinds}
+    end = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < end:
+            for name, requests in kinds.items():
+                cpu, wall = batch(app, requests)
+                spent[name][0] += cpu
+                spent[name][1] += wall
+                spent[name][2] += BATCH
+    except StopIteration:
+        pass
+    return {name: (count / cpu, count / wall) for name, (cpu, wall, count) in spent.items() if count}
 
 
 def main() -> None:
@@ -128,16 +156,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tokendealer-bench-") as tmp:
-        app, secret_request, federated_request = build(Path(tmp))
-        rate(app, secret_request, 0.5)  # warm both paths: caches, parsed keys
-        rate(app, federated_request, 0.5)
-        secret_rates, federated_rates = [], []
+        print(f"signing {FRESH_PER_ROUND * args.rounds} workload tokens...", flush=True)
+        app, secret, reused, fresh = build(Path(tmp), FRESH_PER_ROUND * args.rounds)
+        round_rates(app, {"secret": itertools.repeat(secret), "reused": itertools.repeat(reused)}, 0.5)  # warm caches
+        rows = []
         for number in range(1, args.rounds + 1):
-            secret_rates.append(rate(app, secret_request, args.seconds))
-            federated_rates.append(rate(app, federated_request, args.seconds))
-            print(f"round {number}: secret {secret_rates[-1]:8.0f} req/s   federated {federated_rates[-1]:8.0f} req/s", flush=True)
-        secret, federated = statistics.median(secret_rates), statistics.median(federated_rates)
-        print(f"median: secret {secret:.0f} req/s, federated {federated:.0f} req/s, ratio {federated / secret:.2f}x")
+            own = iter(fresh[(number - 1) * FRESH_PER_ROUND : number * FRESH_PER_ROUND])
+            kinds = {"secret": itertools.repeat(secret), "reused": itertools.repeat(reused), "new": own}
+            rates = round_rates(app, kinds, args.seconds)
+            rows.append(rates)
+            print(
+                f"round {number}: req/s per CPU second / wall clock: "
+                + ", ".join(f"{name} {cpu:.0f} / {wall:.0f}" for name, (cpu, wall) in rates.items()),
+                flush=True,
+            )
+        for measure, label in ((0, "per CPU second"), (1, "wall clock")):
+            median = {name: statistics.median(row[name][measure] for row in rows) for name in rows[0]}
+            print(
+                f"median {label}: secret {median['secret']:.0f} req/s; federated, re-used token {median['reused']:.0f} req/s "
+                f"({median['reused'] / median['secret']:.2f}x); federated, new token each request {median['new']:.0f} req/s "
+                f"({median['new'] / median['secret']:.2f}x)"
+            )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -21,7 +21,7 @@ from .assertions import ASSERTION_TYPE, AssertionVerifier
 from .audit import AuditLog
 from .clients import Client, ClientStore, SecretHasher
 from .errors import InvalidClient, InvalidRequest, OAuthError, TooManyRequests
-from .federation import Admission, FederationRefused, FederationVerifier, is_federated, unverified_issuer
+from .federation import Admission, FederationRefused, FederationVerifier, Jws
 from .messages import ClientAuth
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ class Credentials:
     method: str  # client_secret_basic | client_secret_post | private_key_jwt | federated
     secret: str | None = None
     assertion: str | None = None
-    # Set once a federated assertion is verified: the issuer and rule that admitted it.
+    # A federated assertion as parsed once; once verified, the issuer and rule that admitted it.
+    workload_token: Jws | None = field(default=None, repr=False)
     admission: Admission | None = None
 
     def audit_fields(self) -> dict[str, Any]:
@@ -197,11 +198,12 @@ class ClientAuthenticator:
                 raise InvalidRequest(f"client_assertion_type must be {ASSERTION_TYPE}")
             if not auth.assertion:
                 raise InvalidRequest("client_assertion is missing")
-            if is_federated(unverified_issuer(auth.assertion)):
+            workload_token = self.federation.workload_token(auth.assertion) if self.federation else None
+            if workload_token is not None:
                 # A workload token's sub is the workload, not the client: the client is named by client_id.
                 if not auth.client_id:
                     raise InvalidRequest("client_id is required with a client_assertion from an external issuer")
-                return Credentials(auth.client_id[:MAX_CLIENT_ID], "federated", assertion=auth.assertion)
+                return Credentials(auth.client_id[:MAX_CLIENT_ID], "federated", workload_token=workload_token)
             client_id = self.assertions.claimed_client_id(auth.assertion)
             if auth.client_id is not None and auth.client_id != client_id:
                 raise InvalidClient("client_id differs from the client_assertion subject")
@@ -242,7 +244,7 @@ class ClientAuthenticator:
         if self.federation is None:
             raise InvalidClient("federated client authentication is not enabled")
         try:
-            admission = self.federation.authenticate(creds.client_id, creds.assertion or "")
+            admission = self.federation.authenticate(creds.client_id, creds.workload_token)
         except FederationRefused as exc:
             raise InvalidClient(str(exc)) from None
         return admission.client, Credentials(creds.client_id, creds.method, admission=admission)

@@ -14,6 +14,7 @@ Matching, as documented in the README ("Secretless services"):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -21,11 +22,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import sqlalchemy as sa
+from jwt.algorithms import get_default_algorithms
 from sqlalchemy.engine import Engine
 
 from . import db
@@ -36,6 +37,12 @@ from .issuers import IssuerKeys, IssuerStore, TrustedIssuer
 from .keyring import ALGORITHMS  # asymmetric only (never `none`, never HMAC), each pinned to its key's type
 
 MAX_CONDITIONS = 16
+# Workload tokens whose signature was checked, kept briefly: Kubernetes re-uses a projected token for every
+# request until it refreshes it, so each is parsed and verified once a minute, not on every request.
+VERIFIED_SECONDS = 60.0
+VERIFIED_MAX = 4096
+_JWA = get_default_algorithms()
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_PATH_RE = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$/-]+)*$")
 
 
@@ -114,6 +121,8 @@ def claim_at(claims: Any, path: str) -> Any:
             nested = claim_at(value, path[len(key) + 1 :])
             if nested is not _MISSING:
                 found.append(nested)
+    if len(found) == 1:
+        return found[0]
     distinct = {json.dumps(v, sort_keys=True, default=str) for v in found}
     return found[0] if len(distinct) == 1 else _MISSING
 
@@ -224,20 +233,44 @@ def _rule(row: Any) -> FederationRule:
     return FederationRule(**data)
 
 
-def unverified_issuer(assertion: str) -> str | None:
-    """The `iss` an assertion claims, before any check (None when it is not a JWT with a string iss)."""
-    try:
-        iss = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
-    except jwt.InvalidTokenError:
+@dataclass(frozen=True)
+class Jws:
+    """A compact JWS split and decoded once (RFC 7515 §7.1); nothing in it is trusted yet."""
+
+    token: str = field(repr=False)
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def _json_segment(segment: str) -> dict[str, Any]:
+    value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def parse_jws(token: str) -> Jws | None:
+    """Split and decode a compact JWS (None when it is not one): the header and claims parsed once, so a
+    request pays for one decode and one signature check."""
+    parts = token.split(".") if isinstance(token, str) and len(token) <= 16384 else ()
+    if len(parts) != 3 or not all(_SEGMENT_RE.match(p) for p in parts):
         return None
-    return iss if isinstance(iss, str) else None
+    try:
+        header, claims = _json_segment(parts[0]), _json_segment(parts[1])
+        signature = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+    except (ValueError, RecursionError):
+        return None
+    return Jws(token, header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
 
 
-def is_federated(iss: str | None) -> bool:
+def is_federated(jws: Jws | None) -> bool:
     """How federated client authentication is told from private_key_jwt: a private_key_jwt assertion's `iss`
     is the client id, which can hold no `:` (`[A-Za-z0-9][A-Za-z0-9._-]*`); a workload token's `iss` is its
-    issuer's URL. The issuer's trust is then checked like everything else."""
-    return iss is not None and "://" in iss
+    issuer's URL (`://`). The issuer's trust is then checked like everything else."""
+    iss = jws.claims.get("iss") if jws else None
+    return isinstance(iss, str) and "://" in iss
 
 
 class FederationVerifier:
@@ -256,6 +289,7 @@ class FederationVerifier:
         max_lifetime: int,
         leeway: int,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.issuers = issuers
         self.rules = rules
@@ -266,32 +300,44 @@ class FederationVerifier:
         self.max_lifetime = max_lifetime
         self.leeway = leeway
         self.clock = clock
+        self.monotonic = monotonic
+        # token -> (checked until, issuer, the parsed token): see VERIFIED_SECONDS.
+        self._verified: dict[str, tuple[float, str, Jws]] = {}
 
-    def authenticate(self, client_id: str, assertion: str) -> Admission:
-        """Federated client authentication: the token matches one of `client_id`'s rules."""
+    def workload_token(self, assertion: str) -> Jws | None:
+        """The assertion parsed (once a minute for a re-used token) when it is a workload token; None when it
+        is not (a private_key_jwt assertion, or not a JWS): see `is_federated`."""
+        seen = self._verified.get(assertion)
+        jws = seen[2] if seen is not None else parse_jws(assertion)
+        return jws if is_federated(jws) else None
+
+    def authenticate(self, client_id: str, assertion: Jws) -> Admission:
+        """Federated client authentication: the token (from `workload_token`) matches one of `client_id`'s rules."""
         return self._admit(assertion, lambda rule: rule.client_id == client_id)
 
     def grant(self, assertion: str, client_id: str | None = None) -> Admission:
         """The JWT bearer grant: the one client whose rules the token matches (narrowed by `client_id` when
         given); several clients are refused, never one picked."""
-        return self._admit(assertion, lambda rule: client_id is None or rule.client_id == client_id, one_client=True)
+        seen = self._verified.get(assertion)
+        jws = seen[2] if seen is not None else parse_jws(assertion)
+        return self._admit(jws, lambda rule: client_id is None or rule.client_id == client_id, one_client=True)
 
-    def _admit(self, assertion: str, wanted: Callable[[FederationRule], bool], one_client: bool = False) -> Admission:
-        try:
-            header = jwt.get_unverified_header(assertion)
-        except jwt.InvalidTokenError:
-            raise FederationRefused("the assertion is not a well-formed JWT") from None
-        alg = header.get("alg")
+    def _admit(self, jws: Jws | None, wanted: Callable[[FederationRule], bool], one_client: bool = False) -> Admission:
+        if jws is None:
+            raise FederationRefused("the assertion is not a well-formed JWT")
+        alg = jws.header.get("alg")
         if alg not in ALGORITHMS:
-            raise FederationRefused(f"the assertion algorithm {alg!r} is not accepted (asymmetric algorithms only)")
-        iss = unverified_issuer(assertion)
-        issuer = self.issuers.get(iss) if iss else None
+            raise FederationRefused(f"the assertion algorithm {alg!r:.20} is not accepted (asymmetric algorithms only)")
+        if "crit" in jws.header or "b64" in jws.header:
+            raise FederationRefused("the assertion uses JWS extensions that are not supported")
+        iss = jws.claims.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise FederationRefused("the assertion's issuer is not a trusted issuer")
         rules = [r for r in self.rules.for_issuer(issuer.issuer) if wanted(r)]
         if not rules:
             raise FederationRefused("no federation rule of this client names the assertion's issuer")
-        claims = self._verified_claims(issuer, assertion, header, alg)
+        claims = self._verified_claims(issuer, jws, alg)
         matching = [r for r in rules if r.mismatch(claims) is None]
         if not matching:
             reasons = sorted({r.mismatch(claims) or "" for r in rules})
@@ -313,31 +359,28 @@ class FederationVerifier:
             self._use_once(issuer.issuer, claims)
         return Admission(client, rule, claims)
 
-    def _verified_claims(self, issuer: TrustedIssuer, assertion: str, header: dict[str, Any], alg: str) -> dict[str, Any]:
-        kid = header.get("kid")
+    def _verified_claims(self, issuer: TrustedIssuer, jws: Jws, alg: str) -> dict[str, Any]:
+        now = self.monotonic()
+        seen = self._verified.get(jws.token)
+        if seen is None or seen[0] <= now or seen[1] != issuer.issuer:
+            self._verify_signature(issuer, jws, alg)
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[jws.token] = (now + VERIFIED_SECONDS, issuer.issuer, jws)
+        self._check_times(jws.claims)
+        return jws.claims
+
+    def _verify_signature(self, issuer: TrustedIssuer, jws: Jws, alg: str) -> None:
+        kid = jws.header.get("kid")
         try:
             keys = self.keys.candidates(issuer, kid if isinstance(kid, str) else None, alg)
         except (FetchError, ValueError):
             raise FederationRefused("the issuer's keys could not be had (never fetched, or the issuer is unusable); retry later") from None
         if not keys:
             raise FederationRefused("the assertion is not signed by a key the issuer publishes")
-        for key in keys:
-            try:
-                claims = jwt.decode(
-                    assertion,
-                    key,
-                    algorithms=[alg],
-                    options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False},
-                )
-                break
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.InvalidTokenError:
-                raise FederationRefused("the assertion is not a well-formed JWT") from None
-        else:
+        # The algorithm is pinned: `candidates` holds only keys whose type allows `alg`.
+        if not any(_JWA[alg].verify(jws.signing_input, key, jws.signature) for key in keys):
             raise FederationRefused("the assertion signature does not verify with the issuer's keys")
-        self._check_times(claims)
-        return claims
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         for name in ("exp", "iat", "nbf"):
