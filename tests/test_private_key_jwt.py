@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from client_lib import RevokedToken, TokenClient, TokenVerifier
+from tokendealer import db
 from tokendealer.clients import ClientError
 from tokendealer.keyring import public_jwk
 
@@ -212,6 +213,8 @@ def test_replay_cache_entries_expire(services, clock):
     assert replay.first_use("c", "j1", clock.now + 10)
     assert not replay.first_use("c", "j1", clock.now + 10)
     clock.advance(11)
+    assert not replay.first_use("c", "j1", clock.now + 10)  # kept through the purge grace
+    clock.advance(db.PURGE_GRACE)
     assert replay.first_use("c", "j2", clock.now + 10)  # purges expired entries
     assert replay.first_use("c", "j1", clock.now + 10)
 

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tokendealer.app import create_app
+from tokendealer.audit import AuditLog
 from tokendealer.db import make_engine, upgrade_schema
 from tokendealer.keyring import public_jwk
 from tokendealer.keystores import make_key_store
@@ -271,5 +272,51 @@ def test_file_keyring_signs_with_the_rotated_key_at_once(tmp_path):
         fetch_token(app.test_client(), "svc", secret)
         active = store.rotate(emergency=True).active.kid
         assert jwt.get_unverified_header(fetch_token(app.test_client(), "svc", secret)["access_token"])["kid"] == active
+    finally:
+        app.extensions["tokendealer"].engine.dispose()
+
+
+# ---- fault campaign findings: an audit log that cannot be written, a worker started without its keyring ----
+
+
+def test_audit_log_that_cannot_be_written_fails_no_request(tmp_path, clock):
+    config = make_config(tmp_path, audit_log="/dev/full")  # every write: ENOSPC
+    initialise(config, clock)
+    app = create_app(config, clock=clock)
+    services = app.extensions["tokendealer"]
+    try:
+        _, secret = services.clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
+        for _ in range(3):
+            assert fetch_token(app.test_client(), "svc", secret)["access_token"]
+        assert services.audit.pending == 3  # kept for when the log takes writes again
+    finally:
+        services.engine.dispose()
+
+
+def test_audit_lines_waiting_are_bounded():
+    audit = AuditLog("/dev/full", max_pending=2)
+    for i in range(5):
+        audit.emit("test.event", n=i)
+    assert audit.pending == 2
+    audit.close()
+
+
+def test_worker_started_while_the_keyring_is_unreadable_answers_503_then_recovers(tmp_path, clock):
+    config = make_config(tmp_path)
+    initialise(config, clock)
+    setup = create_app(config, clock=clock)
+    _, secret = setup.extensions["tokendealer"].clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
+    setup.extensions["tokendealer"].engine.dispose()
+    keys = tmp_path / "keys"
+    keys.rename(tmp_path / "keys.away")
+    app = create_app(config, clock=clock)  # a respawned worker: must start, not crash-loop
+    try:
+        http = app.test_client()
+        refused = http.post("/oauth/token", data={"grant_type": "client_credentials"}, headers=basic("svc", secret))
+        assert refused.status_code == 503 and "Retry-After" in refused.headers
+        assert http.get("/readyz").status_code == 503
+        (tmp_path / "keys.away").rename(keys)
+        clock.advance(config.keyring_reload_interval + 1)
+        assert fetch_token(http, "svc", secret)["access_token"]
     finally:
         app.extensions["tokendealer"].engine.dispose()

@@ -77,13 +77,13 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
     store = make_key_store(config, clock, engine)
     keys = KeyringSource(store, config.keyring_reload_interval)
     keys.current()  # load now, so a worker is ready (or /readyz says why not) before its first request
-    hasher = SecretHasher(store.pepper())
+    hasher = SecretHasher(store.pepper)
     clients = ClientStore(engine, hasher, clock, cache_seconds=config.client_cache_seconds, max_token_ttl=config.max_token_ttl)
     revocations = RevocationList(engine, clock)
     tokens = TokenService(config, keys, clients, revocations, clock)
     assertions = AssertionVerifier(
         audiences=(config.issuer, config.token_endpoint, config.url("/oauth/introspect"), config.url("/oauth/revoke")),
-        replay=ReplayCache(engine, clock) if config.replay_cache == "database" else RedisReplayCache(config.replay_cache, clock),
+        replay=ReplayCache(engine, clock) if config.replay_cache == "database" else RedisReplayCache(config.replay_cache),
         max_lifetime=config.assertion_max_lifetime,
         leeway=config.leeway,
         clock=clock,

@@ -60,7 +60,7 @@ class ReplayCache:
         """Record the jti; False if it was seen before."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(db.used_assertions.delete().where(db.used_assertions.c.expires_at < self.clock()))
+                conn.execute(db.used_assertions.delete().where(db.used_assertions.c.expires_at < self.clock() - db.PURGE_GRACE))
                 conn.execute(db.used_assertions.insert().values(client_id=client_id, jti=jti, expires_at=expires_at))
         except sa.exc.IntegrityError:
             return False
@@ -68,19 +68,21 @@ class ReplayCache:
 
 
 class RedisReplayCache:
-    """The same replay cache in Redis (SET NX with the assertion's lifetime), shared by every instance."""
+    """The same replay cache in Redis (SET NX until the entry's expiry), shared by every instance.
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time):
+    Entries must survive a Redis restart: run it with persistence (`appendonly yes`), or keep the
+    replay cache in the database."""
+
+    def __init__(self, url: str):
         import redis  # noqa: PLC0415 (only when configured)
 
         self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.errors = redis.RedisError
-        self.clock = clock
 
     def first_use(self, client_id: str, jti: str, expires_at: float) -> bool:
-        ttl = max(1, int(expires_at - self.clock()) + 1)
+        # An absolute expiry: Redis's clock decides, not that of a worker whose clock may have jumped.
         try:
-            return bool(self.redis.set(f"tokendealer:assertion:{client_id}:{jti}", b"1", nx=True, ex=ttl))
+            return bool(self.redis.set(f"tokendealer:assertion:{client_id}:{jti}", b"1", nx=True, exat=int(expires_at) + 1))
         except self.errors:
             raise TemporarilyUnavailable("the replay cache is not available; retry shortly", headers={"Retry-After": "1"}) from None
 

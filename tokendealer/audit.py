@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Fields that could carry credentials are never written, whatever a caller passes.
 _FORBIDDEN = frozenset({"client_secret", "secret", "client_assertion", "assertion", "token", "access_token"})
@@ -16,14 +21,21 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 class AuditLog:
     """Appends events to a file (0600) or writes them to stderr.
 
-    Each event is a single write() on an O_APPEND descriptor, so the lines of several worker
-    processes sharing the file never interleave.
+    Each event is one write() on an O_APPEND descriptor, so the lines of several worker processes
+    sharing the file never interleave. A failed write (a full disk) never fails the request that
+    emitted the event: the lines wait in memory, up to `max_pending`, and go out with the next write
+    that succeeds; past that bound the oldest are dropped and an `audit.lines_dropped` event says how many.
     """
 
-    def __init__(self, target: str | None = None, clock: Callable[[], float] = time.time):
+    def __init__(self, target: str | None = None, clock: Callable[[], float] = time.time, max_pending: int = 10_000):
         self.clock = clock
+        self.max_pending = max_pending
         self._own = target is not None
         self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if target else 2
+        self._pending: deque[bytes] = deque()
+        self._dropped = 0
+        self._failing = False
+        self._lock = threading.Lock()
 
     def emit(self, event: str, **fields: Any) -> None:
         """Log `event` with its non-empty fields."""
@@ -31,7 +43,39 @@ class AuditLog:
         for name, value in fields.items():
             if value is not None and name not in _FORBIDDEN:
                 record[name] = value
-        os.write(self._fd, (_encode(record) + "\n").encode("utf-8"))
+        line = (_encode(record) + "\n").encode("utf-8")
+        with self._lock:
+            if len(self._pending) >= self.max_pending:
+                self._pending.popleft()
+                self._dropped += 1
+            self._pending.append(line)
+            self._write_pending()
+
+    @property
+    def pending(self) -> int:
+        """Lines waiting for the log to take writes again."""
+        return len(self._pending)
+
+    def _write_pending(self) -> None:
+        if self._dropped and len(self._pending) < self.max_pending:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+            notice = {"time": stamp, "event": "audit.lines_dropped", "outcome": "lost", "count": self._dropped}
+            self._pending.appendleft((_encode(notice) + "\n").encode("utf-8"))
+            self._dropped = 0
+        try:
+            while self._pending:
+                data = self._pending[0]
+                written = os.write(self._fd, data)
+                if written < len(data):
+                    self._pending[0] = data[written:]  # the rest of the line goes next, in the same place
+                    continue
+                self._pending.popleft()
+        except OSError as exc:
+            if not self._failing:
+                log.error("audit log write failed (%s); keeping lines in memory until it works again", exc.strerror)
+            self._failing = True
+            return
+        self._failing = False
 
     def close(self) -> None:
         if self._own and self._fd >= 0:

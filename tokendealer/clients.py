@@ -146,10 +146,14 @@ class SecretHasher:
     throughput; the pepper keeps a stolen database from being enough to test guesses offline.
     """
 
-    def __init__(self, pepper: bytes):
-        self._pepper = pepper
+    def __init__(self, pepper: bytes | Callable[[], bytes]):
+        self._load = pepper if callable(pepper) else lambda: pepper
+        self._pepper: bytes | None = None
 
     def hash(self, secret: str) -> str:
+        if self._pepper is None:
+            # Read at first use: a worker started while the keyring is unreadable answers 503, it does not die.
+            self._pepper = self._load()
         return hmac.new(self._pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def matches(self, client: Client, secret: str, now: float) -> bool:

@@ -112,6 +112,10 @@ federation_rules = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# Rows that expire (revocations, used assertion ids) are purged this long after their expiry, so a worker
+# whose clock jumps ahead by less than that cannot delete entries that are still live elsewhere.
+PURGE_GRACE = 86400.0
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two in step), and the table Alembic records it in.
 SCHEMA_HEAD = "0004"

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
+from .keyring import KeyringError
 from .messages import Params
 from .tokens import NoSigningKey
 
@@ -53,6 +54,9 @@ def as_oauth_error(exc: Exception) -> OAuthError:
         return TemporarilyUnavailable("the database is not available; retry shortly", headers={"Retry-After": "1"})
     if isinstance(exc, NoSigningKey):
         return TemporarilyUnavailable("no signing key is loaded", headers={"Retry-After": "5"})
+    if isinstance(exc, KeyringError):
+        log.error("keyring error: %s", exc)
+        return TemporarilyUnavailable("the keyring is not available; retry shortly", headers={"Retry-After": "5"})
     log.error("unexpected error", exc_info=exc)
     return ServerError("internal error")
 

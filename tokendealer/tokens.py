@@ -46,7 +46,7 @@ class RevocationList:
         except sa.exc.IntegrityError:
             pass  # already revoked
         with self.engine.begin() as conn:
-            conn.execute(db.revoked_tokens.delete().where(db.revoked_tokens.c.expires_at < self.clock()))
+            conn.execute(db.revoked_tokens.delete().where(db.revoked_tokens.c.expires_at < self.clock() - db.PURGE_GRACE))
 
     def is_revoked(self, jti: str) -> bool:
         with self.engine.connect() as conn:
