@@ -12,13 +12,14 @@ import time
 
 import jwt
 import pytest
+import redis
 from cryptography.hazmat.primitives import serialization
 
 from tokendealer.app import create_app
 from tokendealer.federation import RuleStore, claim_at, value_matches
 from tokendealer.issuers import IssuerStore
 
-from .conftest import AUDIENCE, initialise, make_config
+from .conftest import AUDIENCE, REDIS_URL, initialise, make_config
 from .workload_issuer import WorkloadIssuer
 
 ISSUER = "http://localhost:5000"  # this server's issuer: the default audience of a rule
@@ -400,3 +401,30 @@ def test_dotted_paths_reach_keys_that_hold_dots():
 )
 def test_glob_semantics(pattern, value, matches):
     assert value_matches(pattern, value) is matches
+
+
+@pytest.fixture
+def redis_url():
+    """The machine's Redis (database 15); the test fails, never skips, when it is not running."""
+    redis.Redis.from_url(REDIS_URL).ping()
+    return REDIS_URL
+
+
+def test_single_use_holds_across_instances_with_the_redis_replay_cache(tmp_path, redis_url):
+    issuer = WorkloadIssuer(time.time)
+    try:
+        config = make_config(tmp_path, replay_cache=redis_url)
+        initialise(config)
+        a, b = create_app(config), create_app(config)
+        services = a.extensions["tokendealer"]
+        services.clients.create("once", scopes=["read"], audiences=[AUDIENCE], no_secret=True)
+        issuers = IssuerStore(services.engine)
+        issuers.add(issuer.url)
+        subject = "system:serviceaccount:prod:billing"
+        RuleStore(services.engine).add(services.clients, issuers, "once", issuer.url, subject, ISSUER, single_use=True)
+        token = issuer.kubernetes_token(ISSUER)
+        assert authenticate(a.test_client(), token, client_id="once").status_code == 200
+        replay = authenticate(b.test_client(), token, client_id="once")
+        assert replay.status_code == 401 and "already used" in replay.get_json()["error_description"]
+    finally:
+        issuer.close()
