@@ -222,6 +222,7 @@ def _hmac_with_public_key(k8s):
 REFUSALS = {
     "wrong subject": lambda k8s: k8s.kubernetes_token(ISSUER, name="payroll"),
     "wrong audience": lambda k8s: k8s.kubernetes_token("https://someone-else"),
+    "also meant for another party": lambda k8s: k8s.kubernetes_token([ISSUER, "https://someone-else"]),
     "wrong condition": lambda k8s: k8s.kubernetes_token(ISSUER, **{"kubernetes.io": {"namespace": "staging"}}),
     "expired": lambda k8s: k8s.kubernetes_token(ISSUER, **k8s.times(iat=int(k8s.clock()) - 7200, exp=int(k8s.clock()) - 60)),
     "over-long lifetime": lambda k8s: k8s.kubernetes_token(ISSUER, exp=int(k8s.clock()) + 25 * 3600),

@@ -4,7 +4,7 @@ as in draft-ietf-oauth-spiffe-client-auth) and the JWT bearer grant (RFC 7523 §
 
 Matching, as documented in the README ("Secretless services"):
 - `subject`: exact, or ending in `*` for a prefix (anything may follow, separators included).
-- `audience`: one of the values of the token's `aud` (string or list).
+- `audience`: the token's `aud` is exactly this one value (a string, or a list of just it).
 - conditions `CLAIM=VALUE`: CLAIM is a dotted path into nested claims; a key may itself hold dots
   (`kubernetes.io.namespace` reaches `{"kubernetes.io": {"namespace": …}}`), and a path that reaches two
   different values is no match. VALUE is exact, or a glob: `*` is any run of characters other than `/` and
@@ -81,8 +81,12 @@ class FederationRule:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not subject_matches(self.subject, sub):
             return "subject"
+        # As for private_key_jwt: the audience names this server and nothing else, so a token also meant for
+        # another party (who could replay it here) is not accepted.
         aud = claims.get("aud")
-        if self.audience not in (aud if isinstance(aud, list) else [aud]):
+        if isinstance(aud, list) and len(aud) == 1:
+            aud = aud[0]
+        if aud != self.audience:
             return "audience"
         for path, pattern in self.conditions:
             if not value_matches(pattern, claim_at(claims, path)):
