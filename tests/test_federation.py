@@ -286,6 +286,15 @@ def test_lifetime_bound_is_configurable(tmp_path, k8s):
     assert authenticate(http, k8s.kubernetes_token(ISSUER, exp=int(k8s.clock()) + 601)).status_code == 401
 
 
+def test_removing_the_issuer_refuses_its_re_used_tokens(tmp_path, k8s):
+    http = federated_app(tmp_path, k8s, client_cache_seconds=0)
+    token = k8s.kubernetes_token(ISSUER)
+    assert authenticate(http, token).status_code == 200  # its signature is now checked, for a minute
+    IssuerStore(http.application.extensions["tokendealer"].engine).remove(k8s.url)
+    response = authenticate(http, token)
+    assert response.status_code == 401 and "not a trusted issuer" in response.get_json()["error_description"]
+
+
 # ---- replay ---------------------------------------------------------------------------------------
 
 
