@@ -37,7 +37,10 @@ setup(
             "anyio>=4.0",
             "Authlib>=1.6",
             "ruff>=0.5",
+            "python-pkcs11>=0.10",
         ],
+        # TOKENDEALER_KEYRING=pkcs11: signing keys in an HSM (tokendealer/hsm.py).
+        "hsm": ["python-pkcs11>=0.10"],
         "httpx": ["httpx>=0.27"],
         "fastapi": ["httpx>=0.27", "fastapi>=0.110"],
         "bench": [

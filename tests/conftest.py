@@ -31,7 +31,8 @@ from tokendealer import clients as clients_module
 from tokendealer.app import create_app
 from tokendealer.config import Config
 from tokendealer.db import make_engine, upgrade_schema
-from tokendealer.keystores import FileKeyStore
+from tokendealer.keyring import KeyStore
+from tokendealer.keystores import make_key_store
 
 AUDIENCE = "https://api.example.com"
 TOKENDEALER = str(Path(sys.executable).with_name("tokendealer"))
@@ -154,20 +155,79 @@ def upgraded_database(url: str) -> None:
     os.chmod(path, 0o600)
 
 
-def initialise(config: Config, clock: Callable[[], float] = time.time, alg: str = "ES256") -> FileKeyStore:
-    store = FileKeyStore(config.keys_dir, clock=clock)
-    store.init(alg)
+def initialise(config: Config, clock: Callable[[], float] = time.time, alg: str = "ES256") -> KeyStore:
+    """The schema and the keyring the configuration names (file by default)."""
     upgraded_database(config.database_url)
+    store = make_key_store(config, clock)
+    store.init(alg)
     return store
 
 
 @pytest.fixture
-def key_store(config: Config, clock: FakeClock) -> FileKeyStore:
+def key_store(config: Config, clock: FakeClock) -> KeyStore:
     return initialise(config, clock)
 
 
+# ---- tools the suite needs from Debian: installed when missing, failing loudly when they cannot be -----------
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of `command`, installing Debian's `package` first when it is missing (CI runs as root)."""
+    path = shutil.which(command)
+    if path is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", package]
+        result = subprocess.run(install, capture_output=True, text=True, env=env)
+        if result.returncode != 0:  # a fresh machine's package lists may be missing or stale
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            result = subprocess.run(install, capture_output=True, text=True, env=env)
+        path = shutil.which(command)
+    if path is None:
+        pytest.fail(f"{command} is missing and `apt-get install {package}` failed: {result.stderr.strip()[-500:]}", pytrace=False)
+    return path
+
+
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+HSM_PIN = "4711-" + secrets.token_hex(4)
+# Tokens made before the PKCS#11 module is first loaded in this process: SoftHSM reads its slots at C_Initialize.
+HSM_TOKENS = ("td-main", "td-pin", "td-live")
+
+
+class SoftHsm:
+    """SoftHSM2 with its own configuration and token directory under the test session's temporary folder."""
+
+    def __init__(self, root: Path):
+        util = debian_tool("softhsm2-util", "softhsm2")
+        self.module = next((m for m in SOFTHSM_MODULES if Path(m).exists()), None)
+        if self.module is None:
+            pytest.fail(f"softhsm2 is installed but its module is not in {SOFTHSM_MODULES}", pytrace=False)
+        self.tokens = root / "tokens"
+        self.tokens.mkdir(parents=True)
+        self.conf = root / "softhsm2.conf"
+        self.conf.write_text(f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+        os.environ["SOFTHSM2_CONF"] = str(self.conf)
+        for label in HSM_TOKENS:
+            subprocess.run(
+                [util, "--init-token", "--free", "--label", label, "--pin", HSM_PIN, "--so-pin", "so-" + HSM_PIN],
+                check=True,
+                capture_output=True,
+            )
+
+    def settings(self, label: str = "td-main", pin: str = HSM_PIN) -> dict[str, str]:
+        """Config overrides for TOKENDEALER_KEYRING=pkcs11 on token `label`."""
+        return {"keyring": "pkcs11", "pkcs11_module": self.module, "pkcs11_token_label": label, "pkcs11_pin": pin}
+
+    def env(self, label: str = "td-main", pin: str = HSM_PIN) -> dict[str, str]:
+        return {"TOKENDEALER_" + k.upper(): v for k, v in self.settings(label, pin).items()}
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory) -> SoftHsm:
+    return SoftHsm(tmp_path_factory.mktemp("softhsm"))
+
+
 @pytest.fixture
-def app(config: Config, clock: FakeClock, key_store: FileKeyStore):
+def app(config: Config, clock: FakeClock, key_store: KeyStore):
     application = create_app(config, clock=clock)
     yield application
     application.extensions["tokendealer"].audit.close()

@@ -1,4 +1,7 @@
-"""Keyring states, rotation, emergency rotation, prune, atomic writes and hot reload (injected clock)."""
+"""Keyring states, rotation, emergency rotation, prune, atomic writes and hot reload (injected clock).
+
+The rotation tests run on the file keyring and on the PKCS#11 keyring (SoftHSM2); tests of the files
+themselves (modes, crashes between writes, damaged PEMs) run on the file keyring only."""
 
 from __future__ import annotations
 
@@ -10,14 +13,32 @@ import sys
 
 import jwt
 import pytest
+from pkcs11 import Attribute
 
 from tokendealer.db import make_engine, upgrade_schema
 from tokendealer.keyring import KeyringError, KeyringSource
 from tokendealer.keystores import DatabaseKeyStore, FileKeyStore
 
-from .conftest import AUDIENCE, TOKENDEALER, all_at_once, fetch_token, run_cli, server_env
+from .conftest import AUDIENCE, TOKENDEALER, all_at_once, fetch_token, make_config, run_cli, server_env
 
 MAX_LIFETIME = 86400 + 30
+FILE_ONLY = pytest.mark.parametrize("config", ["file"], indirect=True)
+
+
+@pytest.fixture(params=["file", "pkcs11"])
+def config(request, tmp_path, database_url):
+    """The file keyring, or the PKCS#11 keyring on SoftHSM2 (manifest in the test's database)."""
+    if request.param == "pkcs11":
+        return make_config(tmp_path, database_url=database_url, **request.getfixturevalue("softhsm").settings())
+    return make_config(tmp_path, database_url=database_url)
+
+
+def holds_private_key(store, config, kid: str) -> bool:
+    """Whether the store still holds the private key of `kid` (a PEM file, or objects in the token)."""
+    if config.keyring == "file":
+        return (config.keys_dir / f"{kid}.pem").exists()
+    with store.token.session() as pooled:
+        return bool(list(pooled.session.get_objects({Attribute.ID: kid.encode()})))
 
 
 def states(store: FileKeyStore) -> dict[str, list[str]]:
@@ -47,6 +68,7 @@ def test_rotate_promotes_next_and_retires_active(key_store, clock):
     assert keyring.record("active").activated_at == clock.now
 
 
+@FILE_ONLY
 def test_retired_key_keeps_no_private_key(key_store, config):
     old_active = states(key_store)["active"][0]
     key_store.rotate()
@@ -85,7 +107,8 @@ def test_emergency_rotation_withdraws_active_at_once(key_store, clock, config):
     assert before.active.kid not in published
     assert before.record("next").kid not in published
     assert after.active.kid not in {before.active.kid, before.record("next").kid}
-    assert not (config.keys_dir / f"{before.active.kid}.pem").exists()
+    assert not holds_private_key(key_store, config, before.active.kid)
+    assert not holds_private_key(key_store, config, before.record("next").kid)
     assert {r.state for r in after.records} == {"active", "next", "revoked"}
 
 
@@ -134,6 +157,7 @@ def test_prune_never_touches_active_or_next(key_store, clock):
     assert key_store.prune(MAX_LIFETIME) == []
 
 
+@FILE_ONLY
 def test_group_readable_key_is_refused(key_store, config):
     pem = next(config.keys_dir.glob("*.pem"))
     os.chmod(pem, 0o644)
@@ -141,6 +165,7 @@ def test_group_readable_key_is_refused(key_store, config):
         key_store.load()
 
 
+@FILE_ONLY
 def test_crash_between_key_and_manifest_leaves_loadable_keyring(key_store, config, monkeypatch):
     before = states(key_store)
 
@@ -192,6 +217,7 @@ def test_two_concurrent_rotations_leave_a_consistent_keyring(tmp_path):
     assert len(list((tmp_path / "keys").glob("*.pem"))) == 2
 
 
+@FILE_ONLY
 def test_hot_reload_of_a_file_keyring_is_immediate(key_store):
     """A file keyring's version is a stat of its manifest: cheap enough to look at on every use."""
     source = KeyringSource(key_store, interval=5, monotonic=lambda: 0.0)
@@ -217,6 +243,7 @@ def test_hot_reload_of_a_database_keyring_within_the_interval_or_when_asked(tmp_
     assert source.current(check=True).active.kid != second
 
 
+@FILE_ONLY
 def test_broken_keyring_keeps_last_good_and_readyz_reports(http, services, config, caplog, make_client):
     cid, secret = make_client()
     good = services.keys.current().active.kid
@@ -234,6 +261,7 @@ def test_broken_keyring_keeps_last_good_and_readyz_reports(http, services, confi
     assert jwt.get_unverified_header(token)["kid"] == good
 
 
+@FILE_ONLY
 @pytest.mark.parametrize("damage", ["pem", "missing"])
 def test_broken_key_file_keeps_last_good(services, config, damage):
     good = services.keys.current().active.kid

@@ -1,4 +1,5 @@
-"""The keyring rules on every store: the file keyring, and the database keyring on SQLite and PostgreSQL."""
+"""The keyring rules on every store: the file keyring, the database keyring on SQLite and PostgreSQL, and the
+PKCS#11 keyring (keys in SoftHSM2, manifest in SQLite)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,17 @@ MAX_LIFETIME = 86400 + 30
 KEK = secrets.token_urlsafe(32)
 
 
-@pytest.fixture(params=["file", "database-sqlite", "database-postgresql"])
+@pytest.fixture(params=["file", "database-sqlite", "database-postgresql", "pkcs11"])
 def store(request, tmp_path, clock):
     if request.param == "file":
         yield FileKeyStore(tmp_path / "keys", clock=clock)
+        return
+    if request.param == "pkcs11":
+        config = make_config(tmp_path, **request.getfixturevalue("softhsm").settings())
+        engine = db.make_engine(config.database_url)
+        db.upgrade_schema(engine)
+        yield make_key_store(config, clock, engine)
+        engine.dispose()
         return
     if request.param == "database-sqlite":
         url = f"sqlite:///{tmp_path / 'keys.db'}"

@@ -104,7 +104,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         clock=clock,
     )
     authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
-    metrics = Metrics(keys, clock)
+    metrics = Metrics(keys, clock, engine)
     return Services(
         config=config,
         clock=clock,

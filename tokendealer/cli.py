@@ -119,7 +119,10 @@ def init(state: State, alg: str, as_json: bool) -> None:
     created = state.key_store().init(alg)
     if created:
         state.audit("keys.initialised", alg=alg)
-    where = "the database" if state.config.keyring == "database" else str(state.config.keys_dir)
+    where = {
+        "database": "the database",
+        "pkcs11": f"the PKCS#11 token {state.config.pkcs11_token_label!r} (key states in the database)",
+    }.get(state.config.keyring, str(state.config.keys_dir))
     result = {"keyring": where, "keys_created": created, "database": "ready"}
     emit(result, as_json, f"keyring {'created' if created else 'already present'} in {where}; database ready")
 

@@ -44,6 +44,11 @@ class Config:
     keyring: str = "file"
     key_encryption_key: str | None = None
     key_encryption_key_file: str | None = None
+    # TOKENDEALER_KEYRING=pkcs11: the PKCS#11 module (.so), the token's label and its user PIN (or a file holding it).
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: str | None = field(default=None, repr=False)
+    pkcs11_pin_file: str | None = None
     # private_key_jwt replay cache: "database" (default) or a redis:// URL shared by every instance.
     replay_cache: str = "database"
     # How often each process looks for a changed keyring on disk (seconds).
@@ -154,10 +159,16 @@ class Config:
             value = getattr(self, name)
             if value is not None and not all(_LIMIT_RE.match(p) for p in value.split(";")):
                 _bad(name, "must be a rate such as 10/minute")
-        if self.keyring not in ("file", "database"):
-            _bad("keyring", "must be file or database")
+        if self.keyring not in ("file", "database", "pkcs11"):
+            _bad("keyring", "must be file, database or pkcs11")
         if self.keyring == "database":
             self.key_encryption_key_bytes()
+        if self.keyring == "pkcs11":
+            if not self.pkcs11_module or not Path(self.pkcs11_module).is_file():
+                _bad("pkcs11_module", "must name the PKCS#11 library (.so) of the HSM when TOKENDEALER_KEYRING=pkcs11")
+            if not self.pkcs11_token_label:
+                _bad("pkcs11_token_label", "is required when TOKENDEALER_KEYRING=pkcs11")
+            self.pkcs11_user_pin()
         if self.replay_cache != "database" and not self.replay_cache.startswith(("redis://", "rediss://", "unix://")):
             _bad("replay_cache", "must be database or a redis:// URL")
         for name in ("ratelimit_storage",):
@@ -198,6 +209,21 @@ class Config:
         if len(key) != 32:
             _bad(name, "must be 32 random bytes, base64url (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return key
+
+    def pkcs11_user_pin(self) -> str:
+        """The token's user PIN (TOKENDEALER_PKCS11_PIN, or the first line of TOKENDEALER_PKCS11_PIN_FILE)."""
+        if self.pkcs11_pin:
+            return self.pkcs11_pin
+        if self.pkcs11_pin_file:
+            try:
+                pin = Path(self.pkcs11_pin_file).read_text().strip()
+            except OSError as exc:
+                _bad("pkcs11_pin_file", f"cannot be read ({exc.strerror})")
+            if pin:
+                return pin
+            _bad("pkcs11_pin_file", "is empty")
+        _bad("pkcs11_pin", "is required when TOKENDEALER_KEYRING=pkcs11 (or TOKENDEALER_PKCS11_PIN_FILE)")
+        return ""
 
 
 def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .errors import InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
 from .keyring import KeyringError
 from .messages import Params
+from .metrics import DATABASE_ERRORS
 from .tokens import NoSigningKey
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def as_oauth_error(exc: Exception) -> OAuthError:
         return exc
     if isinstance(exc, SQLAlchemyError):
         log.error("database error: %s", exc.__class__.__name__)
+        DATABASE_ERRORS.inc()
         return TemporarilyUnavailable("the database is not available; retry shortly", headers={"Retry-After": "1"})
     if isinstance(exc, NoSigningKey):
         return TemporarilyUnavailable("no signing key is loaded", headers={"Retry-After": "5"})

@@ -135,6 +135,8 @@ class SigningKey:
     record: KeyRecord
     private_key: Any = field(repr=False)
     header_b64: bytes = field(repr=False, default=b"")
+    # JWS signature of a signing input by a key held elsewhere (an HSM); None: `private_key` signs here.
+    signer: Callable[[bytes], bytes] | None = field(repr=False, default=None)
 
     @property
     def kid(self) -> str:
@@ -147,14 +149,15 @@ class SigningKey:
     def sign(self, payload: bytes) -> str:
         """A compact JWS (RFC 7515 §7.1) of `payload` with header alg, kid and typ at+jwt (RFC 9068 §2.1)."""
         signing_input = self.header_b64 + b"." + base64.urlsafe_b64encode(payload).rstrip(b"=")
-        signature = _JWA[self.alg].sign(signing_input, self.private_key)
+        signature = self.signer(signing_input) if self.signer else _JWA[self.alg].sign(signing_input, self.private_key)
         return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
 
 
 def make_signing_key(record: KeyRecord, private_key: Any) -> SigningKey:
-    """Bind a record to its private key, precomputing the JWS header once per key."""
+    """Bind a record to its private key, precomputing the JWS header once per key. A key held elsewhere
+    (`hsm.TokenKey`) offers `sign_jws` and signs there."""
     header = json.dumps({"alg": record.alg, "kid": record.kid, "typ": "at+jwt"}, separators=(",", ":"))
-    return SigningKey(record, private_key, base64.urlsafe_b64encode(header.encode()).rstrip(b"="))
+    return SigningKey(record, private_key, base64.urlsafe_b64encode(header.encode()).rstrip(b"="), getattr(private_key, "sign_jws", None))
 
 
 @dataclass(frozen=True)

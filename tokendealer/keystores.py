@@ -207,19 +207,30 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-class DatabaseKeyStore:
-    """The keyring in the database, for several instances: the same records and rules as the file store,
-    private keys encrypted at rest with AES-GCM under the key-encryption key (the kid is the associated
-    data, so a ciphertext cannot be moved to another key's row). Every write is one transaction that
-    first bumps `keyring_state.version`, which serialises writers and tells readers something changed."""
+class DatabaseManifest:
+    """A keyring whose manifest is in the database, for several instances: the same records and rules as
+    the file store. Every write is one transaction that first bumps `keyring_state.version`, which
+    serialises writers and tells readers something changed. Where the private keys live is the subclass's:
+    `_new_key` makes one (and returns what its row's `private_key` column holds), `_private_key` finds it
+    again, `_forget` destroys the ones that may no longer sign."""
 
     cheap_version = False
 
-    def __init__(self, engine: Any, kek: bytes, clock: Callable[[], float] = time.time):
+    def __init__(self, engine: Any, clock: Callable[[], float] = time.time):
         self.engine = engine
-        self._aead = AESGCM(kek)
-        self._pepper = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tokendealer client-secret pepper").derive(kek)
         self.clock = clock
+
+    def _new_key(self, alg: str, now: float) -> tuple[KeyRecord, bytes | None]:
+        raise NotImplementedError
+
+    def _private_key(self, record: KeyRecord, stored: bytes | None) -> Any:
+        raise NotImplementedError
+
+    def _forget(self, before: list[KeyRecord], after: list[KeyRecord]) -> None:
+        """After a committed write: destroy private keys kept outside the database (nothing here)."""
+
+    def _discard(self, fresh: list[tuple[KeyRecord, bytes | None]]) -> None:
+        """After a failed write: destroy the fresh keys no row names (nothing here)."""
 
     def version(self) -> Any:
         with self.engine.connect() as conn:
@@ -237,29 +248,42 @@ class DatabaseKeyStore:
         for row in rows:
             record = self._record(row)
             records.append(record)
-            if record.state in SIGNING_STATES and row.private_key:
-                private_keys[record.kid] = self._decrypt(record.kid, row.private_key)
+            if record.state in SIGNING_STATES:
+                key = self._private_key(record, row.private_key)
+                if key is not None:
+                    private_keys[record.kid] = key
         return checked_keyring(sorted(records, key=lambda r: r.created_at), private_keys, "database keyring")
 
     def init(self, alg: str = DEFAULT_ALG) -> bool:
         now = self.clock()
+        fresh: list[tuple[KeyRecord, bytes | None]] = []
         try:
             with self.engine.begin() as conn:
                 conn.execute(db.keyring_state.insert().values(id=1, version=1, updated_at=now))
-                fresh = [new_key(alg, now), new_key(alg, now)]
+                fresh = [self._new_key(alg, now), self._new_key(alg, now)]
                 records = plan_rotation([], [r for r, _ in fresh], now, emergency=False)
-                self._write(conn, [], records, dict((r.kid, pem) for r, pem in fresh))
+                self._write(conn, [], records, dict((r.kid, stored) for r, stored in fresh))
         except sa.exc.IntegrityError:
+            self._discard(fresh)
             return False
+        except BaseException:
+            self._discard(fresh)
+            raise
         return True
 
     def rotate(self, alg: str | None = None, emergency: bool = False) -> Keyring:
-        with self.engine.begin() as conn:
-            current = self._lock(conn)
-            now = self.clock()
-            fresh = [new_key(rotation_alg(current, alg), now) for _ in range(2)]
-            records = plan_rotation(current, [r for r, _ in fresh], now, emergency)
-            self._write(conn, current, records, dict((r.kid, pem) for r, pem in fresh))
+        fresh: list[tuple[KeyRecord, bytes | None]] = []
+        try:
+            with self.engine.begin() as conn:
+                current = self._lock(conn)
+                now = self.clock()
+                fresh = [self._new_key(rotation_alg(current, alg), now) for _ in range(2)]
+                records = plan_rotation(current, [r for r, _ in fresh], now, emergency)
+                self._write(conn, current, records, dict((r.kid, stored) for r, stored in fresh))
+        except BaseException:
+            self._discard(fresh)
+            raise
+        self._forget(current, records)
         return self.load()
 
     def prune(self, max_token_lifetime: float) -> list[KeyRecord]:
@@ -268,11 +292,8 @@ class DatabaseKeyStore:
             gone = prunable(current, max_token_lifetime, self.clock())
             if gone:
                 conn.execute(db.signing_keys.delete().where(db.signing_keys.c.kid.in_([r.kid for r in gone])))
+        self._forget(current, [r for r in current if r not in gone])
         return gone
-
-    def pepper(self) -> bytes:
-        """Derived from the key-encryption key, so every instance sharing it hashes secrets alike."""
-        return self._pepper
 
     def _lock(self, conn: Any) -> list[KeyRecord]:
         """Bump the version (taking the write lock) and read the records in the same transaction."""
@@ -285,7 +306,7 @@ class DatabaseKeyStore:
             raise KeyringError("no keyring in the database; run `tokendealer keys init` first")
         return [self._record(row) for row in conn.execute(sa.select(db.signing_keys)).all()]
 
-    def _write(self, conn: Any, before: list[KeyRecord], after: list[KeyRecord], pems: dict[str, bytes]) -> None:
+    def _write(self, conn: Any, before: list[KeyRecord], after: list[KeyRecord], stored: dict[str, bytes | None]) -> None:
         known = {r.kid for r in before}
         for record in after:
             values = {k: v for k, v in record.to_json().items() if k != "kid"}
@@ -294,19 +315,8 @@ class DatabaseKeyStore:
             if record.kid in known:
                 conn.execute(db.signing_keys.update().where(db.signing_keys.c.kid == record.kid).values(**values))
             else:
-                values["private_key"] = self._encrypt(record.kid, pems[record.kid])
+                values["private_key"] = stored[record.kid]
                 conn.execute(db.signing_keys.insert().values(kid=record.kid, **values))
-
-    def _encrypt(self, kid: str, pem: bytes) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._aead.encrypt(nonce, pem, kid.encode())
-
-    def _decrypt(self, kid: str, blob: bytes) -> Any:
-        try:
-            pem = self._aead.decrypt(bytes(blob[:12]), bytes(blob[12:]), kid.encode())
-        except InvalidTag:
-            raise KeyringError(f"database keyring: key {kid} does not decrypt; is TOKENDEALER_KEY_ENCRYPTION_KEY right?") from None
-        return serialization.load_pem_private_key(pem, password=None)
 
     @staticmethod
     def _record(row: Any) -> KeyRecord:
@@ -318,8 +328,41 @@ class DatabaseKeyStore:
             raise KeyringError(f"database keyring: malformed key row ({exc})") from None
 
 
+class DatabaseKeyStore(DatabaseManifest):
+    """The keyring in the database, private keys encrypted at rest with AES-GCM under the key-encryption
+    key (the kid is the associated data, so a ciphertext cannot be moved to another key's row)."""
+
+    def __init__(self, engine: Any, kek: bytes, clock: Callable[[], float] = time.time):
+        super().__init__(engine, clock)
+        self._aead = AESGCM(kek)
+        self._pepper = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tokendealer client-secret pepper").derive(kek)
+
+    def pepper(self) -> bytes:
+        """Derived from the key-encryption key, so every instance sharing it hashes secrets alike."""
+        return self._pepper
+
+    def _new_key(self, alg: str, now: float) -> tuple[KeyRecord, bytes | None]:
+        record, pem = new_key(alg, now)
+        nonce = secrets.token_bytes(12)
+        return record, nonce + self._aead.encrypt(nonce, pem, record.kid.encode())
+
+    def _private_key(self, record: KeyRecord, stored: bytes | None) -> Any:
+        if not stored:
+            return None
+        kid = record.kid
+        try:
+            pem = self._aead.decrypt(bytes(stored[:12]), bytes(stored[12:]), kid.encode())
+        except InvalidTag:
+            raise KeyringError(f"database keyring: key {kid} does not decrypt; is TOKENDEALER_KEY_ENCRYPTION_KEY right?") from None
+        return serialization.load_pem_private_key(pem, password=None)
+
+
 def make_key_store(config: Config, clock: Callable[[], float] = time.time, engine: Any = None) -> KeyStore:
     """The keyring store the configuration names."""
+    if config.keyring == "pkcs11":
+        from .hsm import Pkcs11KeyStore  # noqa: PLC0415 (python-pkcs11 is the optional `hsm` extra)
+
+        return Pkcs11KeyStore.from_config(config, engine or db.make_engine(config.database_url), clock)
     if config.keyring == "database":
         return DatabaseKeyStore(engine or db.make_engine(config.database_url), config.key_encryption_key_bytes(), clock)
     return FileKeyStore(config.keys_dir, clock=clock)

@@ -7,14 +7,19 @@ import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.exc import SQLAlchemyError
 
+from . import db
 from .errors import BearerTokenRequired, Forbidden
 from .keyring import KeyringSource
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Counted where any failure is mapped to an answer (http.as_oauth_error), which knows no app: one per process.
+DATABASE_ERRORS = Counter("tokendealer_database_errors", "Requests answered 503 because the database failed", registry=None)
 
 
 class KeyringCollector:
@@ -35,13 +40,36 @@ class KeyringCollector:
             since.add_metric([], now - (active.activated_at or active.created_at))
             age.add_metric([], now - active.created_at)
         failures.add_metric([], self.keys.reload_failures)
-        return [since, age, failures]
+        failing = GaugeMetricFamily("tokendealer_keyring_error", "1 while the last keyring reload in this process failed")
+        failing.add_metric([], 1.0 if self.keys.error else 0.0)
+        return [since, age, failures, failing]
+
+
+class ReadinessCollector:
+    """tokendealer_ready: 1 when /readyz would answer 200 (the database answers, an active key is loaded and
+    the keyring loads), computed when scraped."""
+
+    def __init__(self, keys: KeyringSource, engine: Any):
+        self.keys = keys
+        self.engine = engine
+
+    def collect(self):  # noqa: ANN201 (prometheus_client collector protocol)
+        keyring = self.keys.current()
+        ready = keyring is not None and keyring.active is not None and not self.keys.error
+        if ready:
+            try:
+                db.ping(self.engine)
+            except SQLAlchemyError:
+                ready = False
+        gauge = GaugeMetricFamily("tokendealer_ready", "1 when this process is ready to serve (as /readyz)")
+        gauge.add_metric([], 1.0 if ready else 0.0)
+        return [gauge]
 
 
 class Metrics:
     """The series the server records."""
 
-    def __init__(self, keys: KeyringSource, clock: Callable[[], float] = time.time):
+    def __init__(self, keys: KeyringSource, clock: Callable[[], float] = time.time, engine: Any = None):
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         self.tokens_issued = Counter("tokendealer_tokens_issued", "Access tokens issued", ["client_id"], registry=self.registry)
@@ -63,8 +91,12 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.registry.register(DATABASE_ERRORS)
         self.keyring = KeyringCollector(keys, clock)
         self.registry.register(self.keyring)
+        self.readiness = ReadinessCollector(keys, engine) if engine is not None else None
+        if self.readiness:
+            self.registry.register(self.readiness)
 
     def render(self) -> bytes:
         """The exposition text: summed over workers in multiprocess mode, plus this process's keyring view."""
@@ -72,6 +104,8 @@ class Metrics:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             registry.register(self.keyring)
+            if self.readiness:
+                registry.register(self.readiness)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
