@@ -11,12 +11,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-run: $(BIN)/python setup.py pyproject.toml
+# The server depends on ./client_lib by a direct reference, which pip installs as a copy (and pip refuses
+# `-e ./client_lib -e .` in one command as a conflict): the second line makes client_lib editable again,
+# so edits to it are seen.
+$(VENV)/.installed-run: $(BIN)/python setup.py pyproject.toml client_lib/pyproject.toml
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps -e ./client_lib
 	touch $@
 
-$(VENV)/.installed-test: $(BIN)/python setup.py pyproject.toml
+$(VENV)/.installed-test: $(BIN)/python setup.py pyproject.toml client_lib/pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps -e ./client_lib
 	touch $@
 
 run: $(VENV)/.installed-run
@@ -36,4 +41,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check tokendealer client_lib tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) var *.egg-info
+	rm -rf $(VENV) var *.egg-info client_lib/*.egg-info client_lib/build

@@ -1,18 +1,29 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+CLIENT = HERE / "client_lib"
+# One version for both distributions: the client library's.
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (CLIENT / "__init__.py").read_text(encoding="utf-8"), re.M).group(1)
 
 setup(
     name="tokendealer",
-    version="1.0.0",
-    description="OAuth 2.0 client-credentials token server issuing RFC 9068 JWT access tokens, with a client library",
+    version=VERSION,
+    description="OAuth 2.0 client-credentials token server issuing RFC 9068 JWT access tokens",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    # client_lib is its own distribution (client_lib/pyproject.toml), which the server depends on.
     # migrations/ holds Alembic's scripts (no __init__.py): listed so they ship with the package.
-    packages=find_packages(include=["tokendealer", "tokendealer.*", "client_lib", "client_lib.*"])
+    packages=find_packages(include=["tokendealer", "tokendealer.*"])
     + ["tokendealer.migrations", "tokendealer.migrations.versions"],
     package_data={"tokendealer.migrations": ["*.mako"]},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=[
+        # A direct reference to this checkout's client library, never a name an index could answer for.
+        f"tokendealer-client @ {CLIENT.as_uri()}",
         "Flask>=3.0",
         "PyJWT[crypto]>=2.8",
         "cryptography>=42.0",
@@ -36,13 +47,12 @@ setup(
             "fastapi>=0.110",
             "anyio>=4.0",
             "Authlib>=1.6",
+            "joserfc>=1.0",
             "ruff>=0.5",
             "python-pkcs11>=0.10",
         ],
         # TOKENDEALER_KEYRING=pkcs11: signing keys in an HSM (tokendealer/hsm.py).
         "hsm": ["python-pkcs11>=0.10"],
-        "httpx": ["httpx>=0.27"],
-        "fastapi": ["httpx>=0.27", "fastapi>=0.110"],
         "bench": [
             "gunicorn>=22.0",
             "matplotlib>=3.7",

@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from client_lib import TokenClient, TokenVerifier  # noqa: E402
-from client_lib.core import CachedToken  # noqa: E402
 
 AUDIENCE = "https://api.example.com"
 KEYS = {
@@ -126,7 +125,7 @@ def bench_algorithm(alg: str, count: int) -> dict[str, float]:
 
 def bench_cached_get_token(count: int) -> float:
     client = TokenClient("http://127.0.0.1:9", "svc", "secret", token_endpoint="http://127.0.0.1:9/token")
-    client.cache.entries[("https://api.example.com", "read")] = CachedToken("t" * 400, time.time() + 3600, time.time() + 1800)
+    client.cache.store(("https://api.example.com", "read"), {"access_token": "t" * 400, "expires_in": 3600}, time.time())
     keys = [("https://api.example.com", "read")] * count
     return rate(lambda k: client.get_token(*k), keys)
 

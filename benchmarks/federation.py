@@ -36,12 +36,12 @@ from urllib.parse import urlencode
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from client_lib.jose import public_jwk
 from tokendealer.app import create_app
 from tokendealer.config import Config
 from tokendealer.db import make_engine, upgrade_schema
 from tokendealer.federation import RuleStore
 from tokendealer.issuers import IssuerStore
-from tokendealer.keyring import public_jwk
 from tokendealer.keystores import FileKeyStore
 
 ISSUER = "http://127.0.0.1:5000"

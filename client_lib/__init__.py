@@ -1,6 +1,7 @@
 """client_lib: fetch and cache TokenDealer access tokens, and verify them locally."""
 
-from .client import TokenAuth, TokenClient
+from typing import TYPE_CHECKING, Any
+
 from .exceptions import (
     DisallowedAlgorithm,
     DiscoveryError,
@@ -21,23 +22,44 @@ from .exceptions import (
     WrongIssuer,
     WrongTokenType,
 )
-from .flask_auth import require_token
-from .verifier import TokenVerifier
 
-# The async and FastAPI parts need the `httpx` / `fastapi` extras, so they load on first use.
+if TYPE_CHECKING:
+    from .aio import AsyncTokenClient, AsyncTokenVerifier
+    from .client import TokenAuth, TokenClient
+    from .fastapi_auth import require_token_async
+    from .flask_auth import require_token
+    from .httpx_auth import HttpxTokenAuth
+    from .verifier import TokenVerifier
+
+# The one version of both distributions (tokendealer-client and the tokendealer server), read by both builds.
+__version__ = "1.0.0"
+
+# Each part loads on first use: the Flask, async and FastAPI parts need the `flask` / `httpx` / `fastapi`
+# extras, and the server, which imports client_lib.jose, never loads requests into the workers it forks.
 _LAZY = {
-    "AsyncTokenClient": "aio",
-    "AsyncTokenVerifier": "aio",
-    "HttpxTokenAuth": "httpx_auth",
-    "require_token_async": "fastapi_auth",
+    "TokenAuth": ("client", None),
+    "TokenClient": ("client", None),
+    "TokenVerifier": ("verifier", None),
+    "AsyncTokenClient": ("aio", "httpx"),
+    "AsyncTokenVerifier": ("aio", "httpx"),
+    "HttpxTokenAuth": ("httpx_auth", "httpx"),
+    "require_token": ("flask_auth", "flask"),
+    "require_token_async": ("fastapi_auth", "fastapi"),
 }
 
 
-def __getattr__(name: str):  # noqa: ANN202 (PEP 562 module attribute)
+def __getattr__(name: str) -> Any:
+    """PEP 562: each part imported when first asked for."""
     if name in _LAZY:
         import importlib  # noqa: PLC0415
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module, extra = _LAZY[name]
+        try:
+            return getattr(importlib.import_module(f".{module}", __name__), name)
+        except ModuleNotFoundError as exc:
+            if extra is None:
+                raise
+            raise ImportError(f"client_lib.{name} needs the {extra!r} extra (pip install './client_lib[{extra}]'): {exc}") from None
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

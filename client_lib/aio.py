@@ -1,6 +1,6 @@
 """Async shells (httpx) over the same I/O-free core as the sync client: AsyncTokenClient, AsyncTokenVerifier.
 
-Needs the `httpx` extra: `pip install 'tokendealer[httpx]'`.
+Needs the `httpx` extra: `pip install './client_lib[httpx]'`.
 """
 
 from __future__ import annotations
@@ -13,39 +13,16 @@ from typing import Any
 
 import httpx
 
-from .core import (
-    DISCOVERY_PATHS,
-    Credentials,
-    RetrySchedule,
-    TokenCache,
-    Verification,
-    discovered_metadata,
-    parse_token,
-    retryable_status,
-    token_error,
-    token_form,
-    token_response,
-)
+from .core.credentials import Credentials
+from .core.retries import RetrySchedule, retryable_status
+from .core.tokens import CacheKey, TokenCache, token_error, token_form, token_response
+from .core.verification import Verification
+from .discovery import discover_async
 from .exceptions import DiscoveryError, KeySetUnavailable, RevokedToken, TokenRequestError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
-Key = tuple[str | None, str | None]
-
-
-async def discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
-    """RFC 8414 metadata of `issuer` (OIDC discovery as fallback); its `issuer` must match exactly."""
-    base = issuer.rstrip("/")
-    for path in DISCOVERY_PATHS:
-        try:
-            response = await http.get(base + path)
-        except httpx.HTTPError as exc:
-            raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
-        metadata = discovered_metadata(issuer, base + path, response)
-        if metadata is not None:
-            return metadata
-    raise DiscoveryError(f"no authorization server metadata at {base}")
 
 
 class _LoopLocks:
@@ -105,7 +82,7 @@ class AsyncTokenClient:
     async def metadata(self) -> dict[str, Any]:
         """The issuer's metadata, fetched once."""
         if self._metadata is None:
-            self._metadata = await discover(self.http, self.issuer)
+            self._metadata = await discover_async(self.http, self.issuer)
         return self._metadata
 
     async def token_endpoint(self) -> str:
@@ -139,7 +116,7 @@ class AsyncTokenClient:
     async def client_auth(self, audience: str | None = None) -> tuple[dict[str, str], tuple[str, str] | None]:
         return self.credentials.auth(audience or await self.token_endpoint())
 
-    async def _refresh(self, key: Key) -> str:
+    async def _refresh(self, key: CacheKey) -> str:
         requested_at = self.clock()
         return self.cache.store(key, await self._request(token_form(*key)), requested_at)
 
@@ -209,8 +186,8 @@ class AsyncTokenVerifier:
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
-            jws = parse_token(token)
-            kid = jws.header.get("kid")
+            jws = policy.parse(token)
+            kid = jws.kid
             lock = self._locks.get("jwks")
             if policy.jwks.needs_refresh(now) and (policy.must_wait_for_keys(now) or not lock.locked()):
                 async with lock:
@@ -229,7 +206,7 @@ class AsyncTokenVerifier:
 
     async def _jwks_url(self) -> str:
         if self._jwks_uri is None:
-            self._jwks_uri = (await discover(self.http, self.issuer))["jwks_uri"]
+            self._jwks_uri = (await discover_async(self.http, self.issuer))["jwks_uri"]
         return self._jwks_uri
 
     async def _fetch(self, now: float) -> None:

@@ -12,38 +12,16 @@ from urllib.parse import urljoin
 
 import requests
 
-from .core import (
-    DISCOVERY_PATHS,
-    Credentials,
-    OriginPin,
-    RetrySchedule,
-    TokenCache,
-    discovered_metadata,
-    retryable_status,
-    token_error,
-    token_form,
-    token_response,
-)
-from .exceptions import DiscoveryError, TokenRequestError
+from .core.credentials import Credentials
+from .core.origins import OriginPin
+from .core.retries import RetrySchedule, retryable_status
+from .core.tokens import CacheKey, TokenCache, token_error, token_form, token_response
+from .discovery import discover
+from .exceptions import TokenRequestError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (3.05, 10.0)
-Key = tuple[str | None, str | None]
-
-
-def discover(session: requests.Session, issuer: str, timeout: Any) -> dict[str, Any]:
-    """RFC 8414 metadata of `issuer` (OIDC discovery as fallback); its `issuer` must match exactly."""
-    base = issuer.rstrip("/")
-    for path in DISCOVERY_PATHS:
-        try:
-            response = session.get(base + path, timeout=timeout)
-        except requests.RequestException as exc:
-            raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
-        metadata = discovered_metadata(issuer, base + path, response)
-        if metadata is not None:
-            return metadata
-    raise DiscoveryError(f"no authorization server metadata at {base}")
 
 
 class TokenClient:
@@ -83,7 +61,7 @@ class TokenClient:
         self.clock = clock
         self.sleep = sleep
         self.cache = TokenCache()
-        self._locks: dict[Key, threading.Lock] = {}
+        self._locks: dict[CacheKey, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
     @classmethod
@@ -145,14 +123,14 @@ class TokenClient:
         """Form fields and HTTP Basic pair that authenticate this client at `audience` (default: token endpoint)."""
         return self.credentials.auth(audience or self.token_endpoint)
 
-    def _lock(self, key: Key) -> threading.Lock:
+    def _lock(self, key: CacheKey) -> threading.Lock:
         lock = self._locks.get(key)
         if lock is None:
             with self._locks_guard:
                 lock = self._locks.setdefault(key, threading.Lock())
         return lock
 
-    def _refresh(self, key: Key) -> str:
+    def _refresh(self, key: CacheKey) -> str:
         requested_at = self.clock()
         return self.cache.store(key, self._request(token_form(*key)), requested_at)
 
@@ -177,10 +155,11 @@ class TokenClient:
 
 
 class TokenAuth(requests.auth.AuthBase):
-    """requests auth that sends `Authorization: Bearer` to one origin only (SPEC §7): `origin` (any URL of
-    it), or else the origin of the first request it authenticates. Requests to any other origin get no token
-    from it, and its token is taken off a redirect to one. On a 401 `invalid_token` from its origin, it
-    retries once with a new token when the body can be sent again."""
+    """requests auth that sends `Authorization: Bearer` to one origin only, so a token never reaches a party
+    it was not obtained for: `origin` (any URL of it), or else the origin of the first request it
+    authenticates. Requests to any other origin get no token from it, and its token is taken off a redirect
+    to one. On a 401 `invalid_token` from its origin, it retries once with a new token when the body can be
+    sent again."""
 
     def __init__(self, client: TokenClient, audience: str | None = None, scope: str | None = None, *, origin: str | None = None):
         self.client = client

@@ -111,6 +111,5 @@ class TokenRequestError(TokenClientError):
     def __init__(self, error: str, description: str | None = None, status: int | None = None):
         super().__init__(f"{error}: {description}" if description else error)
         self.error = error
-        self.description = description
         self.error_description = description
         self.status = status

@@ -17,8 +17,8 @@ from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .aio import AsyncTokenVerifier
+from .bearer import challenge
 from .exceptions import InvalidToken
-from .flask_auth import challenge
 
 _bearer = HTTPBearer(auto_error=False, description="A TokenDealer access token (RFC 9068)")
 

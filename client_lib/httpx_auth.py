@@ -12,7 +12,7 @@ import httpx
 
 from .aio import AsyncTokenClient
 from .client import TokenClient
-from .core import OriginPin
+from .core.origins import OriginPin
 
 
 def _refused_token(response: httpx.Response) -> bool:
@@ -30,10 +30,11 @@ def _replayable(request: httpx.Request) -> bool:
 
 
 class HttpxTokenAuth(httpx.Auth):
-    """Sends `Authorization: Bearer` to one origin only (SPEC §7): `origin` (any URL of it), or else the
-    origin of the first request it authenticates; requests to any other origin get no token from it. On a
-    401 `invalid_token` from its origin, drops that token and retries once with a new one when the body can
-    be sent again. Give a TokenClient for httpx.Client, an AsyncTokenClient for httpx.AsyncClient.
+    """Sends `Authorization: Bearer` to one origin only, so a token never reaches a party it was not
+    obtained for: `origin` (any URL of it), or else the origin of the first request it authenticates;
+    requests to any other origin get no token from it. On a 401 `invalid_token` from its origin, drops
+    that token and retries once with a new one when the body can be sent again. Give a TokenClient for
+    httpx.Client, an AsyncTokenClient for httpx.AsyncClient.
 
     httpx itself takes Authorization off a redirect to another origin, except from http://host to
     https://host, which an httpx.Auth never sees: give it https:// URLs."""

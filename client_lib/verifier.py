@@ -10,8 +10,10 @@ from typing import Any
 
 import requests
 
-from .client import DEFAULT_TIMEOUT, TokenClient, discover
-from .core import Verification, parse_token
+from .client import DEFAULT_TIMEOUT, TokenClient
+from .core.jwks import JwksState
+from .core.verification import Verification
+from .discovery import discover
 from .exceptions import KeySetUnavailable, RevokedToken, TokenClientError
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ class TokenVerifier:
         return f"TokenVerifier(issuer={self.issuer!r}, audience={self.audience!r})"
 
     @property
-    def jwks(self):  # noqa: ANN201 (the JwksState, for inspection)
+    def jwks(self) -> JwksState:
+        """What the verifier knows of the issuer's keys."""
         return self.policy.jwks
 
     @property
@@ -74,8 +77,8 @@ class TokenVerifier:
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
-            jws = parse_token(token)
-            kid = jws.header.get("kid")
+            jws = policy.parse(token)
+            kid = jws.kid
             if policy.jwks.needs_refresh(now) and self._fetch_lock.acquire(blocking=policy.must_wait_for_keys(now)):
                 try:
                     if policy.jwks.needs_refresh(now):

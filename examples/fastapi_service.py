@@ -1,6 +1,6 @@
 """A FastAPI service whose /invoices endpoint needs a TokenDealer token with scope invoices:read.
 
-pip install 'tokendealer[fastapi]' uvicorn
+pip install './client_lib[fastapi]' uvicorn
 TOKENDEALER_URL=http://localhost:5000 uvicorn --factory examples.fastapi_service:from_env --port 8002
 """
 

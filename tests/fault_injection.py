@@ -27,11 +27,11 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client_lib.jose import public_jwk
 from tokendealer import db
 from tokendealer.app import create_app
 from tokendealer.clients import ClientStore, SecretHasher
 from tokendealer.config import Config
-from tokendealer.keyring import public_jwk
 from tokendealer.keystores import FileKeyStore, make_key_store
 
 from .conftest import LiveServer, free_port, run_cli, server_env

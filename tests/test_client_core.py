@@ -8,18 +8,14 @@ import json
 import pytest
 
 from client_lib import DisallowedAlgorithm, DiscoveryError, MalformedToken, WrongTokenType
-from client_lib.core import (
-    CachedToken,
-    JwksState,
-    OriginPin,
-    backoff_delays,
-    cache_lifetime,
-    discovered_metadata,
-    origin_of,
-    parse_token,
-    retry_after_seconds,
-    token_error,
-)
+from client_lib.core.jwks import JwksState, cache_lifetime
+from client_lib.core.origins import OriginPin, origin_of
+from client_lib.core.retries import backoff_delays, retry_after_seconds
+from client_lib.core.tokens import CachedToken, TokenCache, token_error
+from client_lib.core.verification import Verification
+from client_lib.discovery import discovered_metadata
+
+parse_token = Verification.parse
 
 
 def _b64(data) -> str:
@@ -31,7 +27,12 @@ def test_token_stale_at_min_of_exp_minus_5min_and_half_life():
     assert long.stale_at == 1000 + 1800 and long.expires_at == 4600
     short = CachedToken.from_response({"access_token": "t", "expires_in": 400}, now=1000)
     assert short.stale_at == 1000 + 100  # exp - 5 min comes first
-    assert short.fresh(1099) and not short.fresh(1100) and short.usable(1399) and not short.usable(1400)
+    cache = TokenCache()
+    cache.store(("a", None), {"access_token": "t", "expires_in": 400}, requested_at=1000)
+    assert cache.fresh(("a", None), 1099) == "t" and cache.fresh(("a", None), 1100) is None
+    assert cache.usable(("a", None), 1399) == "t" and cache.usable(("a", None), 1400) is None
+    cache.invalidate("t")
+    assert cache.usable(("a", None), 1000) is None
 
 
 @pytest.mark.parametrize(
@@ -109,7 +110,7 @@ def test_discovered_metadata_checks_the_issuer():
 
 def test_token_error_from_any_response():
     error = token_error(_Response(400, {"error": "invalid_scope", "error_description": "no"}))
-    assert (error.error, error.description, error.status) == ("invalid_scope", "no", 400)
+    assert (error.error, error.error_description, error.status) == ("invalid_scope", "no", 400)
     assert token_error(_Response(403, ValueError("html"))).error == "http_403"
 
 

@@ -23,7 +23,6 @@ from client_lib import (
     TokenRequestError,
     UnknownKey,
 )
-from client_lib.core import CachedToken
 from examples.fastapi_service import create_service
 from examples.httpx_caller import list_invoices
 from examples.service import create_service as create_flask_service
@@ -187,7 +186,7 @@ async def test_httpx_auth_async_and_fastapi_example(stack, proxy):
 async def test_httpx_auth_retries_once_on_invalid_token(stack, proxy):
     app = create_service(stack["issuer"], BILLING)
     client = make_client(stack)
-    client.cache.entries[(BILLING, "invoices:read")] = CachedToken("stale.bad.token", time.time() + 600, time.time() + 300)
+    client.cache.store((BILLING, "invoices:read"), {"access_token": "stale.bad.token", "expires_in": 600}, time.time())
     auth = HttpxTokenAuth(client, audience=BILLING, scope="invoices:read")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billing.test", auth=auth) as http:
         response = await http.get("/invoices")
@@ -199,7 +198,7 @@ async def test_httpx_auth_retries_once_on_invalid_token(stack, proxy):
 def test_httpx_auth_sync_flow(stack, proxy):
     """The same auth with httpx.Client and a sync TokenClient, against the Flask example over WSGI."""
     client = TokenClient(stack["issuer"], "caller", stack["secrets"]["caller"])
-    client.cache.entries[(BILLING, "invoices:read")] = CachedToken("stale.bad.token", time.time() + 600, time.time() + 300)
+    client.cache.store((BILLING, "invoices:read"), {"access_token": "stale.bad.token", "expires_in": 600}, time.time())
     auth = HttpxTokenAuth(client, audience=BILLING, scope="invoices:read")
     transport = httpx.WSGITransport(app=create_flask_service(stack["issuer"], BILLING))
     with httpx.Client(transport=transport, base_url="http://billing.test", auth=auth) as http:

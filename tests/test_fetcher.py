@@ -14,8 +14,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client_lib.jose import public_jwk
 from tokendealer.fetcher import FetchError, RemoteCache, get_json
-from tokendealer.keyring import public_jwk
 
 from .conftest import AUDIENCE, run_cli
 

@@ -13,8 +13,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client_lib.jose import public_jwk
 from tokendealer.app import create_app
-from tokendealer.keyring import public_jwk
 
 from .conftest import AUDIENCE, basic, initialise, make_config, run_cli, server_env
 

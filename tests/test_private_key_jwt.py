@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from client_lib import RevokedToken, TokenClient, TokenVerifier
+from client_lib.jose import public_jwk
 from tokendealer import db
 from tokendealer.clients import ClientError
-from tokendealer.keyring import public_jwk
 
 from .conftest import AUDIENCE, basic, both_databases, fetch_token, run_cli
 
@@ -400,3 +400,18 @@ def test_jwks_uri_client(http, registry, clock):
         assert len(hits) == 2  # unknown kid: one refetch
     finally:
         server.shutdown()
+
+
+def test_assertion_with_jws_extensions_or_an_algorithm_outside_the_table_is_refused(http, key_client, registry, clock):
+    """The strict rules of client_lib.jose: `crit` is refused, and an RSA key verifies RS256/RS512/PS256 only."""
+    key, kid = key_client
+    now = int(clock.now)
+    claims = {"iss": "keysvc", "sub": "keysvc", "aud": TOKEN_URL, "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(16)}
+    crit = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid, "crit": ["exp"], "exp": now + 60})
+    response = post_assertion(http, crit)
+    assert response.status_code == 401 and "extensions" in response.get_json()["error_description"]
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    registry.create("rsasvc", scopes=["read"], audiences=[AUDIENCE], jwks={"keys": [{**public_jwk(rsa_key.public_key(), "RS256")}]})
+    rs384 = jwt.encode({**claims, "iss": "rsasvc", "sub": "rsasvc"}, rsa_key, algorithm="RS384")
+    response = post_assertion(http, rs384)
+    assert response.status_code == 401 and "'RS384' is not accepted" in response.get_json()["error_description"]

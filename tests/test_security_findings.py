@@ -11,10 +11,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client_lib.jose import public_jwk
 from tokendealer.app import create_app
 from tokendealer.audit import AuditLog
 from tokendealer.db import make_engine, upgrade_schema
-from tokendealer.keyring import public_jwk
 from tokendealer.keystores import make_key_store
 
 from .conftest import AUDIENCE, basic, fetch_token, initialise, make_config

@@ -14,12 +14,12 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client_lib.jose import public_jwk
 from tokendealer import db
 from tokendealer.app import create_app
 from tokendealer.audit import AuditLog
 from tokendealer.authentication import FailureThrottle
 from tokendealer.errors import TooManyRequests
-from tokendealer.keyring import public_jwk
 from tokendealer.keystores import make_key_store
 
 from .conftest import AUDIENCE, REDIS_URL, LiveServer, basic, fetch_token, free_port, make_config, postgres_schema, run_cli, server_env

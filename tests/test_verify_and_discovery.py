@@ -229,3 +229,13 @@ def test_openapi_lists_every_endpoint(http):
         "/openapi.json",
     ):
         assert path in doc["paths"], path
+
+
+def test_verify_token_refuses_jws_extensions(http, token, services):
+    """Only client_lib refused `crit` before client_lib.jose; now the server does too."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    key = services.keys.current().active
+    forged = jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "at+jwt", "crit": ["exp"], "exp": 1})
+    response = _verify(http, forged)
+    assert response.status_code == 400
+    assert "extensions" in response.get_json()["error_description"]

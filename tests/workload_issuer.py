@@ -22,7 +22,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tokendealer.keyring import public_jwk
+from client_lib.jose import public_jwk
 
 
 class WorkloadIssuer:

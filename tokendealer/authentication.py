@@ -21,7 +21,7 @@ from .assertions import ASSERTION_TYPE, AssertionVerifier
 from .audit import AuditLog
 from .clients import Client, ClientStore, SecretHasher
 from .errors import InvalidClient, InvalidRequest, OAuthError, TooManyRequests
-from .federation import Admission, FederationRefused, FederationVerifier, Jws
+from .federation import Admission, FederationRefused, FederationVerifier, WorkloadToken
 from .messages import ClientAuth
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Credentials:
     secret: str | None = None
     assertion: str | None = None
     # A federated assertion as parsed once; once verified, the issuer and rule that admitted it.
-    workload_token: Jws | None = field(default=None, repr=False)
+    workload_token: WorkloadToken | None = field(default=None, repr=False)
     admission: Admission | None = None
 
     def audit_fields(self) -> dict[str, Any]:

@@ -16,13 +16,15 @@ from click.core import ParameterSource
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
+from client_lib.jose import ALGORITHMS, default_algorithm, public_jwk
+
 from . import db
 from .audit import AuditLog
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
 from .federation import RuleStore
 from .issuers import IssuerError, IssuerStore
-from .keyring import ALGORITHMS, DEFAULT_ALG, KeyringError, KeyStore, default_alg, public_jwk
+from .keyring import DEFAULT_ALG, KeyringError, KeyStore
 from .keystores import make_key_store
 
 
@@ -373,7 +375,7 @@ def client_jwks(pem_file: str, alg: str | None) -> None:
             public = serialization.load_pem_public_key(data)
         else:
             public = serialization.load_pem_private_key(data, password=None).public_key()
-        jwk = public_jwk(public, alg or default_alg(public))
+        jwk = public_jwk(public, alg or default_algorithm(public))
     except OSError as exc:
         raise Refused(f"{pem_file}: cannot read ({exc.strerror})") from None
     except (ValueError, TypeError):

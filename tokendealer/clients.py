@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from client_lib.jose import JwkError, checked_jwk_set
+
 from . import db
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -133,10 +135,11 @@ def parse_claims(items: Iterable[str]) -> dict[str, Any]:
 
 
 def check_jwks(jwks: Any) -> dict[str, Any]:
-    """A public JWK Set usable for private_key_jwt (RFC 7523): no private or symmetric members."""
-    from .assertions import usable_jwks  # noqa: PLC0415 (assertions imports this module)
-
-    return usable_jwks(jwks)
+    """A public JWK Set usable for private_key_jwt (RFC 7523): public signing keys of accepted types only."""
+    try:
+        return checked_jwk_set(jwks)
+    except JwkError as exc:
+        raise ClientError(str(exc)) from None
 
 
 class SecretHasher:

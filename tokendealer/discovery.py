@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.jose import ALGORITHMS
+
 from .config import Config
-from .keyring import ALGORITHMS
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 

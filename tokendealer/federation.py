@@ -14,7 +14,6 @@ Matching, as documented in the README ("Secretless services"):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -26,23 +25,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from jwt.algorithms import get_default_algorithms
 from sqlalchemy.engine import Engine
+
+from client_lib.exceptions import InvalidSignature, InvalidToken
+from client_lib.jose import CompactJws, parse_jws, verify_signature
 
 from . import db
 from .assertions import RedisReplayCache, ReplayCache
 from .clients import Client, ClientError, ClientStore, check_audience
 from .fetcher import FetchError
 from .issuers import IssuerKeys, IssuerStore, TrustedIssuer
-from .keyring import ALGORITHMS  # asymmetric only (never `none`, never HMAC), each pinned to its key's type
 
 MAX_CONDITIONS = 16
 # Workload tokens whose signature was checked, kept briefly: Kubernetes re-uses a projected token for every
 # request until it refreshes it, so each is parsed and verified once a minute, not on every request.
 VERIFIED_SECONDS = 60.0
 VERIFIED_MAX = 4096
-_JWA = get_default_algorithms()
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_PATH_RE = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$/-]+)*$")
 
 
@@ -238,38 +236,25 @@ def _rule(row: Any) -> FederationRule:
 
 
 @dataclass(frozen=True)
-class Jws:
-    """A compact JWS split and decoded once (RFC 7515 §7.1); nothing in it is trusted yet."""
+class WorkloadToken:
+    """A workload token split and decoded once; nothing in it is trusted until `FederationVerifier` says so."""
 
     token: str = field(repr=False)
-    header: dict[str, Any]
+    jws: CompactJws
     claims: dict[str, Any]
-    signing_input: bytes
-    signature: bytes
 
 
-def _json_segment(segment: str) -> dict[str, Any]:
-    value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
-
-
-def parse_jws(token: str) -> Jws | None:
-    """Split and decode a compact JWS (None when it is not one): the header and claims parsed once, so a
-    request pays for one decode and one signature check."""
-    parts = token.split(".") if isinstance(token, str) and len(token) <= 16384 else ()
-    if len(parts) != 3 or not all(_SEGMENT_RE.match(p) for p in parts):
-        return None
+def parse_workload_token(token: str) -> WorkloadToken:
+    """Split and decode a compact JWS strictly (client_lib.jose: asymmetric algorithms only, no JWS
+    extensions); FederationRefused saying why it is not one."""
     try:
-        header, claims = _json_segment(parts[0]), _json_segment(parts[1])
-        signature = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
-    except (ValueError, RecursionError):
-        return None
-    return Jws(token, header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+        jws = parse_jws(token, noun="the assertion")
+        return WorkloadToken(token, jws, jws.unverified_claims())
+    except InvalidToken as exc:
+        raise FederationRefused(str(exc)) from None
 
 
-def is_federated(jws: Jws | None) -> bool:
+def is_federated(jws: WorkloadToken | None) -> bool:
     """How federated client authentication is told from private_key_jwt: a private_key_jwt assertion's `iss`
     is the client id, which can hold no `:` (`[A-Za-z0-9][A-Za-z0-9._-]*`); a workload token's `iss` is its
     issuer's URL (`://`). The issuer's trust is then checked like everything else."""
@@ -306,16 +291,19 @@ class FederationVerifier:
         self.clock = clock
         self.monotonic = monotonic
         # token -> (checked until, issuer, the parsed token): see VERIFIED_SECONDS.
-        self._verified: dict[str, tuple[float, str, Jws]] = {}
+        self._verified: dict[str, tuple[float, str, WorkloadToken]] = {}
 
-    def workload_token(self, assertion: str) -> Jws | None:
+    def workload_token(self, assertion: str) -> WorkloadToken | None:
         """The assertion parsed (once a minute for a re-used token) when it is a workload token; None when it
-        is not (a private_key_jwt assertion, or not a JWS): see `is_federated`."""
+        is not (a private_key_jwt assertion, or not a JWS of an accepted algorithm): see `is_federated`."""
         seen = self._verified.get(assertion)
-        jws = seen[2] if seen is not None else parse_jws(assertion)
-        return jws if is_federated(jws) else None
+        try:
+            parsed = seen[2] if seen is not None else parse_workload_token(assertion)
+        except FederationRefused:
+            return None
+        return parsed if is_federated(parsed) else None
 
-    def authenticate(self, client_id: str, assertion: Jws) -> Admission:
+    def authenticate(self, client_id: str, assertion: WorkloadToken) -> Admission:
         """Federated client authentication: the token (from `workload_token`) matches one of `client_id`'s rules."""
         return self._admit(assertion, lambda rule: rule.client_id == client_id)
 
@@ -323,17 +311,10 @@ class FederationVerifier:
         """The JWT bearer grant: the one client whose rules the token matches (narrowed by `client_id` when
         given); several clients are refused, never one picked."""
         seen = self._verified.get(assertion)
-        jws = seen[2] if seen is not None else parse_jws(assertion)
-        return self._admit(jws, lambda rule: client_id is None or rule.client_id == client_id, one_client=True)
+        token = seen[2] if seen is not None else parse_workload_token(assertion)
+        return self._admit(token, lambda rule: client_id is None or rule.client_id == client_id, one_client=True)
 
-    def _admit(self, jws: Jws | None, wanted: Callable[[FederationRule], bool], one_client: bool = False) -> Admission:
-        if jws is None:
-            raise FederationRefused("the assertion is not a well-formed JWT")
-        alg = jws.header.get("alg")
-        if alg not in ALGORITHMS:
-            raise FederationRefused(f"the assertion algorithm {alg!r:.20} is not accepted (asymmetric algorithms only)")
-        if "crit" in jws.header or "b64" in jws.header:
-            raise FederationRefused("the assertion uses JWS extensions that are not supported")
+    def _admit(self, jws: WorkloadToken, wanted: Callable[[FederationRule], bool], one_client: bool = False) -> Admission:
         iss = jws.claims.get("iss")
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
@@ -341,7 +322,7 @@ class FederationVerifier:
         rules = [r for r in self.rules.for_issuer(issuer.issuer) if wanted(r)]
         if not rules:
             raise FederationRefused("no federation rule of this client names the assertion's issuer")
-        claims = self._verified_claims(issuer, jws, alg)
+        claims = self._verified_claims(issuer, jws)
         matching = [r for r in rules if r.mismatch(claims) is None]
         if not matching:
             reasons = sorted({r.mismatch(claims) or "" for r in rules})
@@ -363,28 +344,32 @@ class FederationVerifier:
             self._use_once(issuer.issuer, claims)
         return Admission(client, rule, claims)
 
-    def _verified_claims(self, issuer: TrustedIssuer, jws: Jws, alg: str) -> dict[str, Any]:
+    def _verified_claims(self, issuer: TrustedIssuer, jws: WorkloadToken) -> dict[str, Any]:
         now = self.monotonic()
         seen = self._verified.get(jws.token)
         if seen is None or seen[0] <= now or seen[1] != issuer.issuer:
-            self._verify_signature(issuer, jws, alg)
+            self._verify_signature(issuer, jws)
             if len(self._verified) >= VERIFIED_MAX:
                 self._verified.clear()
             self._verified[jws.token] = (now + VERIFIED_SECONDS, issuer.issuer, jws)
         self._check_times(jws.claims)
         return jws.claims
 
-    def _verify_signature(self, issuer: TrustedIssuer, jws: Jws, alg: str) -> None:
-        kid = jws.header.get("kid")
+    def _verify_signature(self, issuer: TrustedIssuer, token: WorkloadToken) -> None:
+        kid = token.jws.kid
         try:
-            keys = self.keys.candidates(issuer, kid if isinstance(kid, str) else None, alg)
+            keys = self.keys.candidates(issuer, kid if isinstance(kid, str) else None, token.jws.alg)
         except (FetchError, ValueError):
             raise FederationRefused("the issuer's keys could not be had (never fetched, or the issuer is unusable); retry later") from None
         if not keys:
             raise FederationRefused("the assertion is not signed by a key the issuer publishes")
-        # The algorithm is pinned: `candidates` holds only keys whose type allows `alg`.
-        if not any(_JWA[alg].verify(jws.signing_input, key, jws.signature) for key in keys):
-            raise FederationRefused("the assertion signature does not verify with the issuer's keys")
+        for key in keys:  # each pinned to the algorithms its own type allows
+            try:
+                verify_signature(token.jws, key)
+                return
+            except InvalidSignature:
+                continue
+        raise FederationRefused("the assertion signature does not verify with the issuer's keys")
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         for name in ("exp", "iat", "nbf"):

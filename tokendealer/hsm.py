@@ -30,8 +30,10 @@ from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.exceptions import NoSuchKey, PinIncorrect, PKCS11Error, UserAlreadyLoggedIn
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from client_lib.jose import public_jwk
+
 from .config import Config
-from .keyring import DEFAULT_ALG, RSA_BITS, SIGNING_STATES, KeyRecord, KeyringError, public_jwk
+from .keyring import DEFAULT_ALG, RSA_BITS, SIGNING_STATES, KeyRecord, KeyringError
 from .keystores import DatabaseManifest
 from .tokens import NoSigningKey
 

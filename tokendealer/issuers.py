@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from client_lib.jose import JwkError, VerificationKey
+
 from . import db
-from .assertions import key_algorithms
 from .fetcher import FetchError, RemoteCache, get_json
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
-_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
 
 
 class IssuerError(Exception):
@@ -76,20 +75,15 @@ def check_url(url: str, allow_http: bool, what: str = "the issuer") -> str:
 
 
 def usable_keys(jwks: Any) -> dict[str, Any]:
-    """An external issuer's JWK Set keeping only public signature keys with an accepted asymmetric algorithm
-    (issuers publish keys of other kinds too); FetchError-worthy ValueError when none is left."""
+    """An external issuer's JWK Set keeping only the public signature keys usable here (issuers publish keys
+    of other kinds too); ValueError when it is not a JWK Set or none is left."""
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
         raise ValueError('a JWK Set must be a JSON object {"keys": [...]}')
     keys = []
     for jwk in jwks["keys"]:
-        if not isinstance(jwk, dict) or any(m in jwk for m in _PRIVATE_MEMBERS) or jwk.get("use", "sig") != "sig":
-            continue
-        algs = key_algorithms(jwk)
-        if not algs:
-            continue
         try:
-            jwt.PyJWK(jwk, algs[0])
-        except (jwt.PyJWKError, jwt.InvalidKeyError):
+            VerificationKey.from_jwk(jwk)
+        except JwkError:
             continue
         keys.append(jwk)
     if not keys:
@@ -182,11 +176,11 @@ class IssuerKeys:
     def __init__(self, ttl: float = 300.0, cooldown: float = 30.0, deadline: float = 5.0, wait: float = 1.0):
         self.documents = RemoteCache(lambda value: value, ttl=ttl, cooldown=cooldown, deadline=deadline, wait=wait)
         self.jwks = RemoteCache(usable_keys, ttl=ttl, cooldown=cooldown, deadline=deadline, wait=wait)
-        self._parsed: dict[int, tuple[dict[str, Any], dict[tuple[str | None, str], list[Any]]]] = {}
+        self._parsed: dict[int, tuple[dict[str, Any], list[tuple[Any, VerificationKey]]]] = {}
 
-    def candidates(self, issuer: TrustedIssuer, kid: str | None, alg: str) -> list[Any]:
+    def candidates(self, issuer: TrustedIssuer, kid: str | None, alg: str) -> list[VerificationKey]:
         """The public keys of `issuer` that may have signed with (`kid`, `alg`); an unknown kid refetches the
-        keys once per cooldown. FetchError when the issuer's keys were never had."""
+        keys once per cooldown. FetchError (or ValueError) when the issuer's keys cannot be had."""
         jwks = issuer.jwks or self._fetched(issuer, force=False)
         keys = self._keys(jwks, kid, alg)
         if not keys and not issuer.jwks:
@@ -197,18 +191,12 @@ class IssuerKeys:
         jwks_uri = discovered(issuer, self.documents.get(issuer.discovery_url))
         return self.jwks.get(jwks_uri, force)
 
-    def _keys(self, jwks: dict[str, Any], kid: str | None, alg: str) -> list[Any]:
-        """Parsed keys by (kid, alg), memoised per JWK Set object (the cache hands out the same one until it
-        refetches), so a request verifies a signature without parsing a key."""
+    def _keys(self, jwks: dict[str, Any], kid: str | None, alg: str) -> list[VerificationKey]:
+        """The keys by kid that allow `alg`, parsed once per JWK Set object (the cache hands out the same one
+        until it refetches), so a request verifies a signature without parsing a key."""
         entry = self._parsed.get(id(jwks))
         if entry is None or entry[0] is not jwks:
             if len(self._parsed) > 1000:
                 self._parsed.clear()
-            entry = self._parsed[id(jwks)] = (jwks, {})
-        by_key = entry[1]
-        found = by_key.get((kid, alg))
-        if found is None:
-            found = [jwt.PyJWK(k, alg).key for k in jwks["keys"] if (kid is None or k.get("kid") == kid) and alg in key_algorithms(k)]
-            if len(by_key) < 256:
-                by_key[(kid, alg)] = found
-        return found
+            entry = self._parsed[id(jwks)] = (jwks, [(k.get("kid"), VerificationKey.from_jwk(k)) for k in usable_keys(jwks)["keys"]])
+        return [key for key_id, key in entry[1] if (kid is None or key_id == kid) and alg in key.algorithms]

@@ -8,7 +8,6 @@ JWK stays in the manifest, so a leaked keys directory cannot forge tokens with r
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import threading
@@ -21,61 +20,30 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
+from client_lib.jose import ALGORITHMS, ALGS_BY_KEY, public_jwk
+
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("ES256", "RS256", "RS512", "PS256", "EdDSA")
 DEFAULT_ALG = "ES256"
 STATES = ("next", "active", "retired", "revoked")
 RSA_BITS = 2048
 
 _JWA = get_default_algorithms()
-# RFC 7638 §3.2: the members of each key type that enter the thumbprint.
-_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 
 
 class KeyringError(Exception):
     """The keyring cannot be read, written or used; the message says which file and why."""
 
 
-def b64url(data: bytes) -> str:
-    """Base64url without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def generate_private_key(alg: str) -> Any:
     """A fresh private key suitable for `alg`."""
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
-    if alg in ("RS256", "RS512", "PS256"):
+    if alg in ALGS_BY_KEY[("RSA", None)]:
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     raise KeyringError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
-
-
-def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638 JWK thumbprint (SHA-256), used as the key id."""
-    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
-    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
-    return b64url(hashlib.sha256(canonical).digest())
-
-
-def default_alg(public_key: Any) -> str:
-    """The algorithm a key of this type signs with by default."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1":
-        return "ES256"
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return "RS256"
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return "EdDSA"
-    raise ValueError("only EC P-256, RSA and Ed25519 keys are supported")
-
-
-def public_jwk(public_key: Any, alg: str) -> dict[str, Any]:
-    """The public JWK (RFC 7517) of a key, with kid (RFC 7638 thumbprint), alg and use."""
-    jwk = _JWA[alg].to_jwk(public_key, as_dict=True)
-    jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
-    return {**jwk, "kid": jwk_thumbprint(jwk), "alg": alg, "use": "sig"}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from client_lib.jose import b64url
+
 from . import db
 from .config import Config
 from .keyring import (
@@ -30,7 +32,6 @@ from .keyring import (
     Keyring,
     KeyringError,
     KeyStore,
-    b64url,
     checked_keyring,
     new_key,
     plan_rotation,

@@ -1,0 +1,61 @@
+"""How a client proves itself: a secret (HTTP Basic) or a private key signing RFC 7523 assertions."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote_plus
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from ..jose import ASSERTION_TYPE, default_algorithm
+
+
+def load_private_key(private_key: Any) -> Any:
+    """A private key object from a PEM path, PEM bytes/str, or a key object."""
+    if isinstance(private_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        return private_key
+    if isinstance(private_key, str) and "-----BEGIN" not in private_key:
+        with open(private_key, "rb") as fh:
+            private_key = fh.read()
+    if isinstance(private_key, str):
+        private_key = private_key.encode()
+    return serialization.load_pem_private_key(private_key, password=None)
+
+
+def client_assertion(client_id: str, audience: str, key: Any, alg: str, key_id: str | None, now: float, lifetime: int = 60) -> str:
+    """An RFC 7523 client assertion: iss = sub = client_id, aud = the token endpoint, a fresh jti."""
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": int(now),
+        "exp": int(now) + lifetime,
+        "jti": secrets.token_urlsafe(18),
+    }
+    headers = {"kid": key_id} if key_id else None
+    return jwt.encode(claims, key, algorithm=alg, headers=headers)
+
+
+class Credentials:
+    """How a client proves itself: a secret (HTTP Basic, RFC 6749 §2.3.1) or a private key (RFC 7523)."""
+
+    def __init__(self, client_id: str, client_secret: str | None, private_key: Any, key_id: str | None, clock: Callable[[], float]):
+        if (client_secret is None) == (private_key is None):
+            raise ValueError("give exactly one of client_secret and private_key")
+        self.client_id = client_id
+        self._secret = client_secret
+        self._key = load_private_key(private_key) if private_key is not None else None
+        self._alg = default_algorithm(self._key) if self._key is not None else None
+        self.key_id = key_id
+        self.clock = clock
+
+    def auth(self, audience: str) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """Form fields and the HTTP Basic pair for one request to `audience` (an endpoint URL)."""
+        if self._key is not None:
+            assertion = client_assertion(self.client_id, audience, self._key, self._alg, self.key_id, self.clock())
+            return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}, None
+        return {}, (quote_plus(self.client_id), quote_plus(self._secret))

@@ -1,0 +1,127 @@
+"""What makes a JWT an acceptable access token for one issuer and audience (RFC 9068 §4), and the
+verified-token cache; the sync and async verifiers only fetch keys and lock around this."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..exceptions import ExpiredToken, InsufficientScope, KeySetUnavailable, UnknownKey
+from ..jose import ACCESS_TOKEN_TYPES, ClaimCheck, CompactJws, parse_jws, verify_signature
+from .jwks import JwksState
+
+# RFC 9068 §2.2: claims every access token carries (a missing iss or aud fails as WrongIssuer/WrongAudience);
+# sub, client_id and jti as non-empty strings.
+REQUIRED_CLAIMS = ("exp", "iat")
+STRING_CLAIMS = ("sub", "client_id", "jti")
+
+
+def check_scopes(claims: dict[str, Any], required: Iterable[str] | None) -> None:
+    """Raise InsufficientScope unless every required scope is in the token's `scope`."""
+    if not required:
+        return
+    granted = claims.get("scope", "")
+    granted_set = set(granted.split()) if isinstance(granted, str) else set()
+    missing = [s for s in required if s not in granted_set]
+    if missing:
+        raise InsufficientScope(f"token lacks scope {' '.join(missing)}")
+
+
+class VerifiedCache:
+    """token -> claims for tokens already verified, until their exp; bounded in size (oldest dropped)."""
+
+    def __init__(self, check: ClaimCheck, size: int = 10000):
+        self.check = check
+        self.size = size
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    def get(self, token: str, now: float) -> dict[str, Any] | None:
+        claims = self._entries.get(token)
+        if claims is None:
+            return None
+        try:
+            self.check.check_expiry(claims, now)
+        except ExpiredToken:
+            self._entries.pop(token, None)
+            raise
+        return claims
+
+    def put(self, token: str, claims: dict[str, Any]) -> None:
+        if self.size <= 0:
+            return
+        while len(self._entries) >= self.size:
+            try:
+                self._entries.pop(next(iter(self._entries)))
+            except (StopIteration, KeyError, RuntimeError):
+                break
+        self._entries[token] = claims
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class Verification:
+    """Everything a verifier decides, shared by the sync and async shells, which only fetch and lock."""
+
+    def __init__(self, issuer: str, audience: str, leeway: float, cooldown: float, stale_if_error: float, cache_size: int):
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.claims = ClaimCheck(issuer=issuer, audience=audience, required=REQUIRED_CLAIMS, strings=STRING_CLAIMS, leeway=leeway)
+        self.jwks = JwksState(cooldown=cooldown, stale_if_error=stale_if_error)
+        self.verified = VerifiedCache(self.claims, cache_size)
+        self._active: dict[str, float] = {}
+
+    @staticmethod
+    def parse(token: Any) -> CompactJws:
+        """A token split and decoded, refused unless a compact JWS with typ at+jwt and an accepted algorithm."""
+        return parse_jws(token, ACCESS_TOKEN_TYPES)
+
+    def cached(self, token: Any, now: float) -> dict[str, Any] | None:
+        """Claims of a token verified before and not expired since."""
+        return self.verified.get(token, now) if isinstance(token, str) else None
+
+    def must_wait_for_keys(self, now: float) -> bool:
+        """True when there are no usable keys, so a refresh must finish before verifying."""
+        return not self.jwks.usable(now)
+
+    def needs_fetch_for(self, kid: Any, now: float) -> bool:
+        """An unknown kid that may trigger a refetch now (at most once per cooldown)."""
+        return isinstance(kid, str) and self.jwks.lookup(kid, now) is None and self.jwks.may_fetch_for(kid, now)
+
+    def fetched_for(self, kid: str, now: float) -> None:
+        """After a refetch for `kid`: remember it if it is still unknown."""
+        if self.jwks.lookup(kid, now) is None:
+            self.jwks.still_unknown(kid, now)
+
+    def accept_keys(self, data: Any, cache_control: str | None, now: float) -> None:
+        before = set(self.jwks.keys)
+        self.jwks.accepted(data, cache_control, now)
+        if before - set(self.jwks.keys):
+            # A key was withdrawn (emergency rotation): tokens it signed must be checked again.
+            self.verified.clear()
+
+    def complete(self, token: str, jws: CompactJws, now: float) -> dict[str, Any]:
+        """Check signature and claims of a parsed token with the cached keys, and remember it."""
+        key = self.jwks.lookup(jws.kid, now)
+        if key is None:
+            if not self.jwks.usable(now):
+                raise KeySetUnavailable("the issuer's keys could not be fetched")
+            raise UnknownKey("token was signed by a key the issuer does not publish")
+        claims = verify_signature(jws, key)
+        self.claims.check(claims, now)
+        self.verified.put(token, claims)
+        return claims
+
+    def known_active(self, jti: str, now: float) -> bool:
+        return self._active.get(jti, 0) > now
+
+    def remember_active(self, jti: str, until: float) -> None:
+        if len(self._active) > 10000:
+            self._active.clear()
+        self._active[jti] = until
+
+    @staticmethod
+    def result(claims: dict[str, Any], scopes: Iterable[str] | None) -> dict[str, Any]:
+        check_scopes(claims, scopes)
+        return dict(claims)

@@ -1,0 +1,310 @@
+"""JOSE as TokenDealer and its clients use it, in one place: which algorithms each key type may use, public
+JWKs and their thumbprints, JWK Sets, compact JWS parsing and signature checks, and the JWT claim checks
+(RFC 7515, 7517, 7518, 7519, 7638, 9068). No I/O and no clock of its own; the server imports it too.
+
+Every refusal is an `InvalidToken` subclass whose message starts with the `noun` the caller names
+("token", "client_assertion"), so each caller can pass the message on as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import get_default_algorithms
+
+from .exceptions import (
+    DisallowedAlgorithm,
+    ExpiredToken,
+    ImmatureToken,
+    InvalidSignature,
+    MalformedToken,
+    MissingClaim,
+    WrongAudience,
+    WrongIssuer,
+    WrongTokenType,
+)
+
+# The algorithms each key type may use, keyed by (kty, crv) with crv None for RSA (RFC 7518 §3, RFC 8037 §3.1).
+# Asymmetric only, so `none` and HMAC never verify anything.
+ALGS_BY_KEY: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("EC", "P-256"): ("ES256",),
+    ("RSA", None): ("RS256", "RS512", "PS256"),
+    ("OKP", "Ed25519"): ("EdDSA",),
+}
+ALGORITHMS = tuple(alg for algs in ALGS_BY_KEY.values() for alg in algs)
+# RFC 9068 §4: the `typ` of an access token, compared exactly.
+ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+# RFC 7523 §2.2: the client_assertion_type of a JWT client assertion.
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_TOKEN_LENGTH = 16384
+MAX_JSON_DEPTH = 32  # deeper JSON is refused, so nothing recurses on what an attacker nests
+# RFC 7517 §9.3 / RFC 7518 §6: members that carry private or symmetric key material.
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
+# RFC 7638 §3.2: the members of each key type that enter the thumbprint.
+_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_JWA = get_default_algorithms()
+_PRIVATE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
+
+
+# ---- encodings --------------------------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(segment: str) -> bytes:
+    """The bytes of an unpadded base64url segment; ValueError if it is not one."""
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _refuse_constant(name: str) -> None:
+    """parse_constant hook: NaN and Infinity are not JSON numbers (RFC 8259 §6)."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _nests_within(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in a decoded JSON value nest at most `limit` deep (walked level by level, no recursion)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(limit):
+        level = [
+            child for node in level for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return True
+    return not level
+
+
+def json_object(segment: str, what: str) -> dict[str, Any]:
+    """A JWS header or payload segment as a JSON object: base64url of UTF-8 JSON (RFC 7515 §7.1, RFC 8259),
+    nested at most MAX_JSON_DEPTH deep; anything else, however deep or odd, is MalformedToken naming `what`."""
+    try:
+        value = json.loads(b64url_decode(segment).decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise MalformedToken(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict) or not _nests_within(value, MAX_JSON_DEPTH):
+        raise MalformedToken(f"{what} is not a JSON object")
+    return value
+
+
+# ---- keys -------------------------------------------------------------------------------------------
+
+
+def key_algorithms(jwk: dict[str, Any]) -> tuple[str, ...]:
+    """The algorithms a JWK may verify: its `alg` if its key type allows it, else all its type allows."""
+    kty, crv = jwk.get("kty"), None if jwk.get("kty") == "RSA" else jwk.get("crv")
+    if not isinstance(kty, str) or not (crv is None or isinstance(crv, str)):
+        return ()
+    allowed = ALGS_BY_KEY.get((kty, crv), ())
+    if "alg" in jwk:
+        return (jwk["alg"],) if jwk["alg"] in allowed else ()
+    return allowed
+
+
+def default_algorithm(key: Any) -> str:
+    """The algorithm a key (private or public) signs with unless told otherwise."""
+    if isinstance(key, _PRIVATE_KEYS):
+        key = key.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
+        return "ES256"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    raise ValueError("only EC P-256, RSA and Ed25519 keys are supported")
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256), used as the key id."""
+    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return b64url(hashlib.sha256(canonical).digest())
+
+
+def public_jwk(public_key: Any, alg: str) -> dict[str, Any]:
+    """The public JWK (RFC 7517) of a key, with kid (RFC 7638 thumbprint), alg and use."""
+    jwk = _JWA[alg].to_jwk(public_key, as_dict=True)
+    jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
+    return {**jwk, "kid": jwk_thumbprint(jwk), "alg": alg, "use": "sig"}
+
+
+class JwkError(ValueError):
+    """A JWK or JWK Set that cannot be used here; the message says why."""
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A public key and the algorithms it may verify."""
+
+    algorithms: tuple[str, ...]
+    key: Any
+
+    @classmethod
+    def from_jwk(cls, jwk: Any) -> VerificationKey:
+        """The key of a public signing JWK of a supported type, else JwkError saying why."""
+        if not isinstance(jwk, dict):
+            raise JwkError("each JWK must be a JSON object")
+        if any(member in jwk for member in PRIVATE_MEMBERS):
+            raise JwkError("the JWK Set holds private or symmetric key material; it may hold public keys only")
+        if jwk.get("use", "sig") != "sig":
+            raise JwkError("a JWK in the set is not for signatures (use is not sig)")
+        if "kid" in jwk and not isinstance(jwk["kid"], str):
+            raise JwkError("a JWK in the set has a kid that is not a string")
+        algorithms = key_algorithms(jwk)
+        if not algorithms:
+            raise JwkError(f"unsupported key (kty {jwk.get('kty')!r:.40}, alg {jwk.get('alg')!r:.40}); use {', '.join(ALGORITHMS)}")
+        try:
+            return cls(algorithms, jwt.PyJWK(jwk, algorithms[0]).key)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
+            raise JwkError("a JWK in the set is malformed") from None
+
+
+def checked_jwk_set(data: Any) -> dict[str, Any]:
+    """A registered JWK Set (RFC 7517 §5) if it has keys and every one is usable here, else JwkError."""
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list) or not data["keys"]:
+        raise JwkError('a JWK Set must be a JSON object {"keys": [...]} with at least one key')
+    for jwk in data["keys"]:
+        VerificationKey.from_jwk(jwk)
+    return {"keys": list(data["keys"])}
+
+
+def verification_keys(data: Any) -> dict[str, VerificationKey]:
+    """kid -> key for each usable key of an issuer's JWK Set; keys without a kid or unusable here are
+    skipped (RFC 7517 §5), JwkError if it is not a JWK Set at all."""
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise JwkError("not a JWK Set")
+    keys = {}
+    for jwk in data["keys"]:
+        if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+            continue
+        try:
+            keys[jwk["kid"]] = VerificationKey.from_jwk(jwk)
+        except JwkError:
+            continue
+    return keys
+
+
+# ---- compact JWS ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactJws:
+    """A compact JWS split and decoded once (RFC 7515 §7.1); nothing in it is trusted yet."""
+
+    header: dict[str, Any]
+    signing_input: bytes
+    payload_b64: str
+    signature: bytes
+    noun: str = "token"
+
+    @property
+    def alg(self) -> str:
+        """The header's algorithm, one of ALGORITHMS (parse_jws refuses any other)."""
+        return self.header["alg"]
+
+    @property
+    def kid(self) -> Any:
+        return self.header.get("kid")
+
+    def unverified_claims(self) -> dict[str, Any]:
+        """The payload as a JSON object, before any signature check: for choosing the key only."""
+        return json_object(self.payload_b64, f"{self.noun} payload")
+
+
+def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "token") -> CompactJws:
+    """Split and decode a compact JWS, refusing anything else: more than MAX_TOKEN_LENGTH, a header that is
+    not strict JSON, an algorithm not in ALGORITHMS, JWS extensions (`crit`, `b64`, RFC 7515 §4.1.11,
+    RFC 7797) and, when `types` is given, a `typ` not exactly one of them."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise MalformedToken(f"{noun} is not a compact JWS")
+    parts = token.split(".")
+    if len(parts) != 3 or not _SEGMENT_RE.match(parts[0]) or not _SEGMENT_RE.match(parts[1]) or not _SIGNATURE_RE.match(parts[2]):
+        raise MalformedToken(f"{noun} is not a compact JWS")
+    header = json_object(parts[0], f"{noun} header")
+    try:
+        signature = b64url_decode(parts[2])
+    except ValueError:
+        raise MalformedToken(f"{noun} signature is not base64url") from None
+    if types is not None and header.get("typ") not in types:
+        raise WrongTokenType(f"{noun} typ is not {types[0]}")
+    if header.get("alg") not in ALGORITHMS:
+        raise DisallowedAlgorithm(f"{noun} algorithm {header.get('alg')!r:.40} is not accepted")
+    if "crit" in header or "b64" in header:
+        raise MalformedToken(f"{noun} uses JWS extensions that are not supported")
+    return CompactJws(header, f"{parts[0]}.{parts[1]}".encode("ascii"), parts[1], signature, noun)
+
+
+def verify_signature(jws: CompactJws, key: VerificationKey) -> dict[str, Any]:
+    """The payload if the signature verifies with `key`, pinned to the algorithms that key allows."""
+    if jws.alg not in key.algorithms:
+        raise DisallowedAlgorithm(f"{jws.noun} algorithm does not match its key")
+    if not _JWA[jws.alg].verify(jws.signing_input, key.key, jws.signature):
+        raise InvalidSignature("signature verification failed")
+    return jws.unverified_claims()
+
+
+# ---- claims -----------------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """The checks of a JWT's registered claims (RFC 7519 §4.1), the same for every caller.
+
+    `required` claims must be present, `strings` present and non-empty strings; `exp`, `nbf` and `iat`
+    must be numbers; `iss` must equal `issuer` and `aud` contain `audience` when those are given.
+    `leeway` absorbs other parties' clock skew on every time claim; `skew` widens only the not-before side
+    (`nbf`, `iat`), for a clock that may run slightly ahead of ours.
+    """
+
+    issuer: str | None = None
+    audience: str | None = None
+    required: tuple[str, ...] = ("exp",)
+    strings: tuple[str, ...] = ()
+    leeway: float = 0.0
+    skew: float = 0.0
+    noun: str = "token"
+
+    def check(self, claims: dict[str, Any], now: float) -> None:
+        """Raise an InvalidToken subclass naming the first claim that fails."""
+        noun = self.noun
+        for name in self.required:
+            if name not in claims:
+                raise MissingClaim(f"{noun} lacks the {name} claim")
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and not _is_number(claims[name]):
+                raise MissingClaim(f"{noun} {name} is not a number")
+        for name in self.strings:
+            if name not in claims:
+                raise MissingClaim(f"{noun} lacks the {name} claim")
+            if not isinstance(claims[name], str) or not claims[name]:
+                raise MissingClaim(f"{noun} {name} must be a non-empty string")
+        if self.issuer is not None and claims.get("iss") != self.issuer:
+            raise WrongIssuer(f"{noun} issuer does not match")
+        if self.audience is not None:
+            aud = claims.get("aud")
+            if self.audience not in (aud if isinstance(aud, list) else [aud]):
+                raise WrongAudience(f"{noun} audience does not match")
+        self.check_expiry(claims, now)
+        if claims.get("nbf", 0) > now + self.leeway + self.skew:
+            raise ImmatureToken(f"{noun} is not valid yet")
+        if claims.get("iat", 0) > now + self.leeway + self.skew:
+            raise ImmatureToken(f"{noun} iat is in the future")
+
+    def check_expiry(self, claims: dict[str, Any], now: float) -> None:
+        """Raise ExpiredToken once `exp` lies `leeway` seconds in the past."""
+        if "exp" in claims and claims["exp"] <= now - self.leeway:
+            raise ExpiredToken(f"{self.noun} has expired")

@@ -1,0 +1,132 @@
+"""client_lib.jose: the one algorithm table, JWKs, compact JWS parsing and the claim checker."""
+
+from __future__ import annotations
+
+import json
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from joserfc.jwk import JWKRegistry
+
+from client_lib import DisallowedAlgorithm, ExpiredToken, ImmatureToken, MalformedToken, MissingClaim, WrongAudience, WrongIssuer
+from client_lib.jose import (
+    ACCESS_TOKEN_TYPES,
+    ALGORITHMS,
+    ClaimCheck,
+    JwkError,
+    VerificationKey,
+    b64url,
+    checked_jwk_set,
+    default_algorithm,
+    jwk_thumbprint,
+    key_algorithms,
+    parse_jws,
+    public_jwk,
+    verification_keys,
+    verify_signature,
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "alg"),
+    [
+        (ec.generate_private_key(ec.SECP256R1()), "ES256"),
+        (rsa.generate_private_key(65537, 2048), "RS256"),
+        (ed25519.Ed25519PrivateKey.generate(), "EdDSA"),
+    ],
+)
+def test_kid_is_the_rfc7638_thumbprint_as_joserfc_computes_it(key, alg):
+    jwk = public_jwk(key.public_key(), alg)
+    assert jwk["kid"] == jwk_thumbprint(jwk) == JWKRegistry.import_key(jwk).thumbprint()
+    assert (jwk["alg"], jwk["use"]) == (alg, "sig") and not {"d", "p", "q"} & set(jwk)
+
+
+def test_one_algorithm_table_strict_for_every_user():
+    """RSA keys verify RS256, RS512 and PS256 only; P-384, RS384, PS384, PS512 and anything symmetric never."""
+    assert ALGORITHMS == ("ES256", "RS256", "RS512", "PS256", "EdDSA")
+    assert key_algorithms({"kty": "RSA"}) == ("RS256", "RS512", "PS256")
+    assert key_algorithms({"kty": "RSA", "alg": "PS512"}) == ()
+    assert key_algorithms({"kty": "EC", "crv": "P-384"}) == ()
+    assert key_algorithms({"kty": "oct"}) == ()
+    assert key_algorithms({"kty": ["EC"], "crv": {"x": 1}}) == ()  # no TypeError on unhashable members
+
+
+def test_default_algorithm_of_private_and_public_keys():
+    for key, alg in ((ec.generate_private_key(ec.SECP256R1()), "ES256"), (ed25519.Ed25519PrivateKey.generate(), "EdDSA")):
+        assert default_algorithm(key) == default_algorithm(key.public_key()) == alg
+    with pytest.raises(ValueError, match="only EC P-256"):
+        default_algorithm(ec.generate_private_key(ec.SECP384R1()))
+
+
+@pytest.mark.parametrize(
+    "jwk",
+    [
+        {"kty": "EC", "crv": "P-256", "x": "a", "y": "b", "d": "private"},
+        {"kty": "oct", "k": "c2VjcmV0"},
+        "not an object",
+        {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"},
+    ],
+)
+def test_unusable_jwks_are_refused(jwk):
+    with pytest.raises(JwkError):
+        checked_jwk_set({"keys": [jwk]})
+    assert verification_keys({"keys": [jwk]}) == {}
+
+
+def test_a_jwk_for_encryption_or_with_a_bad_kid_is_refused():
+    jwk = public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), "ES256")
+    assert checked_jwk_set({"keys": [jwk]}) == {"keys": [jwk]}
+    for bad in ({**jwk, "use": "enc"}, {**jwk, "kid": 7}):
+        with pytest.raises(JwkError):
+            checked_jwk_set({"keys": [bad]})
+    assert list(verification_keys({"keys": [jwk, {**jwk, "kid": "enc", "use": "enc"}]})) == [jwk["kid"]]
+
+
+def _token(key, alg: str, claims: dict, **header) -> str:
+    return jwt.encode(claims, key, algorithm=alg, headers={"typ": "at+jwt", **header})
+
+
+def test_signature_pinned_to_the_key_algorithms():
+    key = rsa.generate_private_key(65537, 2048)
+    jwk = public_jwk(key.public_key(), "RS256")
+    token = _token(key, "PS256", {"a": 1})
+    with pytest.raises(DisallowedAlgorithm):
+        verify_signature(parse_jws(token), VerificationKey.from_jwk(jwk))  # alg RS256 pins the key
+    assert verify_signature(parse_jws(token), VerificationKey.from_jwk({k: v for k, v in jwk.items() if k != "alg"})) == {"a": 1}
+    with pytest.raises(DisallowedAlgorithm, match="'RS384'"):
+        parse_jws(_token(key, "RS384", {"a": 1}))
+
+
+def test_parse_refuses_extensions_and_names_the_caller():
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(MalformedToken, match="^client_assertion uses JWS extensions"):
+        parse_jws(_token(key, "ES256", {}, crit=["exp"], exp=1), noun="client_assertion")
+    with pytest.raises(MalformedToken, match="^client_assertion header is not valid JSON"):
+        parse_jws(f"{b64url(b'{,')}.{b64url(json.dumps({}).encode())}.", noun="client_assertion")
+    assert parse_jws(_token(key, "ES256", {}), ACCESS_TOKEN_TYPES).alg == "ES256"
+
+
+def test_claim_check_with_injected_clock_leeway_and_skew():
+    now = 1_800_000_000
+    check = ClaimCheck(issuer="https://i", audience="api", required=("exp", "iat"), strings=("jti",), leeway=30, skew=1)
+    good = {"iss": "https://i", "aud": ["x", "api"], "iat": now, "nbf": now, "exp": now + 60, "jti": "j"}
+    check.check(good, now)
+    check.check(good, now + 60 + 29)  # within leeway
+    cases = [
+        ({**good, "exp": now - 31}, ExpiredToken, "token has expired"),
+        ({**good, "nbf": now + 32}, ImmatureToken, "token is not valid yet"),
+        ({**good, "iat": now + 32}, ImmatureToken, "token iat is in the future"),
+        ({**good, "iss": "https://evil"}, WrongIssuer, "issuer"),
+        ({**good, "aud": "other"}, WrongAudience, "audience"),
+        ({**good, "exp": True}, MissingClaim, "token exp is not a number"),
+        ({**good, "jti": ""}, MissingClaim, "jti"),
+        ({k: v for k, v in good.items() if k != "iat"}, MissingClaim, "token lacks the iat claim"),
+    ]
+    for claims, error, text in cases:
+        with pytest.raises(error, match=text):
+            check.check(claims, now)
+    check.check({**good, "nbf": now + 31}, now)  # leeway + skew
+    own = ClaimCheck(required=("exp",), skew=1, noun="client_assertion")
+    with pytest.raises(ExpiredToken, match="^client_assertion has expired$"):
+        own.check({"exp": now}, now)
