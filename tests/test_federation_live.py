@@ -10,6 +10,8 @@ import jwt
 import pytest
 import requests
 
+from client_lib import FederatedTokenError, TokenClient, TokenVerifier
+
 from .conftest import FakeClock, LiveServer, free_port, run_cli, server_env
 from .workload_issuer import WorkloadIssuer
 
@@ -92,6 +94,18 @@ def test_a_never_fetched_issuer_that_is_down_is_a_clear_refusal(pair):
         assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
     finally:
         issuer.close()
+
+
+def test_client_lib_trades_the_projected_token_file(pair):
+    server, path = pair["server"], pair["tmp"] / "projected-token"
+    path.write_text(pair["workload_token"]() + "\n")
+    client = TokenClient(server.url, "billing", federated_token_file=path)
+    token = client.get_token(audience="https://billing", scope="invoices:read")
+    verifier = TokenVerifier(issuer=server.url, audience="https://billing")
+    assert verifier.verify(token, scopes=["invoices:read"])["client_id"] == "billing"
+    path.write_text("garbage")  # the kubelet is rewriting it: a clear error, not a request with garbage
+    with pytest.raises(FederatedTokenError):
+        client.fetch_token_response(audience="https://billing")
 
 
 def test_cached_keys_keep_working_while_the_cluster_issuer_is_down(pair):
