@@ -66,7 +66,7 @@ class _Library:
 
     def __init__(self, path: str):
         self.path = path
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.generation = 0
         self._pid: int | None = None
         self._lib: Any = None
@@ -138,7 +138,16 @@ class Pkcs11Token:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[_Session]:
-        """A logged-in session for one operation; any PKCS#11 failure becomes HsmUnavailable."""
+        """A logged-in session for one operation; any PKCS#11 failure becomes HsmUnavailable.
+
+        Operations of one process take turns on the module's lock: a restart of the module (C_Finalize)
+        while another thread is inside a PKCS#11 call crashes the process."""
+        with self._library.lock:
+            with self._operation() as pooled:
+                yield pooled
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[_Session]:
         pooled = self._borrow()
         try:
             yield pooled

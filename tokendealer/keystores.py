@@ -69,11 +69,22 @@ class FileKeyStore:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def load(self) -> Keyring:
-        """Read and check the manifest and every private key it names."""
-        records = self._read_manifest()
-        return checked_keyring(
-            records, {r.kid: self._read_private_key(r) for r in records if r.state in SIGNING_STATES}, str(self.manifest_path)
-        )
+        """Read and check the manifest and every private key it names.
+
+        Readers take no lock: a rotation that replaces the manifest between the reads here and then
+        deletes a retired key's PEM makes a key go missing, so the read starts over when the manifest changed.
+        """
+        for _ in range(3):
+            version = self.version()
+            records = self._read_manifest()
+            try:
+                keys = {r.kid: self._read_private_key(r) for r in records if r.state in SIGNING_STATES}
+            except KeyringError:
+                if self.version() != version:
+                    continue
+                raise
+            return checked_keyring(records, keys, str(self.manifest_path))
+        raise KeyringError(f"{self.manifest_path}: changed during every read; try again")
 
     def init(self, alg: str = DEFAULT_ALG) -> bool:
         """Create the directory, the pepper, a first active key and a next key; False if already there."""
