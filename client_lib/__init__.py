@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
+    ActorNotAllowed,
     DisallowedAlgorithm,
     DiscoveryError,
     ExpiredToken,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .fastapi_auth import require_token_async
     from .flask_auth import require_token
     from .httpx_auth import HttpxTokenAuth
+    from .jose import actors
     from .verifier import TokenVerifier
 
 # The one version of both distributions (tokendealer-client and the tokendealer server), read by both builds.
@@ -46,6 +48,7 @@ _LAZY = {
     "HttpxTokenAuth": ("httpx_auth", "httpx"),
     "require_token": ("flask_auth", "flask"),
     "require_token_async": ("fastapi_auth", "fastapi"),
+    "actors": ("jose", None),
 }
 
 
@@ -65,6 +68,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ActorNotAllowed",
+    "actors",
     "AsyncTokenClient",
     "AsyncTokenVerifier",
     "HttpxTokenAuth",

@@ -16,7 +16,7 @@ import httpx
 
 from .core.credentials import Credentials
 from .core.retries import RetrySchedule, retryable_status
-from .core.tokens import CacheKey, TokenCache, token_error, token_form, token_response
+from .core.tokens import CacheKey, TokenCache, exchange_form, exchange_key, token_error, token_form, token_response
 from .core.verification import Verification
 from .discovery import discover_async
 from .exceptions import DiscoveryError, KeySetUnavailable, RevokedToken, TokenRequestError
@@ -29,13 +29,16 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
 class _LoopLocks:
     """asyncio locks per (event loop, key): single-flight within each loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 10000) -> None:
+        self.size = size
         self._locks: dict[tuple[int, Any], asyncio.Lock] = {}
 
     def get(self, key: Any) -> asyncio.Lock:
         loop_key = (id(asyncio.get_running_loop()), key)
         lock = self._locks.get(loop_key)
         if lock is None:
+            if len(self._locks) >= self.size:  # one lock per exchanged token: bounded like the cache
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
             lock = self._locks[loop_key] = asyncio.Lock()
         return lock
 
@@ -94,7 +97,14 @@ class AsyncTokenClient:
 
     async def get_token(self, audience: str | None = None, scope: str | None = None) -> str:
         """A valid access token for (audience, scope), from the cache when fresh."""
-        key = (audience, scope)
+        return await self._cached((audience, scope), token_form(audience, scope))
+
+    async def exchange(self, subject_token: str, audience: str | None = None, scope: str | None = None) -> str:
+        """RFC 8693: `subject_token` (a token this service received, meant for it) exchanged for one meant for
+        `audience`, acting for its caller; cached per (the subject token's jti, audience, scope) like any token."""
+        return await self._cached(exchange_key(subject_token, audience, scope), exchange_form(subject_token, audience, scope))
+
+    async def _cached(self, key: CacheKey, form: dict[str, str]) -> str:
         token = self.cache.fresh(key, self.clock())
         if token is not None:
             return token
@@ -103,14 +113,14 @@ class AsyncTokenClient:
             if not lock.locked():
                 async with lock:
                     try:
-                        await self._refresh(key)
+                        await self._refresh(key, form)
                     except Exception as exc:  # the old token is still valid: keep serving it
                         log.warning("token refresh failed, serving the cached token: %s", exc)
             token = self.cache.usable(key, self.clock())
             if token is not None:
                 return token
         async with lock:
-            return self.cache.fresh(key, self.clock()) or await self._refresh(key)
+            return self.cache.fresh(key, self.clock()) or await self._refresh(key, form)
 
     def invalidate(self, token: str) -> None:
         self.cache.invalidate(token)
@@ -118,9 +128,9 @@ class AsyncTokenClient:
     async def client_auth(self, audience: str | None = None) -> tuple[dict[str, str], tuple[str, str] | None]:
         return self.credentials.auth(audience or await self.token_endpoint())
 
-    async def _refresh(self, key: CacheKey) -> str:
+    async def _refresh(self, key: CacheKey, form: dict[str, str]) -> str:
         requested_at = self.clock()
-        return self.cache.store(key, await self._request(token_form(*key)), requested_at)
+        return self.cache.store(key, await self._request(form), requested_at)
 
     async def _request(self, form: dict[str, str]) -> dict[str, Any]:
         endpoint = await self.token_endpoint()
@@ -183,8 +193,11 @@ class AsyncTokenVerifier:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def verify(self, token: str, scopes: Iterable[str] | None = None) -> dict[str, Any]:
-        """The token's claims, or an InvalidToken subclass saying why it is refused."""
+    async def verify(
+        self, token: str, scopes: Iterable[str] | None = None, *, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+    ) -> dict[str, Any]:
+        """The token's claims, or an InvalidToken subclass saying why it is refused; `actor` / `no_actor` as
+        `TokenVerifier.verify`."""
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
@@ -204,7 +217,7 @@ class AsyncTokenVerifier:
             claims = policy.complete(token, jws, now)
         if self.introspect:
             await self._check_active(token, claims, now)
-        return policy.result(claims, scopes)
+        return policy.result(claims, scopes, actor, no_actor)
 
     async def _jwks_url(self) -> str:
         if self._jwks_uri is None:

@@ -1,4 +1,4 @@
-"""TokenClient: fetch, cache and refresh client-credentials tokens (requests); TokenAuth attaches them."""
+"""TokenClient: fetch, cache and refresh client-credentials and exchanged tokens (requests); TokenAuth attaches them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import requests
 from .core.credentials import Credentials
 from .core.origins import OriginPin
 from .core.retries import RetrySchedule, retryable_status
-from .core.tokens import CacheKey, TokenCache, token_error, token_form, token_response
+from .core.tokens import CacheKey, TokenCache, exchange_form, exchange_key, token_error, token_form, token_response
 from .discovery import discover
 from .exceptions import TokenRequestError
 
@@ -93,7 +93,14 @@ class TokenClient:
 
     def get_token(self, audience: str | None = None, scope: str | None = None) -> str:
         """A valid access token for (audience, scope), from the cache when fresh."""
-        key = (audience, scope)
+        return self._cached((audience, scope), token_form(audience, scope))
+
+    def exchange(self, subject_token: str, audience: str | None = None, scope: str | None = None) -> str:
+        """RFC 8693: `subject_token` (a token this service received, meant for it) exchanged for one meant for
+        `audience`, acting for its caller; cached per (the subject token's jti, audience, scope) like any token."""
+        return self._cached(exchange_key(subject_token, audience, scope), exchange_form(subject_token, audience, scope))
+
+    def _cached(self, key: CacheKey, form: dict[str, str]) -> str:
         token = self.cache.fresh(key, self.clock())
         if token is not None:
             return token
@@ -101,7 +108,7 @@ class TokenClient:
         if self.cache.usable(key, self.clock()) is not None:
             if lock.acquire(blocking=False):
                 try:
-                    self._refresh(key)
+                    self._refresh(key, form)
                 except Exception as exc:  # the old token is still valid: keep serving it
                     log.warning("token refresh failed, serving the cached token: %s", exc)
                 finally:
@@ -110,7 +117,7 @@ class TokenClient:
             if token is not None:
                 return token
         with lock:
-            return self.cache.fresh(key, self.clock()) or self._refresh(key)
+            return self.cache.fresh(key, self.clock()) or self._refresh(key, form)
 
     def invalidate(self, token: str) -> None:
         """Forget a token the resource server refused, so the next call fetches a new one."""
@@ -128,12 +135,14 @@ class TokenClient:
         lock = self._locks.get(key)
         if lock is None:
             with self._locks_guard:
+                if len(self._locks) >= self.cache.size:  # one lock per exchanged token: bounded like the cache
+                    self._locks = {k: v for k, v in self._locks.items() if v.locked()}
                 lock = self._locks.setdefault(key, threading.Lock())
         return lock
 
-    def _refresh(self, key: CacheKey) -> str:
+    def _refresh(self, key: CacheKey, form: dict[str, str]) -> str:
         requested_at = self.clock()
-        return self.cache.store(key, self._request(token_form(*key)), requested_at)
+        return self.cache.store(key, self._request(form), requested_at)
 
     def _request(self, form: dict[str, str]) -> dict[str, Any]:
         """POST to the token endpoint with retries on network errors, 5xx and 429."""
@@ -167,10 +176,24 @@ class TokenAuth(requests.auth.AuthBase):
         self.audience = audience
         self.scope = scope
         self.pin = OriginPin(origin)
+        self.subject_token: str | None = None
+
+    def on_behalf_of(self, incoming_token: str) -> TokenAuth:
+        """This auth for a call made for the caller of `incoming_token`: the token it sends is `incoming_token`
+        exchanged (RFC 8693) for this audience and scope. It is pinned to this auth's origin."""
+        auth = TokenAuth(self.client, self.audience, self.scope)
+        auth.pin = self.pin
+        auth.subject_token = incoming_token
+        return auth
+
+    def _token(self) -> str:
+        if self.subject_token is not None:
+            return self.client.exchange(self.subject_token, self.audience, self.scope)
+        return self.client.get_token(self.audience, self.scope)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if self.pin.admits(request.url):
-            request.headers["Authorization"] = f"Bearer {self.client.get_token(self.audience, self.scope)}"
+            request.headers["Authorization"] = f"Bearer {self._token()}"
             request.register_hook("response", self._strip_before_leaving)
             request.register_hook("response", self._retry_on_invalid_token)
         return request
@@ -197,7 +220,7 @@ class TokenAuth(requests.auth.AuthBase):
         response.content  # noqa: B018 (drain, so the connection can be reused)
         response.close()
         request._tokendealer_retried = True
-        request.headers["Authorization"] = f"Bearer {self.client.get_token(self.audience, self.scope)}"
+        request.headers["Authorization"] = f"Bearer {self._token()}"
         new_response = response.connection.send(request, **kwargs)
         new_response.history.append(response)
         return self._strip_before_leaving(new_response)

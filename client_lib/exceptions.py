@@ -86,6 +86,14 @@ class InsufficientScope(InvalidToken):
     description = "the token lacks a required scope"
 
 
+class ActorNotAllowed(InvalidToken):
+    """The token is valid but its delegation chain (RFC 8693 `act`) is not the one this service accepts (403)."""
+
+    error = "insufficient_scope"
+    status = 403
+    description = "the token's delegation chain is not accepted here"
+
+
 class KeySetUnavailable(InvalidToken):
     """No keys could be had from the issuer, so nothing can be verified (the token may be fine)."""
 

@@ -23,15 +23,23 @@ from .exceptions import InvalidToken
 _bearer = HTTPBearer(auto_error=False, description="A TokenDealer access token (RFC 9068)")
 
 
-def require_token_async(verifier: AsyncTokenVerifier, scopes: Iterable[str] | None = None) -> Callable[..., Any]:
-    """A dependency returning the verified claims, or answering 401/403 as RFC 6750 says."""
+def require_token_async(
+    verifier: AsyncTokenVerifier,
+    scopes: Iterable[str] | None = None,
+    *,
+    actor: str | None = None,
+    no_actor: bool | str | Iterable[str] = False,
+) -> Callable[..., Any]:
+    """A dependency returning the verified claims, or answering 401/403 as RFC 6750 says; `actor` / `no_actor`
+    as `TokenVerifier.verify`."""
     scopes = list(scopes or [])
+    no_actor = no_actor if isinstance(no_actor, (bool, str)) else tuple(no_actor)
 
     async def dependency(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
         try:
             if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
                 raise InvalidToken("a bearer token is required")
-            return await verifier.verify(credentials.credentials, scopes)
+            return await verifier.verify(credentials.credentials, scopes, actor=actor, no_actor=no_actor)
         except InvalidToken as exc:
             status, headers, body = challenge(exc, scopes)
             raise HTTPException(status_code=status, detail=body, headers=headers) from None

@@ -16,9 +16,17 @@ from .exceptions import InvalidToken
 from .verifier import TokenVerifier
 
 
-def require_token(verifier: TokenVerifier, scopes: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: the view runs only with a valid token holding `scopes`; claims in `flask.g.token_claims`."""
+def require_token(
+    verifier: TokenVerifier,
+    scopes: Iterable[str] | None = None,
+    *,
+    actor: str | None = None,
+    no_actor: bool | str | Iterable[str] = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the view runs only with a valid token holding `scopes` (and the delegation chain `actor` /
+    `no_actor` ask for, as `TokenVerifier.verify`); claims in `flask.g.token_claims`."""
     scopes = list(scopes or [])
+    no_actor = no_actor if isinstance(no_actor, (bool, str)) else tuple(no_actor)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -27,7 +35,7 @@ def require_token(verifier: TokenVerifier, scopes: Iterable[str] | None = None) 
             try:
                 if token is None:
                     raise InvalidToken("a bearer token is required")
-                g.token_claims = verifier.verify(token, scopes)
+                g.token_claims = verifier.verify(token, scopes, actor=actor, no_actor=no_actor)
             except InvalidToken as exc:
                 status, headers, body = challenge(exc, scopes)
                 response: Response = jsonify(body)

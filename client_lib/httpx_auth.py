@@ -46,6 +46,25 @@ class HttpxTokenAuth(httpx.Auth):
         self.audience = audience
         self.scope = scope
         self.pin = OriginPin(origin)
+        self.subject_token: str | None = None
+
+    def on_behalf_of(self, incoming_token: str) -> HttpxTokenAuth:
+        """This auth for a call made for the caller of `incoming_token`: the token it sends is `incoming_token`
+        exchanged (RFC 8693) for this audience and scope. It is pinned to this auth's origin."""
+        auth = HttpxTokenAuth(self.client, self.audience, self.scope)
+        auth.pin = self.pin
+        auth.subject_token = incoming_token
+        return auth
+
+    def _token(self) -> str:
+        if self.subject_token is not None:
+            return self.client.exchange(self.subject_token, self.audience, self.scope)
+        return self.client.get_token(self.audience, self.scope)
+
+    async def _atoken(self) -> str:
+        if self.subject_token is not None:
+            return await self.client.exchange(self.subject_token, self.audience, self.scope)
+        return await self.client.get_token(self.audience, self.scope)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if not isinstance(self.client, TokenClient):
@@ -53,11 +72,11 @@ class HttpxTokenAuth(httpx.Auth):
         if not self.pin.admits(str(request.url)):
             yield request
             return
-        token = self.client.get_token(self.audience, self.scope)
+        token = self._token()
         response = yield self._with(request, token)
         if self._retry_wanted(request, response):
             self.client.invalidate(token)
-            yield self._with(request, self.client.get_token(self.audience, self.scope))
+            yield self._with(request, self._token())
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         if not isinstance(self.client, AsyncTokenClient):
@@ -65,11 +84,11 @@ class HttpxTokenAuth(httpx.Auth):
         if not self.pin.admits(str(request.url)):
             yield request
             return
-        token = await self.client.get_token(self.audience, self.scope)
+        token = await self._atoken()
         response = yield self._with(request, token)
         if self._retry_wanted(request, response):
             self.client.invalidate(token)
-            yield self._with(request, await self.client.get_token(self.audience, self.scope))
+            yield self._with(request, await self._atoken())
 
     def _retry_wanted(self, request: httpx.Request, response: httpx.Response) -> bool:
         """Whether our origin (not one a redirect led to) refused the token and the request can go again."""

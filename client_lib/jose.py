@@ -308,3 +308,14 @@ class ClaimCheck:
         """Raise ExpiredToken once `exp` lies `leeway` seconds in the past."""
         if "exp" in claims and claims["exp"] <= now - self.leeway:
             raise ExpiredToken(f"{self.noun} has expired")
+
+
+def actors(claims: dict[str, Any]) -> list[str]:
+    """The actor chain of a token (RFC 8693 §4.1, `act` within `act`): the current actor first; [] for a token
+    without `act`, that is a direct call. Anything but an object with a string `sub` ends the chain."""
+    chain: list[str] = []
+    act = claims.get("act")
+    while isinstance(act, dict) and isinstance(act.get("sub"), str) and len(chain) < MAX_JSON_DEPTH:
+        chain.append(act["sub"])
+        act = act.get("act")
+    return chain

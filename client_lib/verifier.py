@@ -72,8 +72,14 @@ class TokenVerifier:
             self._jwks_uri = discover(self.session, self.issuer, self.timeout)["jwks_uri"]
         return self._jwks_uri
 
-    def verify(self, token: str, scopes: Iterable[str] | None = None) -> dict[str, Any]:
-        """The token's claims, or an InvalidToken subclass saying why it is refused."""
+    def verify(
+        self, token: str, scopes: Iterable[str] | None = None, *, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+    ) -> dict[str, Any]:
+        """The token's claims, or an InvalidToken subclass saying why it is refused.
+
+        RFC 8693 delegation: `actor` requires the token's current actor (`act.sub`) to be that client;
+        `no_actor=True` requires a direct call (no `act`), and `no_actor=NAME` (or names) that none of them
+        appears anywhere in the chain. Refusals are ActorNotAllowed (403)."""
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
@@ -94,7 +100,7 @@ class TokenVerifier:
             claims = policy.complete(token, jws, now)
         if self.introspect:
             self._check_active(token, claims, now)
-        return policy.result(claims, scopes)
+        return policy.result(claims, scopes, actor, no_actor)
 
     def _fetch(self, now: float) -> None:
         """Fetch the JWKS; a failure keeps the cached keys."""

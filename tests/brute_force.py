@@ -1,6 +1,6 @@
 """A bounded brute force of wrong secrets against a known client id, from the client's own address and from
 others (127.0.0.x on loopback), while the client and a bystander on the same address ask for tokens with
-their valid secrets (SPEC §7: valid credentials are never refused because of failed attempts; the attack is
+their valid secrets (valid credentials are never refused because of failed attempts; the attack is
 answered 429 past the limit and writes a bounded number of audit lines)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The fault campaign: private PostgreSQL and Redis servers, the faults themselves, and the ledger of changes
-acknowledged before each fault that must all be there after it (SPEC §7; tests/test_faults.py, benchmarks/faults.py).
+acknowledged before each fault that must all be there after it (tests/test_faults.py, benchmarks/faults.py).
 
 Nothing here touches the machine's shared PostgreSQL (5432) or Redis (6379): each fault that needs one starts
 its own on a free loopback port in a temporary directory, and removes it afterwards.

@@ -1,4 +1,4 @@
-"""SPEC §7 under a shortened brute force (benchmarks/bruteforce.py runs it longer): a client's valid secret is
+"""A shortened brute force (benchmarks/bruteforce.py runs it longer): a client's valid secret is
 never refused because of wrong guesses for its id, from its own address or elsewhere; the guesses get 429
 past the limit and write a bounded number of audit lines."""
 

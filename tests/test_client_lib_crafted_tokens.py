@@ -1,4 +1,4 @@
-"""Crafted tokens never make a protected service answer 500 (SPEC §7): require_token (Flask) and
+"""Crafted tokens never make a protected service answer 500: require_token (Flask) and
 require_token_async (FastAPI) answer each with 401 and a fixed RFC 6750 challenge, against a live TokenDealer."""
 
 from __future__ import annotations

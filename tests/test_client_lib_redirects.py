@@ -1,4 +1,4 @@
-"""client_lib never sends a token to an origin other than the one it was obtained for (SPEC §7): TokenAuth and
+"""client_lib never sends a token to an origin other than the one it was obtained for: TokenAuth and
 HttpxTokenAuth against real loopback servers, a 302 from one origin to another, and a 401 `invalid_token` there."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fault suite (SPEC §7): under a few seconds of bounded token load, each fault is injected; valid
+"""The fault suite: under a few seconds of bounded token load, each fault is injected; valid
 credentials must not be refused (except 503 + Retry-After while the database is really down) and nothing
 acknowledged before the fault may be lost. `benchmarks/faults.py` runs the same faults longer and prints the table.
 

@@ -125,15 +125,18 @@ def test_too_many_parameters(http, make_client):
     assert response.get_json()["error"] == "invalid_request"
 
 
-def test_database_fault_is_503_then_recovers(http, make_client, config, services):
+def test_database_fault_is_503_then_recovers(tmp_path, clock):
     """The database file disappears (a directory stands in its place): 503, then recovery when it returns."""
-    cid, secret = make_client()
+    config = make_config(tmp_path, client_cache_seconds=0)  # every request reads the client from the database
+    initialise(config, clock)
+    app = create_app(config, clock=clock)
+    services, http = app.extensions["tokendealer"], app.test_client()
+    cid, secret = "svc", services.clients.create("svc", scopes=["read"], audiences=[AUDIENCE])[1]
     assert post(http, (cid, secret)).status_code == 200
     path = config.database_url.removeprefix("sqlite:///")
     services.engine.dispose()  # pooled connections would keep the old inode open
     shutil.move(path, path + ".away")
     os.mkdir(path)
-    services.clients._cache.clear()
     broken = post(http, (cid, secret))
     assert broken.status_code == 503
     assert broken.get_json()["error"] == "temporarily_unavailable"

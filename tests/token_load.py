@@ -1,4 +1,4 @@
-"""Bounded token-request load on loopback, and the per-fault summary of what it saw (SPEC §7).
+"""Bounded token-request load on loopback, and the per-fault summary of what it saw.
 
 Every loop is bounded twice: by a request count and by a deadline. Requests go to 127.0.0.x only; a source
 address other than 127.0.0.1 stands for another machine.
@@ -189,7 +189,7 @@ class TokenLoad:
 @dataclass
 class Window:
     """A fault's span on the monotonic clock; `unavailable` when the database or keyring is really down
-    during it, so 503 with Retry-After is the right answer then (SPEC §3 token errors)."""
+    during it, so 503 with Retry-After is the right answer then."""
 
     start: float
     end: float | None = None

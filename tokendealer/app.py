@@ -36,6 +36,7 @@ from .fastpath import TokenFastPath
 from .federation import FederationVerifier, RuleStore
 from .grants.client_credentials import ClientCredentialsGrant
 from .grants.jwt_bearer import JwtBearerGrant
+from .grants.token_exchange import TokenExchangeGrant
 from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
 from .issuers import IssuerKeys, IssuerStore
 from .keyring import KeyringSource, KeyStore
@@ -115,7 +116,13 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         tokens=tokens,
         authenticator=authenticator,
         token_endpoint=TokenEndpoint(
-            [ClientCredentialsGrant(authenticator, tokens), JwtBearerGrant(federation, authenticator, tokens)], audit, metrics
+            [
+                ClientCredentialsGrant(authenticator, tokens),
+                TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth),
+                JwtBearerGrant(federation, authenticator, tokens),
+            ],
+            audit,
+            metrics,
         ),
         introspection=IntrospectionEndpoint(authenticator, tokens),
         revocation=RevocationEndpoint(authenticator, tokens, audit),

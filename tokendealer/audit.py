@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # Fields that could carry credentials are never written, whatever a caller passes.
 _FORBIDDEN = frozenset({"client_secret", "secret", "client_assertion", "assertion", "token", "access_token"})
+_FORBIDDEN |= {"subject_token", "actor_token"}  # RFC 8693
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 

@@ -179,6 +179,11 @@ def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--claim", "claims", multiple=True, help="Extra claim name=value (repeatable)."),
         click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False), help="Public JWK Set file (private_key_jwt)."),
         click.option("--jwks-uri", help="URL of the client's public JWK Set (private_key_jwt)."),
+        # RFC 8693 token exchange policy.
+        click.option(
+            "--serves", "serves", multiple=True, help="Audience identity of this service: tokens for it may be exchanged (repeatable)."
+        ),
+        click.option("--exchange-audience", "exchange_audiences", multiple=True, help="Audience it may exchange tokens for (repeatable)."),
         json_option,
     ]
     for option in reversed(options):
@@ -209,7 +214,20 @@ def client() -> None:
 @click.pass_obj
 @refusals
 def client_create(
-    state: State, name: str, scopes, audiences, default_scopes, default_audience, ttl, claims, jwks_file, jwks_uri, as_json, no_secret
+    state: State,
+    name: str,
+    scopes,
+    audiences,
+    default_scopes,
+    default_audience,
+    ttl,
+    claims,
+    jwks_file,
+    jwks_uri,
+    serves,
+    exchange_audiences,
+    as_json,
+    no_secret,
 ) -> None:  # noqa: ANN001
     """Register client NAME; prints its client_id and (once) its client_secret as JSON."""
     record, secret = state.clients().create(
@@ -223,6 +241,8 @@ def client_create(
         jwks=_read_jwks(jwks_file),
         jwks_uri=jwks_uri,
         no_secret=no_secret,
+        serves=serves,
+        exchange_audiences=exchange_audiences,
     )
     state.audit("client.created", client_id=record.client_id, auth_method=record.auth_method)
     out = record.public_view()
@@ -237,7 +257,19 @@ def client_create(
 @click.pass_obj
 @refusals
 def client_update(
-    state: State, client_id: str, scopes, audiences, default_scopes, default_audience, ttl, claims, jwks_file, jwks_uri, as_json
+    state: State,
+    client_id: str,
+    scopes,
+    audiences,
+    default_scopes,
+    default_audience,
+    ttl,
+    claims,
+    jwks_file,
+    jwks_uri,
+    serves,
+    exchange_audiences,
+    as_json,
 ) -> None:  # noqa: ANN001
     """Replace the fields given (a repeatable option replaces the whole list)."""
     changes: dict[str, Any] = {}
@@ -257,6 +289,10 @@ def client_update(
         changes["jwks"] = _read_jwks(jwks_file)
     if jwks_uri is not None:
         changes["jwks_uri"] = jwks_uri
+    if serves:
+        changes["serves"] = serves
+    if exchange_audiences:
+        changes["exchange_audiences"] = exchange_audiences
     if not changes:
         raise click.UsageError("nothing to update: give at least one option")
     updated = state.clients().update(client_id, **changes)

@@ -24,8 +24,11 @@ from . import db
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN_RE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
-# Claims the server sets itself; a client's extra claims may not shadow them.
-RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "auth_time", "acr", "amr", "cnf"})
+# Claims the server sets itself; a client's extra claims may not shadow them (nor forge an RFC 8693 actor chain).
+RESERVED_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "auth_time", "acr", "amr", "cnf"}
+    | {"act", "may_act", "exchanged_from"}
+)
 SECRET_BYTES = 32
 
 
@@ -231,6 +234,8 @@ class ClientStore:
         claims: dict[str, Any] | None = None,
         jwks: dict[str, Any] | None = None,
         jwks_uri: str | None = None,
+        serves: Iterable[str] = (),
+        exchange_audiences: Iterable[str] = (),
         no_secret: bool = False,
     ) -> tuple[Client, str | None]:
         """Register a client; returns it and its secret (None for a client authenticated by its keys, or by
@@ -257,6 +262,8 @@ class ClientStore:
             created_at=now,
             updated_at=now,
             tokens_not_before=deleted_at,
+            serves=tuple(check_audience(a) for a in serves),
+            exchange_audiences=tuple(check_audience(a) for a in exchange_audiences),
         )
         self._check(client)
         try:
@@ -273,8 +280,9 @@ class ClientStore:
             changes["scopes"] = parse_scopes(changes["scopes"])
         if changes.get("default_scopes") is not None:
             changes["default_scopes"] = parse_scopes(changes["default_scopes"])
-        if "audiences" in changes:
-            changes["audiences"] = tuple(check_audience(a) for a in changes["audiences"])
+        for name in ("audiences", "serves", "exchange_audiences"):
+            if name in changes:
+                changes[name] = tuple(check_audience(a) for a in changes[name])
         if changes.get("jwks") is not None:
             changes["jwks"] = check_jwks(changes["jwks"])
         if client.secret_hash and (changes.get("jwks") or changes.get("jwks_uri")):

@@ -1,4 +1,4 @@
-"""Typed configuration read once from the environment and an optional TOML file (SPEC §2)."""
+"""Typed configuration read once from the environment and an optional TOML file."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from sqlalchemy.exc import ArgumentError
 from .clients import SCOPE_TOKEN_RE
 
 PREFIX = "TOKENDEALER_"
+# The hard bound on TOKENDEALER_EXCHANGE_MAX_DEPTH: it also bounds the work of checking a presented chain.
+MAX_EXCHANGE_DEPTH = 16
 _METRICS_TOKEN_RE = re.compile(r"[!-~]{16,}")
 _LIMIT_RE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*$", re.I)
 
@@ -77,6 +79,8 @@ class Config:
     # /verify_token: whether the caller must authenticate as a client, and its request rate per address.
     verify_token_auth: bool = False
     verify_token_limit: str | None = "20/second"
+    # RFC 8693: how many actors a token-exchange chain may nest (act within act).
+    exchange_max_depth: int = 4
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -159,6 +163,8 @@ class Config:
             value = getattr(self, name)
             if value is not None and not all(_LIMIT_RE.match(p) for p in value.split(";")):
                 _bad(name, "must be a rate such as 10/minute")
+        if not 1 <= self.exchange_max_depth <= MAX_EXCHANGE_DEPTH:
+            _bad("exchange_max_depth", f"must be between 1 and {MAX_EXCHANGE_DEPTH}")
         if self.keyring not in ("file", "database", "pkcs11"):
             _bad("keyring", "must be file, database or pkcs11")
         if self.keyring == "database":

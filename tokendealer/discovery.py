@@ -56,6 +56,14 @@ _CLIENT_AUTH_FIELDS = {
     "client_assertion_type": {"type": "string"},
     "client_assertion": {"type": "string"},
 }
+# RFC 8693 §2.1, with grant_type=urn:ietf:params:oauth:grant-type:token-exchange.
+_TOKEN_EXCHANGE_FIELDS = {
+    "subject_token": {"type": "string"},
+    "subject_token_type": {"type": "string"},
+    "actor_token": {"type": "string"},
+    "actor_token_type": {"type": "string"},
+    "requested_token_type": {"type": "string"},
+}
 _ERRORS = {
     "400": _error_response("Invalid request"),
     "401": _error_response("Client authentication failed"),
@@ -72,7 +80,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"], "additionalProperties": True}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "TokenDealer", "version": "1.0.0", "description": "OAuth 2.0 client-credentials token server"},
+        "info": {"title": "TokenDealer", "version": "1.0.0", "description": "OAuth 2.0 token server for services"},
         "servers": [{"url": config.issuer}],
         "components": {
             "schemas": {
@@ -88,6 +96,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "token_type": {"type": "string", "enum": ["Bearer"]},
                         "expires_in": {"type": "integer"},
                         "scope": {"type": "string"},
+                        "issued_token_type": {"type": "string"},
                     },
                     "required": ["access_token", "token_type", "expires_in", "scope"],
                 },
@@ -97,10 +106,11 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "paths": {
             "/oauth/token": {
                 "post": {
-                    "summary": "Client-credentials grant (RFC 6749 §4.4) and JWT bearer grant (RFC 7523 §2.1)",
+                    "summary": "Client-credentials grant (RFC 6749 §4.4), token exchange (RFC 8693) and JWT bearer grant (RFC 7523 §2.1)",
                     "description": (
                         "grant_type=client_credentials with client authentication (a secret, private_key_jwt, or a "
                         "client_assertion from a trusted external issuer with client_id: federated client authentication), "
+                        "grant_type=urn:ietf:params:oauth:grant-type:token-exchange, "
                         "or grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer with assertion= a workload token of a "
                         "trusted issuer and no client authentication (the matching federation rule names the client)."
                     ),
@@ -112,6 +122,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "audience": {"type": "string"},
                             "resource": {"type": "array", "items": {"type": "string"}},
                             "assertion": {"type": "string", "description": "RFC 7523 §2.1: the JWT of the jwt-bearer grant"},
+                            **_TOKEN_EXCHANGE_FIELDS,
                             **_CLIENT_AUTH_FIELDS,
                         },
                         ["grant_type"],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.jose import actors
+
 from .audit import AuditLog
 from .authentication import ClientAuthenticator
 from .errors import OAuthError, UnsupportedGrantType
@@ -91,7 +93,8 @@ class RevocationEndpoint:
             claims = self.tokens.validate(query.required_token(), check_state=False)
         except TokenRejected:
             return
-        if claims["client_id"] != client.client_id:
+        # The token's client, or for an exchanged token (RFC 8693) also the actor that obtained it.
+        if client.client_id not in (claims["client_id"], *actors(claims)[:1]):
             self.audit.emit("token.revoke_refused", outcome="refused", client_id=client.client_id, remote_addr=address)
             return
         self.tokens.revoke(claims)

@@ -35,18 +35,24 @@ class InvalidClient(OAuthError):
     status = 401
 
 
-class InvalidGrant(OAuthError):
-    """RFC 6749 §5.2: the grant (here a JWT bearer assertion, RFC 7523 §3.1) is not valid."""
-
-    error = "invalid_grant"
-
-
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
 
 
 class InvalidScope(OAuthError):
     error = "invalid_scope"
+
+
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2: the presented grant (an assertion, or RFC 8693's subject token) is not valid for this client."""
+
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    """RFC 6749 §5.2: the authenticated client may not use this grant type."""
+
+    error = "unauthorized_client"
 
 
 class InvalidTarget(OAuthError):

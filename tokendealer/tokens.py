@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from client_lib.exceptions import InvalidToken
-from client_lib.jose import ACCESS_TOKEN_TYPES, MAX_TOKEN_LENGTH, ClaimCheck, VerificationKey, parse_jws, verify_signature
+from client_lib.jose import ACCESS_TOKEN_TYPES, MAX_TOKEN_LENGTH, ClaimCheck, VerificationKey, actors, parse_jws, verify_signature
 
 from . import db
 from .clients import Client, ClientStore
-from .config import Config
+from .config import MAX_EXCHANGE_DEPTH, Config
 from .keyring import KeyringSource
 
 # RFC 9068 §2.2: the claims of every access token this server issues; sub, client_id and jti non-empty strings.
@@ -24,6 +24,14 @@ REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp")
 STRING_CLAIMS = ("sub", "client_id", "jti")
 # Seconds by which another instance's clock may run ahead of this one's (iat and nbf are whole seconds).
 INSTANCE_SKEW = 1.0
+
+
+# RFC 8693 §4.1 nests the actors in `act`; `exchanged_from` (a private claim) lists the jti of every token the
+# token was exchanged from, oldest first, so that revoking any of them revokes it too.
+ACT = "act"
+EXCHANGED_FROM = "exchanged_from"
+# What an exchanged token does not carry over from its subject token: the server sets these anew.
+_NOT_CARRIED = frozenset({"iss", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf", ACT, "may_act", EXCHANGED_FROM})
 
 
 class TokenRejected(Exception):
@@ -51,9 +59,11 @@ class RevocationList:
         with self.engine.begin() as conn:
             conn.execute(db.revoked_tokens.delete().where(db.revoked_tokens.c.expires_at < self.clock() - db.PURGE_GRACE))
 
-    def is_revoked(self, jti: str) -> bool:
+    def revoked_among(self, jtis: Sequence[str]) -> set[str]:
+        """Which of `jtis` are revoked: one query for a token and every token it was exchanged from."""
+        column = db.revoked_tokens.c.jti
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(db.revoked_tokens.c.jti).where(db.revoked_tokens.c.jti == jti)).first() is not None
+            return set(conn.execute(sa.select(column).where(column.in_(jtis))).scalars())
 
 
 class TokenService:
@@ -85,10 +95,6 @@ class TokenService:
 
     def issue(self, client: Client, audiences: Iterable[str], scopes: Iterable[str]) -> tuple[str, dict[str, Any]]:
         """A signed RFC 9068 access token for `client`, and its claims."""
-        keyring = self.keys.current()
-        key = keyring.active if keyring else None
-        if key is None:
-            raise NoSigningKey("no active signing key is loaded")
         now = int(self.clock())
         audiences = list(audiences)
         claims = {
@@ -103,7 +109,36 @@ class TokenService:
             "jti": secrets.token_urlsafe(18),
             "scope": " ".join(scopes),
         }
-        return key.sign(self._encoder.encode(claims).encode("utf-8")), claims
+        return self._sign(claims), claims
+
+    def exchange(
+        self, subject: dict[str, Any], subject_client: Client, actor_id: str, audiences: Iterable[str], scopes: Iterable[str]
+    ) -> tuple[str, dict[str, Any]]:
+        """RFC 8693 §2.2.1, §4.1: a token for the subject token's caller (its sub, client_id and extra claims),
+        acted on by `actor_id` after the subject's actors, expiring no later than the subject token."""
+        now = int(self.clock())
+        audiences = list(audiences)
+        act = {"sub": actor_id, **({ACT: subject[ACT]} if ACT in subject else {})}
+        claims = {
+            **{name: value for name, value in subject.items() if name not in _NOT_CARRIED},
+            "iss": self.config.issuer,
+            "aud": audiences[0] if len(audiences) == 1 else audiences,
+            "iat": now,
+            "nbf": now,
+            "exp": min(now + self.lifetime_for(subject_client), int(subject["exp"])),
+            "jti": secrets.token_urlsafe(18),
+            "scope": " ".join(scopes),
+            ACT: act,
+            EXCHANGED_FROM: [*subject.get(EXCHANGED_FROM, ()), subject["jti"]],
+        }
+        return self._sign(claims), claims
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        keyring = self.keys.current()
+        key = keyring.active if keyring else None
+        if key is None:
+            raise NoSigningKey("no active signing key is loaded")
+        return key.sign(self._encoder.encode(claims).encode("utf-8"))
 
     def revoke(self, claims: dict[str, Any]) -> None:
         """RFC 7009: deny the token's jti until it has expired anyway."""
@@ -113,8 +148,9 @@ class TokenService:
         """The claims of a token this server issued and that is valid now, or raise TokenRejected.
 
         Checks the signature with a published key pinned to that key's algorithm, typ (RFC 9068 §4), iss,
-        aud, exp, nbf and iat by this server's clock, the required claims and, with `check_state`, that the
-        token is not revoked and its client (the same incarnation of that id) exists and is enabled.
+        aud, exp, nbf and iat by this server's clock, the required claims and, with `check_state`, that neither
+        the token nor any it was exchanged from is revoked and its client and actors (the same incarnation of each
+        id) exist and are enabled.
         """
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise TokenRejected("token is missing or too long")
@@ -133,12 +169,25 @@ class TokenService:
         except InvalidToken as exc:
             raise TokenRejected(str(exc)) from None
         if check_state:
-            if self.revocations.is_revoked(claims["jti"]):
-                raise TokenRejected("token has been revoked")
-            client = self.clients.get(claims["client_id"])
-            if client is None or not client.enabled or not client.owns_token_issued_at(claims["iat"]):
-                raise TokenRejected("token's client is unknown or disabled")
+            self._check_state(claims)
         return claims
+
+    def _check_state(self, claims: dict[str, Any]) -> None:
+        """Not revoked, nor any token it was exchanged from; its client and every actor of its chain (RFC 8693
+        §4.1) known, enabled and the incarnation that was there when it was issued."""
+        ancestors = claims.get(EXCHANGED_FROM, [])
+        if not isinstance(ancestors, list) or len(ancestors) > MAX_EXCHANGE_DEPTH or not all(isinstance(j, str) for j in ancestors):
+            raise TokenRejected("token's exchange chain is malformed")
+        revoked = self.revocations.revoked_among([claims["jti"], *ancestors])
+        if claims["jti"] in revoked:
+            raise TokenRejected("token has been revoked")
+        if revoked:
+            raise TokenRejected("a token this one was exchanged from has been revoked")
+        holders = [(claims["client_id"], "token's client"), *((actor, "an actor of the token") for actor in actors(claims))]
+        for client_id, what in holders:
+            client = self.clients.get(client_id)
+            if client is None or not client.enabled or not client.owns_token_issued_at(claims["iat"]):
+                raise TokenRejected(f"{what} is unknown or disabled")
 
     def _claim_check(self, audience: str | None) -> ClaimCheck:
         """The claim checks of this server's own tokens, for `audience` when one is asked for.

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import TokenRequestError
+from ..exceptions import MalformedToken, TokenRequestError
+from ..jose import json_object
 
 REFRESH_MARGIN = 300.0
-CacheKey = tuple[str | None, str | None]
+# (audience, scope) for a client's own tokens; (EXCHANGE_GRANT, subject jti, subject digest, audience, scope)
+# for exchanged ones.
+CacheKey = tuple[str | None, ...]
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,34 @@ def token_form(audience: str | None, scope: str | None) -> dict[str, str]:
     return form
 
 
+def exchange_form(subject_token: str, audience: str | None, scope: str | None) -> dict[str, str]:
+    """The body of a token-exchange request for an access token (RFC 8693 §2.1)."""
+    if not isinstance(subject_token, str) or not subject_token:
+        raise ValueError("subject_token must be a non-empty string")
+    form = {
+        "grant_type": EXCHANGE_GRANT,
+        "subject_token": subject_token,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "requested_token_type": ACCESS_TOKEN_TYPE,
+    }
+    if audience:
+        form["audience"] = audience
+    if scope:
+        form["scope"] = scope
+    return form
+
+
+def exchange_key(subject_token: str, audience: str | None, scope: str | None) -> CacheKey:
+    """The cache key of an exchanged token: the subject token's jti, bound to a digest of the whole token, so a
+    crafted token repeating another's jti never finds that caller's exchanged token (the jti is read unverified)."""
+    try:
+        jti = json_object(subject_token.split(".")[1], "token payload").get("jti")
+    except (MalformedToken, IndexError):
+        jti = None
+    digest = hashlib.sha256(subject_token.encode("utf-8", "surrogatepass")).hexdigest()
+    return (EXCHANGE_GRANT, jti if isinstance(jti, str) else None, digest, audience, scope)
+
+
 def token_response(data: Any) -> dict[str, Any]:
     """Check a token endpoint's 200 body (RFC 6749 §5.1) and return it."""
     if not isinstance(data, dict) or not isinstance(data.get("access_token"), str) or not data["access_token"]:
@@ -63,9 +97,12 @@ def token_error(response: Any) -> TokenRequestError:
 
 
 class TokenCache:
-    """One token per (audience, scope) and the decisions about it; the shells do the locking and I/O."""
+    """One token per key and the decisions about it; the shells do the locking and I/O. Exchanged tokens
+    have a key per incoming token, so the cache is bounded: past `size` entries, expired ones go first, then
+    the oldest."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 10000) -> None:
+        self.size = size
         self._entries: dict[CacheKey, CachedToken] = {}
 
     def fresh(self, key: CacheKey, now: float) -> str | None:
@@ -81,6 +118,11 @@ class TokenCache:
     def store(self, key: CacheKey, response: dict[str, Any], requested_at: float) -> str:
         """Keep the token of a response to a request made at `requested_at`, and return it."""
         entry = CachedToken.from_response(response, requested_at)
+        self._entries.pop(key, None)
+        if len(self._entries) >= self.size:
+            self._entries = {k: e for k, e in self._entries.items() if requested_at < e.expires_at}
+            while len(self._entries) >= self.size:
+                self._entries.pop(next(iter(self._entries)))
         self._entries[key] = entry
         return entry.access_token
 

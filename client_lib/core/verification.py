@@ -6,14 +6,28 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..exceptions import ExpiredToken, InsufficientScope, KeySetUnavailable, UnknownKey
-from ..jose import ACCESS_TOKEN_TYPES, ClaimCheck, CompactJws, parse_jws, verify_signature
+from ..exceptions import ActorNotAllowed, ExpiredToken, InsufficientScope, KeySetUnavailable, UnknownKey
+from ..jose import ACCESS_TOKEN_TYPES, ClaimCheck, CompactJws, actors, parse_jws, verify_signature
 from .jwks import JwksState
 
 # RFC 9068 §2.2: claims every access token carries (a missing iss or aud fails as WrongIssuer/WrongAudience);
 # sub, client_id and jti as non-empty strings.
 REQUIRED_CLAIMS = ("exp", "iat")
 STRING_CLAIMS = ("sub", "client_id", "jti")
+
+
+def check_actors(claims: dict[str, Any], actor: str | None, no_actor: bool | str | Iterable[str]) -> None:
+    """RFC 8693 §4.1: raise ActorNotAllowed unless the current actor is `actor` (when given) and, with
+    `no_actor`, the token is a direct call (True) or names none of the given actors anywhere in its chain."""
+    chain = actors(claims)
+    if actor is not None and (not chain or chain[0] != actor):
+        raise ActorNotAllowed(f"the token's current actor is not {actor}")
+    if no_actor is True and chain:
+        raise ActorNotAllowed("the token was obtained by an actor; only direct calls are accepted")
+    if no_actor and no_actor is not True:
+        refused = {no_actor} if isinstance(no_actor, str) else set(no_actor)
+        if refused & set(chain):
+            raise ActorNotAllowed("the token's delegation chain names a refused actor")
 
 
 def check_scopes(claims: dict[str, Any], required: Iterable[str] | None) -> None:
@@ -122,6 +136,9 @@ class Verification:
         self._active[jti] = until
 
     @staticmethod
-    def result(claims: dict[str, Any], scopes: Iterable[str] | None) -> dict[str, Any]:
+    def result(
+        claims: dict[str, Any], scopes: Iterable[str] | None, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+    ) -> dict[str, Any]:
         check_scopes(claims, scopes)
+        check_actors(claims, actor, no_actor)
         return dict(claims)

@@ -40,16 +40,25 @@ class Grant(Protocol):
 
 def resolve_scopes(client: Client, requested: str | None) -> list[str]:
     """RFC 6749 §3.3: the requested scopes if all are allowed, or the client's defaults when absent."""
-    if requested is None or not requested.strip():
+    scopes = requested_scopes(requested)
+    if scopes is None:
         return list(client.granted_scopes())
+    for token in scopes:
+        if token not in client.scopes:
+            raise InvalidScope(f"scope {token!r} is not allowed for this client")
+    return scopes
+
+
+def requested_scopes(requested: str | None) -> list[str] | None:
+    """RFC 6749 §3.3: the scope tokens asked for, in order and without repeats; None when the request names none."""
+    if requested is None or not requested.strip():
+        return None
     scopes: list[str] = []
     for token in requested.split(" "):
         if not token:
             continue
         if not SCOPE_TOKEN_RE.match(token) or len(token) > 256:
             raise InvalidScope("scope is malformed")
-        if token not in client.scopes:
-            raise InvalidScope(f"scope {token!r} is not allowed for this client")
         if token not in scopes:
             scopes.append(token)
     return scopes
@@ -57,13 +66,7 @@ def resolve_scopes(client: Client, requested: str | None) -> list[str]:
 
 def resolve_audiences(client: Client, audience: str | None, resources: tuple[str, ...]) -> list[str]:
     """RFC 8707 §2: each `resource` (absolute URI) or `audience` must be allowed; else the default."""
-    if len(resources) > MAX_RESOURCES:
-        raise InvalidTarget("too many resource parameters")
-    for resource in resources:
-        parts = urlsplit(resource)
-        if not parts.scheme or parts.fragment:
-            raise InvalidTarget("resource must be an absolute URI without a fragment")
-    requested = [a for a in [audience, *resources] if a is not None]
+    requested = requested_targets(audience, resources)
     if not requested:
         default = client.granted_audience()
         if default is None:
@@ -76,3 +79,14 @@ def resolve_audiences(client: Client, audience: str | None, resources: tuple[str
         if value not in audiences:
             audiences.append(value)
     return audiences
+
+
+def requested_targets(audience: str | None, resources: tuple[str, ...]) -> list[str]:
+    """RFC 8707 §2 (RFC 8693 §2.1): the `audience` and each `resource`, an absolute URI without a fragment."""
+    if len(resources) > MAX_RESOURCES:
+        raise InvalidTarget("too many resource parameters")
+    for resource in resources:
+        parts = urlsplit(resource)
+        if not parts.scheme or parts.fragment:
+            raise InvalidTarget("resource must be an absolute URI without a fragment")
+    return [a for a in [audience, *resources] if a is not None]
