@@ -33,9 +33,12 @@ from .errors import (
     TooManyRequests,
 )
 from .fastpath import TokenFastPath
+from .federation import FederationVerifier, RuleStore
 from .grants.client_credentials import ClientCredentialsGrant
+from .grants.jwt_bearer import JwtBearerGrant
 from .grants.token_exchange import TokenExchangeGrant
 from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
+from .issuers import IssuerKeys, IssuerStore
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
@@ -98,7 +101,18 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
     throttle = FailureThrottle(
         config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
     )
-    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock)
+    federation = FederationVerifier(
+        issuers=IssuerStore(engine, clock, cache_seconds=config.client_cache_seconds),
+        rules=RuleStore(engine, clock, cache_seconds=config.client_cache_seconds),
+        clients=clients,
+        keys=IssuerKeys(cooldown=config.federation_key_cooldown),
+        replay=assertions.replay,
+        replay_until=assertions.replay_until,
+        max_lifetime=config.federation_max_lifetime,
+        leeway=config.leeway,
+        clock=clock,
+    )
+    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
     metrics = Metrics(keys, clock, engine)
     return Services(
         config=config,
@@ -113,6 +127,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
             [
                 ClientCredentialsGrant(authenticator, tokens),
                 TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth),
+                JwtBearerGrant(federation, authenticator, tokens),
             ],
             audit,
             metrics,

@@ -71,7 +71,10 @@ class Client:
 
     @property
     def auth_method(self) -> str:
-        return "client_secret" if self.secret_hash else "private_key_jwt"
+        """How the client proves itself: a secret, its own keys, or else only federation (or a certificate)."""
+        if self.secret_hash:
+            return "client_secret"
+        return "private_key_jwt" if self.jwks or self.jwks_uri else "federated"
 
     def granted_scopes(self) -> tuple[str, ...]:
         """Scopes a token gets when the request names none."""
@@ -275,12 +278,14 @@ class ClientStore:
         jwks_uri: str | None = None,
         serves: Iterable[str] = (),
         exchange_audiences: Iterable[str] = (),
+        no_secret: bool = False,
     ) -> tuple[Client, str | None]:
-        """Register a client; returns it and its secret (None for a key-authenticated client)."""
+        """Register a client; returns it and its secret (None for a client authenticated by its keys, or by
+        federation only with `no_secret`)."""
         if not CLIENT_ID_RE.match(client_id):
             raise ClientError("client name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         now = self.clock()
-        secret = None if (jwks is not None or jwks_uri) else new_secret()
+        secret = None if (jwks is not None or jwks_uri or no_secret) else new_secret()
         with self.engine.connect() as conn:
             deleted_at = conn.execute(
                 sa.select(db.client_tombstones.c.deleted_at).where(db.client_tombstones.c.client_id == client_id)
@@ -343,13 +348,15 @@ class ClientStore:
             tombstone = db.client_tombstones
             conn.execute(tombstone.delete().where(tombstone.c.client_id == client_id))
             conn.execute(tombstone.insert().values(client_id=client_id, deleted_at=self.clock()))
+            # Its federation rules go too, so an id created again does not inherit who may act as it.
+            conn.execute(db.federation_rules.delete().where(db.federation_rules.c.client_id == client_id))
         self._forget(client_id)
 
     def rotate_secret(self, client_id: str, grace: int = 0) -> tuple[Client, str]:
         """A new secret; the old one stays valid for `grace` seconds."""
         client = self.require(client_id)
         if not client.secret_hash:
-            raise ClientError(f"client {client_id!r} authenticates with private_key_jwt and has no secret")
+            raise ClientError(f"client {client_id!r} has no secret (it authenticates by {client.auth_method})")
         if grace < 0:
             raise ClientError("--grace must not be negative")
         now = self.clock()

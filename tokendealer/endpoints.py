@@ -51,6 +51,8 @@ class TokenEndpoint:
         claims = issued.claims
         self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, **context)
         self.metrics.tokens_issued.labels(issued.client_id).inc()
+        if "federation_rule" in context:
+            self.metrics.federated_tokens.labels(issued.client_id, context["issuer"], context["federation_rule"]).inc()
         return {
             "access_token": issued.token,
             "token_type": issued.token_type,

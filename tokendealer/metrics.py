@@ -232,6 +232,13 @@ class Metrics:
         self.tally = Tally(self.multiprocess_dir)
         self.tokens_issued = TallyCounter(self.tally, "tokendealer_tokens_issued", "Access tokens issued", ["client_id"])
         self.tokens_refused = TallyCounter(self.tally, "tokendealer_tokens_refused", "Token requests refused", ["client_id", "error"])
+        # Workload identity federation: which trusted issuer and rule admitted each token (bounded: both are registered).
+        self.federated_tokens = TallyCounter(
+            self.tally,
+            "tokendealer_federated_tokens_issued",
+            "Access tokens issued on a federated workload token",
+            ["client_id", "issuer", "rule_id"],
+        )
         self.rate_limited = TallyCounter(self.tally, "tokendealer_rate_limit_refusals", "Requests refused with 429", ["endpoint"])
         self.latency = TallyHistogram(
             self.tally,
@@ -246,7 +253,9 @@ class Metrics:
         self.readiness = ReadinessCollector(keys, engine) if engine is not None else None
         if self.readiness:
             self.registry.register(self.readiness)
-        self.tallied = _TallyCollector(self.tally, (self.rate_limited, self.tokens_refused, self.latency, self.tokens_issued))
+        self.tallied = _TallyCollector(
+            self.tally, (self.rate_limited, self.tokens_refused, self.latency, self.tokens_issued, self.federated_tokens)
+        )
         self.registry.register(self.tallied)
 
     def flush(self) -> None:
