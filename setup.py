@@ -29,6 +29,7 @@ setup(
         "cryptography>=42.0",
         "SQLAlchemy>=2.0",
         "granian>=2.0",
+        "uvloop>=0.19",
         "requests>=2.31",
         "click>=8.1",
         "limits>=3.10",
@@ -60,6 +61,7 @@ setup(
         "bench": [
             "gunicorn>=22.0",
             "matplotlib>=3.7",
+            "py-spy>=0.3",
         ],
     },
     entry_points={"console_scripts": ["tokendealer=tokendealer.cli:run"]},

@@ -106,12 +106,26 @@ class Server:
                 self.process.wait(5)
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
+        """The server's worker processes: its descendants that have no children of their own (under
+        `tokendealer serve`, the supervisor's granian master's workers)."""
+        leaves, parents = [], [self.process.pid]
+        while parents:
+            pid = parents.pop()
+            children = child_pids(pid)
+            if children:
+                parents.extend(children)
+            elif pid != self.process.pid:
+                leaves.append(pid)
+        return leaves
 
     def rss_mb(self) -> list[float]:
         """Resident memory of each child process (the workers), in MB."""
         return [worker_memory(pid)["rss"] for pid in self.worker_pids()]
+
+
+def child_pids(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(child) for child in out.split()]
 
 
 def worker_memory(pid: int) -> dict[str, float]:
@@ -126,15 +140,18 @@ def worker_memory(pid: int) -> dict[str, float]:
     return {"rss": fields["Rss"] / 1024, "pss": fields["Pss"] / 1024, "uss": uss / 1024}
 
 
-def granian_command(port: int, factory: str, workers: int, blocking_threads: int | None = 1) -> list[str]:
-    """granian with the settings `tokendealer serve` uses (tokendealer/serving.py), serving `factory`;
-    `blocking_threads=None` leaves granian's default. TOKENDEALER_FACTORY writes its own access log (as
-    `serve` does); any other app gets granian's."""
+def granian_command(
+    port: int, factory: str, workers: int, blocking_threads: int | None = 1, access_log: bool = True, interface: str = "wsgi"
+) -> list[str]:
+    """granian serving the WSGI `factory` with one blocking thread per worker (the WSGI settings `tokendealer
+    serve` used before its RSGI edge); `blocking_threads=None` leaves granian's default. TOKENDEALER_FACTORY
+    writes its own access log (as `serve` does); any other app gets granian's unless `access_log` is off."""
     threads = ["--blocking-threads", str(blocking_threads)] if blocking_threads else []
-    access_log = [] if factory == TOKENDEALER_FACTORY else ["--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT]
+    logged = access_log and factory != TOKENDEALER_FACTORY
+    access = ["--access-log", "--access-log-fmt", ACCESS_LOG_FORMAT] if logged else []
     return [
-        *(str(BIN / "granian"), "--interface", "wsgi", "--workers", str(workers), *threads),
-        *("--host", "127.0.0.1", "--port", str(port), *access_log),
+        *(str(BIN / "granian"), "--interface", interface, "--workers", str(workers), *threads),
+        *("--host", "127.0.0.1", "--port", str(port), *access),
         *("--factory", factory),
     ]
 
@@ -152,9 +169,18 @@ def basic_header(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
-def wrk(url: str, authorization: str, body: str, connections: int, seconds: int = 10, threads: int = 2) -> dict[str, float]:
-    """One bounded wrk run with token.lua; returns requests/s, latency percentiles and failure counts."""
-    env = {**os.environ, "WRK_AUTHORIZATION": authorization, "WRK_BODY": body}
+def wrk(
+    url: str,
+    authorization: str,
+    body: str,
+    connections: int,
+    seconds: int = 10,
+    threads: int = 2,
+    script: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """One bounded wrk run with token.lua (or `script`); returns requests/s, latency percentiles and failure counts."""
+    env = {**os.environ, "WRK_AUTHORIZATION": authorization, "WRK_BODY": body, **(extra_env or {})}
     out = subprocess.run(
         [
             "wrk",
@@ -164,7 +190,7 @@ def wrk(url: str, authorization: str, body: str, connections: int, seconds: int 
             "--timeout",
             "5s",
             "-s",
-            os.environ.get("WRK_SCRIPT", str(HERE / "token.lua")),
+            script or os.environ.get("WRK_SCRIPT", str(HERE / "token.lua")),
             url,
         ],
         env=env,

@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/peers.py [--seconds 10] [--rounds 2] [--connections 16 64]
 
 Peers:
+- the token floor (`peers/token_floor.py`): the irreducible work of a token response (form, HMAC-checked
+  secret, RFC 9068 claims, ES256 with a pre-parsed key, JSON with no-store headers) as a bare WSGI app on
+  granian (2 workers, 1 blocking thread each, no access log): what TokenDealer is held to (>= 0.8x);
 - panva's node `oidc-provider` (installed from npm into benchmarks/out/node on first use), client-credentials
   with resource indicators issuing ES256 JWT access tokens, in one process and in a 2-process node:cluster;
 - a bare Flask endpoint that parses the same form and returns JSON, no crypto, on the same server stack
   as `tokendealer serve` (granian, same workers and threads, access log on): the ceiling of this stack.
 
-Prints each figure (median of the rounds), TokenDealer's ratio to each peer, and writes
+Prints each figure (median of the rounds), TokenDealer's req/s and p99 ratios to each peer, and writes
 benchmarks/out/peers.json for chart.py.
 """
 
@@ -60,14 +63,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--without-node", action="store_true", help="skip oidc-provider (TokenDealer, floor and bare Flask only)")
     args = parser.parse_args()
-    install_oidc_provider()
+    if not args.without_node:
+        install_oidc_provider()
     port = free_port()
     setup = Setup.create(port)
     auth = basic_header(setup.client_id, setup.client_secret)
     workers = default_workers()
     targets = {
         "tokendealer": ([BIN / "tokendealer", "serve", "--port", str(port)], setup.env, None, token_body()),
+        "token floor (granian)": (
+            granian_command(port, "token_floor:create_app", workers, access_log=False),
+            {**os.environ, "PYTHONPATH": str(HERE / "peers"), "FLOOR_CLIENT_ID": setup.client_id, "FLOOR_SECRET": setup.client_secret},
+            None,
+            token_body(),
+        ),
         "bare-flask (granian)": (
             granian_command(port, "bare_flask:create_app", workers),
             {**os.environ, "PYTHONPATH": str(HERE / "peers")},
@@ -87,6 +98,8 @@ def main() -> None:
             f"grant_type=client_credentials&resource={AUDIENCE}&scope=read",
         ),
     }
+    if args.without_node:
+        targets = {name: target for name, target in targets.items() if "oidc" not in name}
     runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in args.connections} for name in targets}
     try:
         for _ in range(args.rounds):
@@ -108,7 +121,8 @@ def main() -> None:
         ours = medians["tokendealer"][connections]["rps"]
         for name in targets:
             m = medians[name][connections]
-            ratio = "" if name == "tokendealer" else f"   tokendealer/peer = {ours / m['rps']:.2f}x"
+            ours_p99 = medians["tokendealer"][connections]["p99_ms"]
+            ratio = "" if name == "tokendealer" else f"   tokendealer/peer: req/s {ours / m['rps']:.2f}x, p99 {ours_p99 / m['p99_ms']:.2f}x"
             print(f"c{connections:<3} {name:<24} {fmt(m)}{ratio}")
     OUT.mkdir(exist_ok=True)
     (OUT / "peers.json").write_text(json.dumps({"seconds": args.seconds, "rounds": args.rounds, "medians": medians}, indent=2))

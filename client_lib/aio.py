@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -54,6 +55,7 @@ class AsyncTokenClient:
         *,
         private_key: Any = None,
         key_id: str | None = None,
+        federated_token_file: str | os.PathLike[str] | None = None,
         token_endpoint: str | None = None,
         http: httpx.AsyncClient | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
@@ -65,7 +67,7 @@ class AsyncTokenClient:
     ):
         self.issuer = issuer
         self.client_id = client_id
-        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock)
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file)
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
         self.http = http or httpx.AsyncClient(timeout=timeout)

@@ -40,6 +40,7 @@ class TokenClient:
         *,
         private_key: Any = None,
         key_id: str | None = None,
+        federated_token_file: str | os.PathLike[str] | None = None,
         token_endpoint: str | None = None,
         session: requests.Session | None = None,
         timeout: Any = DEFAULT_TIMEOUT,
@@ -51,7 +52,7 @@ class TokenClient:
     ):
         self.issuer = issuer
         self.client_id = client_id
-        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock)
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file)
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
         self.session = session or requests.Session()

@@ -105,6 +105,10 @@ class TokenClientError(Exception):
     """Fetching a token failed."""
 
 
+class FederatedTokenError(TokenClientError):
+    """The workload token file given as `federated_token_file` cannot be read, is not a JWT, or has expired."""
+
+
 class DiscoveryError(TokenClientError):
     """The issuer's metadata could not be fetched or does not match the issuer."""
 

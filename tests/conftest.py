@@ -299,7 +299,8 @@ def free_port() -> int:
 class LiveServer:
     """`tokendealer serve` (granian, the production server) in a subprocess on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2, port: int | None = None):
+    def __init__(self, env: dict[str, str], workers: int = 2, port: int | None = None, new_session: bool = False):
+        self.new_session = new_session  # its own process group, for tests that signal the group
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
@@ -314,6 +315,7 @@ class LiveServer:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

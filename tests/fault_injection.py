@@ -170,7 +170,11 @@ class RedisServer:
 
 
 def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (granian's workers under `tokendealer serve`)."""
+    """granian's workers under `tokendealer serve` `pid`: the children of its child, granian's master."""
+    return [worker for master in _children(pid) for worker in _children(master)]
+
+
+def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 

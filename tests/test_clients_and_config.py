@@ -152,3 +152,17 @@ def test_config_file_errors(tmp_path):
 def test_audit_log_in_a_missing_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="TOKENDEALER_AUDIT_LOG"):
         Config.load(environ={"TOKENDEALER_AUDIT_LOG": str(tmp_path / "nope" / "audit.log")})
+
+
+def test_refresh_rereads_used_cached_clients_in_bulk(registry):
+    """What a worker's refresh thread does: the cached clients asked for lately are read again in bulk,
+    and a change (here a disable) is seen before their entries would have expired."""
+    registry.cache_seconds = 60
+    registry.create("one", scopes=["a"], audiences=["https://x"])
+    registry.create("two", scopes=["a"], audiences=["https://x"])
+    assert registry.get("one").enabled and registry.get("two").enabled
+    with registry.engine.begin() as conn:
+        conn.execute(db.clients.update().where(db.clients.c.client_id.in_(["one", "two"])).values(enabled=False))
+    assert registry.get("one").enabled  # cached
+    assert registry.refresh_cached() == 2
+    assert not registry.get("one").enabled and not registry.get("two").enabled

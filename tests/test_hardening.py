@@ -208,8 +208,15 @@ def test_metrics_under_the_production_server(live_factory):
     # 25 failures over 2 workers: at least one worker passes its limit of 10 and answers 429.
     statuses = [requests.post(server.url + "/oauth/token", data=GRANT, auth=("svc", "wrong"), timeout=5).status_code for _ in range(25)]
     assert 429 in statuses
-    text = requests.get(server.url + "/metrics", timeout=5).text
-    assert 'tokendealer_tokens_issued_total{client_id="svc"} 10.0' in text
+    # Each worker publishes its counts for the others' scrapes at least once a second.
+    deadline = time.monotonic() + 3
+    settled = (
+        'tokendealer_tokens_issued_total{client_id="svc"} 10.0',
+        'tokendealer_request_duration_seconds_count{endpoint="/oauth/token"} 35.0',
+    )
+    while not all(line in (text := requests.get(server.url + "/metrics", timeout=5).text) for line in settled):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
     refused_401 = f'tokendealer_tokens_refused_total{{client_id="",error="invalid_client"}} {statuses.count(401)}.0'
     refused_429 = f'tokendealer_tokens_refused_total{{client_id="",error="slow_down"}} {statuses.count(429)}.0'
     assert refused_401 in text and refused_429 in text

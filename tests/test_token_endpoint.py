@@ -105,7 +105,7 @@ def test_missing_grant_type_is_invalid_request(http, make_client):
     assert response.get_json()["error"] == "invalid_request"
 
 
-@pytest.mark.parametrize("grant", ["password", "authorization_code", "urn:ietf:params:oauth:grant-type:jwt-bearer", "x"])
+@pytest.mark.parametrize("grant", ["password", "authorization_code", "urn:ietf:params:oauth:grant-type:saml2-bearer", "x"])
 def test_unknown_grant_type_is_unsupported(http, make_client, grant):
     cid, secret = make_client()
     response = http.post("/oauth/token", data={"grant_type": grant}, headers=basic(cid, secret))

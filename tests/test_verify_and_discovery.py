@@ -165,7 +165,11 @@ def test_discovery_fields(http, path, make_client):
     assert data["jwks_uri"] == "http://localhost:5000/.well-known/jwks.json"
     assert data["introspection_endpoint"] == "http://localhost:5000/oauth/introspect"
     assert data["revocation_endpoint"] == "http://localhost:5000/oauth/revoke"
-    assert {"client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"} <= set(data["grant_types_supported"])
+    assert {
+        "client_credentials",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    } <= set(data["grant_types_supported"])
     assert data["response_types_supported"] == ["none"] and "authorization_endpoint" not in data
     for name in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
         assert set(data[f"{name}_auth_methods_supported"]) == {"client_secret_basic", "client_secret_post", "private_key_jwt"}

@@ -33,9 +33,12 @@ from .errors import (
     TooManyRequests,
 )
 from .fastpath import TokenFastPath
+from .federation import FederationVerifier, RuleStore
 from .grants.client_credentials import ClientCredentialsGrant
+from .grants.jwt_bearer import JwtBearerGrant
 from .grants.token_exchange import TokenExchangeGrant
 from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
+from .issuers import IssuerKeys, IssuerStore
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
@@ -65,18 +68,26 @@ class Services:
     audit: AuditLog
     metrics: Metrics
 
+    def close(self) -> None:
+        """Shutdown: write out what is buffered (audit lines, this worker's metrics)."""
+        self.audit.flush()
+        self.metrics.flush()
 
-def build_services(config: Config, clock: Callable[[], float] = time.time, processes: int = 1) -> Services:
+
+def build_services(config: Config, clock: Callable[[], float] = time.time, processes: int = 1, serving: bool = False) -> Services:
     """Wire the server's parts; opens nothing that fails when the database or keyring is down.
 
     `processes` is how many worker processes of this instance serve side by side (they share the
-    failed-authentication limits)."""
+    failed-authentication limits); `serving` (the workers of `tokendealer serve`) batches the audit log's
+    writes and refreshes the cached clients in the background."""
     engine = db.make_engine(config.database_url)
     store = make_key_store(config, clock, engine)
     keys = KeyringSource(store, config.keyring_reload_interval)
     keys.current()  # load now, so a worker is ready (or /readyz says why not) before its first request
     hasher = SecretHasher(store.pepper)
     clients = ClientStore(engine, hasher, clock, cache_seconds=config.client_cache_seconds, max_token_ttl=config.max_token_ttl)
+    if serving:
+        clients.refresh_in_background()
     revocations = RevocationList(engine, clock)
     tokens = TokenService(config, keys, clients, revocations, clock)
     assertions = AssertionVerifier(
@@ -86,11 +97,22 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         leeway=config.leeway,
         clock=clock,
     )
-    audit = AuditLog(config.audit_log, clock)
+    audit = AuditLog(config.audit_log, clock, buffered=serving)
     throttle = FailureThrottle(
         config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
     )
-    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock)
+    federation = FederationVerifier(
+        issuers=IssuerStore(engine, clock, cache_seconds=config.client_cache_seconds),
+        rules=RuleStore(engine, clock, cache_seconds=config.client_cache_seconds),
+        clients=clients,
+        keys=IssuerKeys(cooldown=config.federation_key_cooldown),
+        replay=assertions.replay,
+        replay_until=assertions.replay_until,
+        max_lifetime=config.federation_max_lifetime,
+        leeway=config.leeway,
+        clock=clock,
+    )
+    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
     metrics = Metrics(keys, clock, engine)
     return Services(
         config=config,
@@ -105,6 +127,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
             [
                 ClientCredentialsGrant(authenticator, tokens),
                 TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth),
+                JwtBearerGrant(federation, authenticator, tokens),
             ],
             audit,
             metrics,
@@ -135,11 +158,11 @@ def _verify_token_body() -> dict[str, Any]:
     return data
 
 
-def create_app(config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1) -> Flask:
+def create_app(config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1, serving: bool = False) -> Flask:
     """Build a fresh application; `config` defaults to the environment; `processes` is the number of
-    worker processes of this instance."""
+    worker processes of this instance; `serving` as in `build_services`."""
     config = config or Config.load()
-    services = build_services(config, clock, processes)
+    services = build_services(config, clock, processes, serving)
     app = Flask("tokendealer")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["MAX_FORM_PARTS"] = MAX_PARAMS * 2

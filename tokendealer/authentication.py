@@ -9,7 +9,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote_plus
 
 from limits import RateLimitItem, parse_many
@@ -21,6 +22,7 @@ from .assertions import ASSERTION_TYPE, AssertionVerifier
 from .audit import AuditLog
 from .clients import Client, ClientStore, SecretHasher
 from .errors import InvalidClient, InvalidRequest, OAuthError, TooManyRequests
+from .federation import Admission, FederationRefused, FederationVerifier, WorkloadToken
 from .messages import ClientAuth
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,16 @@ class Credentials:
     """What a request presents: the claimed client id and how it proves it."""
 
     client_id: str
-    method: str  # client_secret_basic | client_secret_post | private_key_jwt
+    method: str  # client_secret_basic | client_secret_post | private_key_jwt | federated
     secret: str | None = None
     assertion: str | None = None
+    # A federated assertion as parsed once; once verified, the issuer and rule that admitted it.
+    workload_token: WorkloadToken | None = field(default=None, repr=False)
+    admission: Admission | None = None
+
+    def audit_fields(self) -> dict[str, Any]:
+        """What the audit log records of how the client proved itself (never the proof)."""
+        return self.admission.audit_fields() if self.admission else {}
 
 
 class FailureThrottle:
@@ -161,12 +170,14 @@ class ClientAuthenticator:
         assertions: AssertionVerifier,
         throttle: FailureThrottle | None,
         clock: Callable[[], float] = time.time,
+        federation: FederationVerifier | None = None,
     ):
         self.clients = clients
         self.hasher = hasher
         self.assertions = assertions
         self.throttle = throttle
         self.clock = clock
+        self.federation = federation
 
     def credentials(self, auth: ClientAuth) -> Credentials:
         """The credentials a request carries, or InvalidRequest/InvalidClient if they are absent or mixed."""
@@ -188,6 +199,12 @@ class ClientAuthenticator:
                 raise InvalidRequest(f"client_assertion_type must be {ASSERTION_TYPE}")
             if not auth.assertion:
                 raise InvalidRequest("client_assertion is missing")
+            workload_token = self.federation.workload_token(auth.assertion) if self.federation else None
+            if workload_token is not None:
+                # A workload token's sub is the workload, not the client: the client is named by client_id.
+                if not auth.client_id:
+                    raise InvalidRequest("client_id is required with a client_assertion from an external issuer")
+                return Credentials(auth.client_id[:MAX_CLIENT_ID], "federated", workload_token=workload_token)
             client_id = self.assertions.claimed_client_id(auth.assertion)
             if auth.client_id is not None and auth.client_id != client_id:
                 raise InvalidClient("client_id differs from the client_assertion subject")
@@ -209,15 +226,31 @@ class ClientAuthenticator:
         try:
             creds = self.credentials(auth)
             tracing.annotate_request(client_id=creds.client_id, auth_method=creds.method)
+            if creds.method == "federated":
+                return self._federated(creds)
             return self._verify(creds), creds
         except InvalidClient as exc:
             # Only a failed proof counts; an outage (503) during the check is not the caller's failure.
-            exc.client_id = creds.client_id if creds else None
-            throttled = self.throttle.failed(exc.client_id, auth.address) if self.throttle else None
-            if throttled is not None:
-                throttled.client_id = exc.client_id
-                raise throttled from None
+            self.failed(exc, creds.client_id if creds else None, auth.address)
             raise
+
+    def failed(self, exc: OAuthError, client_id: str | None, address: str | None) -> None:
+        """Count a failed authentication (also a refused JWT bearer assertion); raise the 429 instead of
+        `exc` once a limit is passed."""
+        exc.client_id = client_id
+        throttled = self.throttle.failed(client_id, address) if self.throttle else None
+        if throttled is not None:
+            throttled.client_id = client_id
+            raise throttled from None
+
+    def _federated(self, creds: Credentials) -> tuple[Client, Credentials]:
+        if self.federation is None:
+            raise InvalidClient("federated client authentication is not enabled")
+        try:
+            admission = self.federation.authenticate(creds.client_id, creds.workload_token)
+        except FederationRefused as exc:
+            raise InvalidClient(str(exc)) from None
+        return admission.client, Credentials(creds.client_id, creds.method, admission=admission)
 
     def _verify(self, creds: Credentials) -> Client:
         headers = {"WWW-Authenticate": 'Basic realm="tokendealer"'} if creds.method == "client_secret_basic" else {}

@@ -22,6 +22,8 @@ from . import db, tracing
 from .audit import AuditLog
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
+from .federation import RuleStore
+from .issuers import IssuerError, IssuerStore
 from .keyring import DEFAULT_ALG, KeyringError, KeyStore
 from .keystores import make_key_store
 
@@ -70,6 +72,12 @@ class State:
         engine = db.make_engine(self.config.database_url)
         return ClientStore(engine, SecretHasher(self.key_store().pepper()), max_token_ttl=self.config.max_token_ttl)
 
+    def issuers(self) -> IssuerStore:
+        return IssuerStore(db.make_engine(self.config.database_url))
+
+    def rules(self) -> RuleStore:
+        return RuleStore(db.make_engine(self.config.database_url))
+
 
 def refusals(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's errors into one readable line and exit status 1."""
@@ -78,7 +86,7 @@ def refusals(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ClientError, KeyringError, db.SchemaError) as exc:
+        except (ClientError, IssuerError, KeyringError, db.SchemaError) as exc:
             raise Refused(str(exc)) from None
         except SQLAlchemyError as exc:
             raise Refused(f"database error ({exc.__class__.__name__}); has `tokendealer init` been run?") from None
@@ -206,6 +214,7 @@ def client() -> None:
 @client.command("create")
 @click.argument("name")
 @_client_options
+@click.option("--no-secret", is_flag=True, help="No secret: the client authenticates only by federation, certificate or key.")
 @click.pass_obj
 @refusals
 def client_create(
@@ -222,6 +231,7 @@ def client_create(
     serves,
     exchange_audiences,
     as_json,
+    no_secret,
 ) -> None:  # noqa: ANN001
     """Register client NAME; prints its client_id and (once) its client_secret as JSON."""
     record, secret = state.clients().create(
@@ -234,6 +244,7 @@ def client_create(
         claims=parse_claims(claims),
         jwks=_read_jwks(jwks_file),
         jwks_uri=jwks_uri,
+        no_secret=no_secret,
         serves=serves,
         exchange_audiences=exchange_audiences,
     )
@@ -347,6 +358,52 @@ def client_rotate_secret(state: State, client_id: str, grace: int, as_json: bool
     emit({"client_id": record.client_id, "client_secret": secret, "previous_secret_valid_until": record.previous_secret_expires_at}, True)
 
 
+@client.command("federate")
+@click.argument("client_id")
+@click.option("--issuer", help="A trusted issuer (`tokendealer issuers add`).")
+@click.option("--subject", help="The token's sub: exact, or a prefix ending in *.")
+@click.option("--audience", help="The token's aud must contain it (default: this server's issuer URL).")
+@click.option("--condition", "conditions", multiple=True, help="CLAIM=VALUE on a dotted claim path; VALUE exact or a glob (repeatable).")
+@click.option("--single-use", is_flag=True, help="Refuse a second use of the same token jti.")
+@click.option("--list", "list_rules", is_flag=True, help="List the client's federation rules.")
+@click.option("--remove", "remove_rule", metavar="RULE_ID", help="Remove one of the client's rules.")
+@json_option
+@click.pass_obj
+@refusals
+def client_federate(
+    state: State, client_id: str, issuer, subject, audience, conditions, single_use, list_rules, remove_rule, as_json
+) -> None:  # noqa: ANN001
+    """Trust workload tokens of an external issuer for CLIENT_ID (workload identity federation)."""
+    rules = state.rules()
+    if list_rules or remove_rule:
+        if issuer or subject or audience or conditions or single_use or (list_rules and remove_rule):
+            raise click.UsageError("--list and --remove RULE_ID take no other option")
+        if remove_rule:
+            rules.remove(client_id, remove_rule)
+            state.audit("client.federation_removed", client_id=client_id, rule_id=remove_rule)
+            emit({"client_id": client_id, "rule_id": remove_rule, "result": "removed"}, as_json, f"removed: {remove_rule}")
+            return
+        state.clients().require(client_id)
+        found = [r.view() for r in rules.for_client(client_id)]
+        lines = [f"{'RULE_ID':<20} {'ISSUER':<32} {'SUBJECT':<40} {'AUDIENCE':<28} CONDITIONS"]
+        for r in found:
+            flags = " ".join(r["conditions"]) + (" single-use" if r["single_use"] else "")
+            lines.append(f"{r['rule_id']:<20} {r['issuer']:<32} {r['subject']:<40} {r['audience']:<28} {flags}")
+        emit(found, as_json, "\n".join(lines))
+        return
+    if not issuer or not subject:
+        raise click.UsageError("--issuer and --subject are required (or --list / --remove RULE_ID)")
+    if subject.endswith("*") and subject[-2:-1] not in ("/", ":"):
+        click.echo(
+            f"warning: the subject prefix {subject!r} does not end at a / or :, so it also matches subjects that merely "
+            "begin the same way (e.g. repo:org/app* matches repo:org/app-evil)",
+            err=True,
+        )
+    rule = rules.add(state.clients(), state.issuers(), client_id, issuer, subject, audience or state.config.issuer, conditions, single_use)
+    state.audit("client.federated", client_id=client_id, rule_id=rule.rule_id, issuer=issuer, subject=subject)
+    emit(rule.view(), True)
+
+
 @client.command("jwks")
 @click.argument("pem_file", type=click.Path(dir_okay=False))
 @click.option("--alg", type=click.Choice(ALGORITHMS), help="Algorithm the key signs with (default: from the key type).")
@@ -364,6 +421,51 @@ def client_jwks(pem_file: str, alg: str | None) -> None:
     except (ValueError, TypeError):
         raise Refused(f"{pem_file}: not a PEM EC P-256, RSA or Ed25519 key") from None
     emit({"keys": [jwk]}, True)
+
+
+# ---- issuers --------------------------------------------------------------------------------------
+
+
+@main.group()
+def issuers() -> None:
+    """Trust external OIDC issuers whose workload tokens clients may accept (`client federate`)."""
+
+
+@issuers.command("add")
+@click.argument("url")
+@click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False), help="The issuer's public JWK Set, for an unreachable issuer.")
+@click.option("--allow-http", is_flag=True, help="Allow a plain-http issuer off loopback (not for production).")
+@json_option
+@click.pass_obj
+@refusals
+def issuers_add(state: State, url: str, jwks_file: str | None, allow_http: bool, as_json: bool) -> None:
+    """Trust the issuer URL (its exact `iss`): keys through its OIDC discovery, or the given JWK Set."""
+    record = state.issuers().add(url, jwks=_read_jwks(jwks_file), allow_http=allow_http)
+    state.audit("issuer.added", issuer=url, keys="jwks" if record.jwks else "discovery")
+    emit(record.view(), as_json, f"trusted: {url} (keys from {record.jwks_uri or jwks_file})")
+
+
+@issuers.command("list")
+@json_option
+@click.pass_obj
+@refusals
+def issuers_list(state: State, as_json: bool) -> None:
+    """List the trusted issuers."""
+    records = [r.view() for r in state.issuers().list()]
+    lines = [f"{'ISSUER':<48} {'KEYS':<10} JWKS_URI"] + [f"{r['issuer']:<48} {r['keys']:<10} {r['jwks_uri'] or '-'}" for r in records]
+    emit(records, as_json, "\n".join(lines))
+
+
+@issuers.command("remove")
+@click.argument("url")
+@json_option
+@click.pass_obj
+@refusals
+def issuers_remove(state: State, url: str, as_json: bool) -> None:
+    """Stop trusting the issuer URL; its federation rules go with it."""
+    rules = state.issuers().remove(url)
+    state.audit("issuer.removed", issuer=url, rules_removed=rules)
+    emit({"issuer": url, "result": "removed", "rules_removed": rules}, as_json, f"removed: {url} and {rules} federation rule(s)")
 
 
 # ---- keys -----------------------------------------------------------------------------------------

@@ -71,7 +71,10 @@ class Client:
 
     @property
     def auth_method(self) -> str:
-        return "client_secret" if self.secret_hash else "private_key_jwt"
+        """How the client proves itself: a secret, its own keys, or else only federation (or a certificate)."""
+        if self.secret_hash:
+            return "client_secret"
+        return "private_key_jwt" if self.jwks or self.jwks_uri else "federated"
 
     def granted_scopes(self) -> tuple[str, ...]:
         """Scopes a token gets when the request names none."""
@@ -173,6 +176,11 @@ def new_secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
 
 
+# Client ids per query when the cache is refreshed, and how long after its last use a client is kept fresh.
+REFRESH_CHUNK = 500
+KEEP_WARM = 30.0
+
+
 class ClientStore:
     """CRUD for client records on a SQLAlchemy engine, with a cache bounded in staleness for reads."""
 
@@ -191,6 +199,7 @@ class ClientStore:
         self.max_token_ttl = max_token_ttl
         self._cache: dict[str, tuple[float, Client | None]] = {}
         self._cache_lock = threading.Lock()
+        self._used: dict[str, float] = {}  # cached id -> when it was last asked for (time.monotonic())
 
     def get(self, client_id: str, cached: bool = True) -> Client | None:
         """The client, or None; a cached read is at most `cache_seconds` old."""
@@ -198,6 +207,7 @@ class ClientStore:
         if cached and self.cache_seconds:
             hit = self._cache.get(client_id)
             if hit and hit[0] > now:
+                self._used[client_id] = now
                 return hit[1]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(db.clients).where(db.clients.c.client_id == client_id)).first()
@@ -207,7 +217,42 @@ class ClientStore:
                 if len(self._cache) > 10000:
                     self._cache.clear()
                 self._cache[client_id] = (now + self.cache_seconds, client)
+                self._used[client_id] = now
         return client
+
+    def refresh_cached(self) -> int:
+        """Re-read, a few hundred per query, the cached clients asked for in the last `KEEP_WARM` seconds,
+        so that requests find them fresh rather than each reading its own when it expires (one query per
+        client per `cache_seconds` with many active clients); the others are left to expire. Returns how many."""
+        now = time.monotonic()  # before the reads: what they see is then at most cache_seconds old at expiry
+        used = self._used.copy()
+        ids = [client_id for client_id, at in used.items() if at > now - KEEP_WARM and client_id in self._cache]
+        for client_id, at in used.items():
+            if at <= now - KEEP_WARM:
+                self._used.pop(client_id, None)
+        found: dict[str, Client] = {}
+        for start in range(0, len(ids), REFRESH_CHUNK):
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(db.clients).where(db.clients.c.client_id.in_(ids[start : start + REFRESH_CHUNK]))).all()
+            found.update((row.client_id, _from_row(row)) for row in rows)
+        with self._cache_lock:
+            for client_id in ids:
+                self._cache[client_id] = (now + self.cache_seconds, found.get(client_id))
+        return len(ids)
+
+    def refresh_in_background(self) -> None:
+        """A daemon thread calling `refresh_cached` every half `cache_seconds` (`tokendealer serve`'s workers)."""
+
+        def run() -> None:
+            while True:
+                time.sleep(self.cache_seconds / 2)
+                try:
+                    self.refresh_cached()
+                except sa.exc.SQLAlchemyError:
+                    pass  # the database is down: entries expire and requests read (and answer 503) themselves
+
+        if self.cache_seconds:
+            threading.Thread(target=run, name="client-refresh", daemon=True).start()
 
     def require(self, client_id: str) -> Client:
         client = self.get(client_id, cached=False)
@@ -233,12 +278,14 @@ class ClientStore:
         jwks_uri: str | None = None,
         serves: Iterable[str] = (),
         exchange_audiences: Iterable[str] = (),
+        no_secret: bool = False,
     ) -> tuple[Client, str | None]:
-        """Register a client; returns it and its secret (None for a key-authenticated client)."""
+        """Register a client; returns it and its secret (None for a client authenticated by its keys, or by
+        federation only with `no_secret`)."""
         if not CLIENT_ID_RE.match(client_id):
             raise ClientError("client name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         now = self.clock()
-        secret = None if (jwks is not None or jwks_uri) else new_secret()
+        secret = None if (jwks is not None or jwks_uri or no_secret) else new_secret()
         with self.engine.connect() as conn:
             deleted_at = conn.execute(
                 sa.select(db.client_tombstones.c.deleted_at).where(db.client_tombstones.c.client_id == client_id)
@@ -301,13 +348,15 @@ class ClientStore:
             tombstone = db.client_tombstones
             conn.execute(tombstone.delete().where(tombstone.c.client_id == client_id))
             conn.execute(tombstone.insert().values(client_id=client_id, deleted_at=self.clock()))
+            # Its federation rules go too, so an id created again does not inherit who may act as it.
+            conn.execute(db.federation_rules.delete().where(db.federation_rules.c.client_id == client_id))
         self._forget(client_id)
 
     def rotate_secret(self, client_id: str, grace: int = 0) -> tuple[Client, str]:
         """A new secret; the old one stays valid for `grace` seconds."""
         client = self.require(client_id)
         if not client.secret_hash:
-            raise ClientError(f"client {client_id!r} authenticates with private_key_jwt and has no secret")
+            raise ClientError(f"client {client_id!r} has no secret (it authenticates by {client.auth_method})")
         if grace < 0:
             raise ClientError("--grace must not be negative")
         now = self.clock()

@@ -61,7 +61,13 @@ class Config:
     leeway: int = 30
     # private_key_jwt: how far ahead an assertion's exp may lie.
     assertion_max_lifetime: int = 3600
+    # Workload identity federation: the longest lifetime (exp - iat) a trusted issuer's token may have, and how
+    # soon an unknown kid may refetch an issuer's keys again.
+    federation_max_lifetime: int = 86400
+    federation_key_cooldown: float = 30.0
     max_body_bytes: int = 65536
+    # Seconds a request's whole body may take to arrive (`tokendealer serve`); past it, 408 and the connection closes.
+    body_timeout: float = 10.0
     trusted_proxies: int = 0
     # How long a process may serve a cached client record before re-reading it.
     client_cache_seconds: float = 2.0
@@ -149,10 +155,10 @@ class Config:
             _bad("max_token_ttl", "must be a positive number of seconds")
         if self.token_ttl > self.max_token_ttl:
             _bad("token_ttl", "must not exceed TOKENDEALER_MAX_TOKEN_TTL")
-        for name in ("jwks_max_age", "leeway", "trusted_proxies"):
+        for name in ("jwks_max_age", "leeway", "trusted_proxies", "federation_key_cooldown"):
             if getattr(self, name) < 0:
                 _bad(name, "must not be negative")
-        for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes"):
+        for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes", "body_timeout", "federation_max_lifetime"):
             if getattr(self, name) <= 0:
                 _bad(name, "must be positive")
         for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit", "verify_token_limit"):

@@ -106,7 +106,14 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "paths": {
             "/oauth/token": {
                 "post": {
-                    "summary": "Client-credentials grant (RFC 6749 §4.4) and token exchange (RFC 8693)",
+                    "summary": "Client-credentials grant (RFC 6749 §4.4), token exchange (RFC 8693) and JWT bearer grant (RFC 7523 §2.1)",
+                    "description": (
+                        "grant_type=client_credentials with client authentication (a secret, private_key_jwt, or a "
+                        "client_assertion from a trusted external issuer with client_id: federated client authentication), "
+                        "grant_type=urn:ietf:params:oauth:grant-type:token-exchange, "
+                        "or grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer with assertion= a workload token of a "
+                        "trusted issuer and no client authentication (the matching federation rule names the client)."
+                    ),
                     "security": [{"basic": []}, {}],
                     "requestBody": _form_body(
                         {
@@ -114,6 +121,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "scope": {"type": "string"},
                             "audience": {"type": "string"},
                             "resource": {"type": "array", "items": {"type": "string"}},
+                            "assertion": {"type": "string", "description": "RFC 7523 §2.1: the JWT of the jwt-bearer grant"},
                             **_TOKEN_EXCHANGE_FIELDS,
                             **_CLIENT_AUTH_FIELDS,
                         },

@@ -51,8 +51,11 @@ class TokenEndpoint:
             self.metrics.tokens_refused.labels(authenticated, exc.error).inc()
             raise
         claims = issued.claims
+        tracing.annotate_request(client_id=issued.client_id)  # also for grants that authenticate no client
         self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, **context)
         self.metrics.tokens_issued.labels(issued.client_id).inc()
+        if "federation_rule" in context:
+            self.metrics.federated_tokens.labels(issued.client_id, context["issuer"], context["federation_rule"]).inc()
         return {
             "access_token": issued.token,
             "token_type": issued.token_type,

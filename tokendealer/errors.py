@@ -91,6 +91,13 @@ class RequestTooLarge(OAuthError):
     status = 413
 
 
+class RequestTimeout(OAuthError):
+    """The request's body did not arrive within the body deadline (RFC 9110 §15.5.9)."""
+
+    error = "invalid_request"
+    status = 408
+
+
 class TooManyRequests(OAuthError):
     """Rate limit exceeded; `Retry-After` says when to come back."""
 

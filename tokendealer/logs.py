@@ -3,14 +3,18 @@ access log, one escaped line per request."""
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import json
 import logging
 import os
 import re
+import select
+import stat
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections import deque
 
 from flask import g, has_request_context
 
@@ -72,38 +76,89 @@ def escape(text: str) -> str:
     return _UNSAFE.sub(_hex, text)
 
 
-class AccessLog:
-    """WSGI middleware writing one access line per request to the file descriptor `fd`:
-    `ADDRESS "METHOD PATH PROTOCOL" STATUS DURATIONms`.
+class LineBuffer:
+    """Lines appended to a file descriptor in batches: written once `max_bytes` are pending, at most
+    `interval` seconds after they were appended (a daemon thread), and on `flush()` (called on shutdown and
+    at exit). Appending takes no lock and makes no system call.
 
-    Every field is escaped; the path goes without its query string, so a misplaced credential never
-    reaches the log. The address is the peer's, read before ProxyFix rewrites it. Each line is one
-    `write(2)`, so lines from several workers sharing the descriptor never interleave.
+    A batch goes out in writes of whole lines, each at most PIPE_BUF bytes unless the descriptor is a
+    regular file opened O_APPEND (where one write is atomic whatever its size), so the lines of several
+    workers sharing the descriptor never interleave. A SIGKILL loses what is pending: at most the last
+    `interval` seconds.
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], fd: int):
-        self.app = app
+    def __init__(self, fd: int, max_bytes: int = 65536, interval: float = 0.5):
         self.fd = fd
+        self.max_bytes = max_bytes
+        self.interval = interval
+        self._pending: deque[bytes] = deque()
+        self._size = 0  # approximate (updated without a lock); it only decides when to flush early
+        self._lock = threading.Lock()
+        mode = os.fstat(fd).st_mode
+        self._chunk = sys.maxsize if stat.S_ISREG(mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else select.PIPE_BUF
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="log-flush", daemon=True).start()
+        atexit.register(self.flush)
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        started = time.perf_counter()
-        address = environ.get("REMOTE_ADDR", "-")
-        statuses: list[str] = []
+    def append(self, line: bytes) -> None:
+        """Queue one line (with its newline)."""
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= self.max_bytes:
+            self.flush()
 
-        def recording_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            statuses.append(status)
-            return start_response(status, headers, exc_info)
+    def flush(self) -> None:
+        """Write out every pending line now."""
+        with self._lock:
+            count = len(self._pending)
+            if not count:
+                return
+            self._size = 0
+            popleft = self._pending.popleft
+            lines = [popleft() for _ in range(count)]
+            batch: list[bytes] = []
+            size = 0
+            for line in lines:
+                if batch and size + len(line) > self._chunk:
+                    self._write(b"".join(batch))
+                    batch, size = [], 0
+                batch.append(line)
+                size += len(line)
+            self._write(b"".join(batch))
 
+    def close(self) -> None:
+        """Flush and stop the timer thread (the descriptor stays open: it is the caller's)."""
+        self._stop.set()
+        self.flush()
+
+    def _write(self, data: bytes) -> None:
         try:
-            return self.app(environ, recording_start_response)
-        finally:
-            # Without a status the app raised, and the server answers 500.
-            self._write(address, environ, statuses[-1][:3] if statuses else "500", started)
-
-    def _write(self, address: str, environ: dict[str, Any], status: str, started: float) -> None:
-        request = " ".join(escape(environ.get(name, "-")) for name in ("REQUEST_METHOD", "PATH_INFO", "SERVER_PROTOCOL"))
-        line = f'{escape(address)} "{request}" {status} {(time.perf_counter() - started) * 1000:.3f}ms\n'
-        try:
-            os.write(self.fd, line.encode("ascii"))
+            while data:
+                data = data[os.write(self.fd, data) :]
         except OSError:
-            pass  # a closed or full log destination must not fail the request
+            pass  # a closed or full log destination must not fail requests
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+
+class AccessLog:
+    """One access line per request: `ADDRESS "METHOD PATH PROTOCOL" STATUS DURATIONms`.
+
+    Every field is escaped; the path goes without its query string, so a misplaced credential never
+    reaches the log. The address is the peer's (as connected, not as a proxy claims). Lines are buffered
+    (`LineBuffer`), so they reach the descriptor within a second, not one `write(2)` each.
+    """
+
+    def __init__(self, out: LineBuffer):
+        self.out = out
+
+    def record(self, address: str, method: str, path: str, protocol: str, status: int, started: float) -> None:
+        """Log one request that began at `started` (time.perf_counter())."""
+        request = f"{escape(method)} {escape(path)} {escape(protocol)}"
+        line = f'{escape(address)} "{request}" {status} {(time.perf_counter() - started) * 1000:.3f}ms\n'
+        self.out.append(line.encode("ascii"))
+
+    def flush(self) -> None:
+        self.out.flush()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import ipaddress
+import itertools
+import json
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
@@ -66,23 +71,181 @@ class ReadinessCollector:
         return [gauge]
 
 
+class Tally:
+    """This worker's request counters: each thread adds into its own dict (no lock, no file write per
+    request); `snapshot()` sums the threads' dicts. With a metrics directory, a daemon thread writes the
+    snapshot to this worker's file at least once a second (and `flush()` on shutdown), and a scrape adds
+    every other worker's file to its own live values, so any worker answers for the instance.
+    A dead worker's file stays, as prometheus_client's multiprocess files do: counters never go down."""
+
+    def __init__(self, directory: str | None, interval: float = 0.5):
+        self.directory = directory
+        self._local = threading.local()
+        self._threads: list[dict[tuple, Any]] = []
+        self._path = os.path.join(directory, f"tally-{os.getpid()}.json") if directory else None
+        if directory:
+            self._stop = threading.Event()
+            self._interval = interval
+            threading.Thread(target=self._run, name="metrics-flush", daemon=True).start()
+
+    def values(self) -> dict[tuple, Any]:
+        """The calling thread's own dict of (series, labels) -> count or [bucket counts..., sum]."""
+        try:
+            return self._local.values
+        except AttributeError:
+            values: dict[tuple, Any] = {}
+            self._local.values = values
+            self._threads.append(values)
+            return values
+
+    def snapshot(self) -> dict[tuple, Any]:
+        """This process's values, summed over its threads."""
+        return _sum_into({}, (thread.copy() for thread in list(self._threads)))
+
+    def instance(self) -> dict[tuple, Any]:
+        """Every worker's values summed: this one's live, the others' from their files."""
+        total = self.snapshot()
+        if self.directory:
+            for name in os.listdir(self.directory):
+                path = os.path.join(self.directory, name)
+                if name.startswith("tally-") and name.endswith(".json") and path != self._path:
+                    try:
+                        with open(path) as file:
+                            rows = json.load(file)
+                    except (OSError, ValueError):
+                        continue  # a worker's file being replaced: its previous values are gone with it for now
+                    _sum_into(total, [{tuple(tuple(k) if isinstance(k, list) else k for k in key): value for key, value in rows}])
+        return total
+
+    def flush(self) -> None:
+        """Write this worker's snapshot to its file (atomically: write, then rename)."""
+        if not self._path:
+            return
+        rows = [[list(key), value] for key, value in self.snapshot().items()]
+        temporary = f"{self._path}.{threading.get_ident()}.tmp"
+        with open(temporary, "w") as file:
+            json.dump(rows, file)
+        os.replace(temporary, self._path)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.flush()
+            except OSError:
+                pass  # the directory is gone: the server is stopping
+
+
+def _sum_into(total: dict[tuple, Any], parts: Iterable[dict[tuple, Any]]) -> dict[tuple, Any]:
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, list):
+                mine = total.setdefault(key, [0] * len(value))
+                for i, v in enumerate(value):
+                    mine[i] += v
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+class TallyCounter:
+    """A labelled counter kept in a `Tally`, with prometheus_client's `labels(...).inc()` interface."""
+
+    def __init__(self, tally: Tally, name: str, documentation: str, labelnames: Sequence[str]):
+        self.tally, self.name, self.documentation, self.labelnames = tally, name, documentation, tuple(labelnames)
+        self._children: dict[tuple[str, ...], _CounterChild] = {}
+
+    def labels(self, *values: str) -> _CounterChild:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children.setdefault(values, _CounterChild(self.tally, (self.name, tuple(map(str, values)))))
+            self.tally.values().setdefault(child.key, 0)  # the series exists from its first use, at 0
+        return child
+
+    def family(self, values: dict[tuple, Any]) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for (name, labels), value in values.items():
+            if name == self.name:
+                family.add_metric(list(labels), value)
+        return family
+
+
+class _CounterChild:
+    __slots__ = ("tally", "key")
+
+    def __init__(self, tally: Tally, key: tuple):
+        self.tally, self.key = tally, key
+
+    def inc(self, amount: float = 1) -> None:
+        values = self.tally.values()
+        values[self.key] = values.get(self.key, 0) + amount
+
+
+class TallyHistogram:
+    """A labelled histogram kept in a `Tally`, with prometheus_client's `labels(...).observe(v)` interface."""
+
+    def __init__(self, tally: Tally, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]):
+        self.tally, self.name, self.documentation, self.labelnames = tally, name, documentation, tuple(labelnames)
+        self.buckets = tuple(buckets)
+        self._children: dict[tuple[str, ...], _HistogramChild] = {}
+
+    def labels(self, *values: str) -> _HistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children.setdefault(values, _HistogramChild(self, (self.name, tuple(map(str, values)))))
+            self.tally.values().setdefault(child.key, [0] * child.size)
+        return child
+
+    def family(self, values: dict[tuple, Any]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        for (name, labels), counts in values.items():
+            if name == self.name:
+                cumulative = list(itertools.accumulate(counts[:-1]))
+                family.add_metric(list(labels), list(zip(bounds, cumulative, strict=True)), counts[-1])
+        return family
+
+
+class _HistogramChild:
+    __slots__ = ("tally", "key", "buckets", "size")
+
+    def __init__(self, histogram: TallyHistogram, key: tuple):
+        self.tally, self.key, self.buckets = histogram.tally, key, histogram.buckets
+        self.size = len(self.buckets) + 2  # one count per bucket, +Inf, then the sum
+
+    def observe(self, amount: float) -> None:
+        values = self.tally.values()
+        counts = values.get(self.key)
+        if counts is None:
+            counts = values[self.key] = [0] * self.size
+        counts[bisect.bisect_left(self.buckets, amount)] += 1
+        counts[-1] += amount
+
+
 class Metrics:
-    """The series the server records."""
+    """The series the server records. The per-request ones are `Tally` counters (summed over workers at
+    scrape time); any other series may be a prometheus_client metric on `registry` (multiprocess mode under
+    `tokendealer serve`)."""
 
     def __init__(self, keys: KeyringSource, clock: Callable[[], float] = time.time, engine: Any = None):
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
-        self.tokens_issued = Counter("tokendealer_tokens_issued", "Access tokens issued", ["client_id"], registry=self.registry)
-        self.tokens_refused = Counter(
-            "tokendealer_tokens_refused", "Token requests refused", ["client_id", "error"], registry=self.registry
+        self.tally = Tally(self.multiprocess_dir)
+        self.tokens_issued = TallyCounter(self.tally, "tokendealer_tokens_issued", "Access tokens issued", ["client_id"])
+        self.tokens_refused = TallyCounter(self.tally, "tokendealer_tokens_refused", "Token requests refused", ["client_id", "error"])
+        # Workload identity federation: which trusted issuer and rule admitted each token (bounded: both are registered).
+        self.federated_tokens = TallyCounter(
+            self.tally,
+            "tokendealer_federated_tokens_issued",
+            "Access tokens issued on a federated workload token",
+            ["client_id", "issuer", "rule_id"],
         )
-        self.rate_limited = Counter("tokendealer_rate_limit_refusals", "Requests refused with 429", ["endpoint"], registry=self.registry)
-        self.latency = Histogram(
+        self.rate_limited = TallyCounter(self.tally, "tokendealer_rate_limit_refusals", "Requests refused with 429", ["endpoint"])
+        self.latency = TallyHistogram(
+            self.tally,
             "tokendealer_request_duration_seconds",
             "Request latency per endpoint",
             ["endpoint"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=self.registry,
         )
         self.registry.register(DATABASE_ERRORS)
         self.keyring = KeyringCollector(keys, clock)
@@ -90,6 +253,14 @@ class Metrics:
         self.readiness = ReadinessCollector(keys, engine) if engine is not None else None
         if self.readiness:
             self.registry.register(self.readiness)
+        self.tallied = _TallyCollector(
+            self.tally, (self.rate_limited, self.tokens_refused, self.latency, self.tokens_issued, self.federated_tokens)
+        )
+        self.registry.register(self.tallied)
+
+    def flush(self) -> None:
+        """Shutdown: publish this worker's last counts."""
+        self.tally.flush()
 
     def render(self) -> bytes:
         """The exposition text: summed over workers in multiprocess mode, plus this process's keyring view."""
@@ -99,8 +270,21 @@ class Metrics:
             registry.register(self.keyring)
             if self.readiness:
                 registry.register(self.readiness)
+            registry.register(self.tallied)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _TallyCollector:
+    """The `Tally` series, summed over the instance's workers when scraped."""
+
+    def __init__(self, tally: Tally, series: Sequence[TallyCounter | TallyHistogram]):
+        self.tally = tally
+        self.series = series
+
+    def collect(self):  # noqa: ANN201 (prometheus_client collector protocol)
+        values = self.tally.instance()
+        return [series.family(values) for series in self.series]
 
 
 class ScrapeGuard:

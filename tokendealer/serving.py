@@ -1,25 +1,39 @@
-"""Running the app under the production WSGI server (granian) or Flask's development server.
+"""Running the app under the production server (granian) or Flask's development server.
 
-granian was chosen by measurement (benchmarks/servers.py, benchmarks/RESULTS.md): on two cores it served
-the token endpoint at 2.2x gunicorn gthread and 2.7x gunicorn sync with a lower p99, thanks to its Rust
-HTTP layer and keep-alive. One worker per core with one blocking thread each gave the lowest p99 at close
-to the most requests (more workers or threads add context switches to CPU-bound signing and push p99
-past 40 ms). It keeps graceful restarts (SIGHUP respawns the workers), timeouts and an access log.
+granian was chosen by measurement (benchmarks/servers.py, benchmarks/RESULTS.md): its Rust HTTP layer
+served the token endpoint at 2.2x gunicorn gthread. Its RSGI interface is used (benchmarks/RESULTS.md,
+"Serving core"): each worker is one event loop on which `edge.Edge` reads every body with a deadline, so a
+slow or stalled client holds no thread (granian's WSGI interface reads a body in a blocking thread with no
+deadline, whatever the thread count). uvloop measured 1.2-1.4x asyncio's loop; granian's Rust tasks were
+slower. One worker per core. SIGHUP respawns the workers (graceful restart); a crashed worker is respawned.
+
+Shutdown always finishes: granian's master runs in its own session, so a signal to `tokendealer serve`'s
+process group (Ctrl-C, `kill -- -PGID`, systemd's KillMode=control-group) reaches only this supervising
+process, which asks the master for a graceful stop (in-flight requests answered, logs flushed) and kills
+the master's whole session if it has not exited within `STOP_GRACE` seconds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 from .config import Config
-from .logs import AccessLog, configure_logging
+from .logs import AccessLog, LineBuffer, configure_logging
 
 CONFIG_FILE_ENV = "TOKENDEALER_SERVE_CONFIG_FILE"
 WORKERS_ENV = "TOKENDEALER_SERVE_WORKERS"
+# Seconds granian's master has to stop its workers gracefully; the supervisor kills what is left after STOP_GRACE.
+WORKERS_KILL_TIMEOUT = 7
+STOP_GRACE = 9.0
+PR_SET_PDEATHSIG = 1
 
 
 def default_workers() -> int:
@@ -29,12 +43,23 @@ def default_workers() -> int:
 
 
 def worker_app() -> Any:
-    """Application factory each worker calls: the same configuration the `serve` command validated, with
-    the access log on standard output (where granian writes its own lines)."""
+    """Application factory each worker calls: the same configuration the `serve` command validated, served
+    through the edge (bodies read with a deadline), with the access log on standard output."""
     from .app import create_app  # noqa: PLC0415 (imported in the worker, after the metrics set-up)
+    from .edge import Edge  # noqa: PLC0415
 
     config = Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None)
-    return AccessLog(create_app(config, processes=int(os.environ.get(WORKERS_ENV, "1"))), sys.stdout.fileno())
+    configure_logging(config.log_json)  # granian's master is a new interpreter: `run`'s set-up is not inherited
+    app = create_app(config, processes=int(os.environ.get(WORKERS_ENV, "1")), serving=True)
+    services = app.extensions["tokendealer"]
+    return Edge(
+        app,
+        AccessLog(LineBuffer(sys.stdout.fileno())),
+        body_timeout=config.body_timeout,
+        max_body=config.max_body_bytes,
+        inline_token_path=not config.ratelimit,
+        on_close=services.close,
+    )
 
 
 def run(config: Config, host: str, port: int, workers: int | None, dev: bool, config_file: str | None = None) -> None:
@@ -59,21 +84,77 @@ def run(config: Config, host: str, port: int, workers: int | None, dev: bool, co
 
 
 def _granian(host: str, port: int, workers: int) -> None:
+    """Run granian's master in its own session and supervise it until it exits (see the module docstring)."""
+    master = subprocess.Popen(
+        [sys.executable, "-c", f"from tokendealer.serving import granian_master; granian_master({host!r}, {port}, {workers})"],
+        start_new_session=True,
+        preexec_fn=_stop_with_parent,
+    )
+    stopping: list[float] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if stopping:  # a second Ctrl-C: no more waiting
+            _kill_session(master)
+            return
+        stopping.append(time.monotonic())
+        _signal(master, signal.SIGTERM)
+
+    def reload(signum: int, frame: Any) -> None:
+        _signal(master, signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+    while master.poll() is None:
+        try:
+            master.wait(0.2)
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > STOP_GRACE:
+                _kill_session(master)
+    _kill_session(master)  # workers the master may have left behind
+    if master.returncode not in (0, -signal.SIGTERM) and not stopping:
+        raise SystemExit(master.returncode or 1)
+
+
+def granian_master(host: str, port: int, workers: int) -> None:
+    """granian's master process: forks the workers, respawns a crashed one, restarts them on SIGHUP."""
     from granian import Granian  # noqa: PLC0415
-    from granian.constants import Interfaces  # noqa: PLC0415
+    from granian.constants import Interfaces, Loops  # noqa: PLC0415
     from granian.http import HTTP1Settings  # noqa: PLC0415
 
     Granian(
         "tokendealer.serving:worker_app",
         address=host,
         port=port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.RSGI,
+        loop=Loops.uvloop,
         websockets=False,
         workers=workers,
-        blocking_threads=1,
         factory=True,
-        http1_settings=HTTP1Settings(header_read_timeout=30_000, keep_alive=True),
+        http1_settings=HTTP1Settings(header_read_timeout=10_000, keep_alive=True),
         log_access=False,
         respawn_failed_workers=True,
-        workers_kill_timeout=30,
+        workers_kill_timeout=WORKERS_KILL_TIMEOUT,
     ).serve()
+
+
+def _stop_with_parent() -> None:
+    """In the master, before exec: SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _signal(master: subprocess.Popen, signum: int) -> None:
+    try:
+        os.kill(master.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_session(master: subprocess.Popen) -> None:
+    try:
+        os.killpg(master.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -22,7 +22,7 @@ class ClientCredentialsGrant:
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued:
         client, creds = self.authenticator.authenticate(request.auth)
-        context["client_id"] = client.client_id
+        context.update(client_id=client.client_id, **creds.audit_fields())
         scopes = resolve_scopes(client, request.scope)
         audiences = resolve_audiences(client, request.audience, request.resources)
         context.update(scope=" ".join(scopes), audience=audiences)

@@ -39,7 +39,7 @@ class TokenExchangeGrant:
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued:
         client, creds = self.authenticator.authenticate(request.auth)
-        context["client_id"] = client.client_id
+        context.update(client_id=client.client_id, **creds.audit_fields())
         _check_token_types(request)
         if not client.serves or not client.exchange_audiences:
             raise UnauthorizedClient("this client has no token-exchange policy (--serves and --exchange-audience)")

@@ -1,0 +1,183 @@
+"""Federated token requests per second next to secret-authenticated ones, in the same run.
+
+    .venv/bin/python benchmarks/federation.py [--seconds 3] [--rounds 5]
+
+In-process: the server's WSGI application (the token endpoint's own fast path) is called in a loop, with no
+network, so the numbers compare the work of the ways in. Three kinds of request:
+- secret: client_secret_basic;
+- federated, re-used token: an RS256 Kubernetes-shaped projected token presented again and again, as a pod
+  does until the kubelet refreshes it (its signature is checked once a minute);
+- federated, new token: a different token each time (as GitHub Actions or per-call JWT-SVIDs), so every
+  request parses and verifies one (pre-signed, 600 per round: the bound of that kind).
+Each token is matched against a rule with a subject and a `kubernetes.io.namespace` condition.
+
+Batches of 25 requests alternate between the kinds, so drift on a loaded machine hits all alike, and each
+kind's rate is counted in the CPU time of this process (what the requests cost the server, whatever else the
+machine runs) and in wall-clock time. Each round is bounded by --seconds. Prints the rates per round and the
+ratios of the medians to secret (target: federated >= 0.7x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from client_lib.jose import public_jwk
+from tokendealer.app import create_app
+from tokendealer.config import Config
+from tokendealer.db import make_engine, upgrade_schema
+from tokendealer.federation import RuleStore
+from tokendealer.issuers import IssuerStore
+from tokendealer.keystores import FileKeyStore
+
+ISSUER = "http://127.0.0.1:5000"
+CLUSTER = "https://kubernetes.default.svc.cluster.local"
+AUDIENCE = "https://billing"
+BATCH = 25
+FRESH_PER_ROUND = 600
+
+
+def build(tmp: Path, fresh: int) -> tuple[Any, dict[str, bytes | str], dict[str, bytes | str], list[dict[str, bytes | str]]]:
+    """The app; the environ parts of a secret request, of a federated one, and of `fresh` federated ones
+    each with its own token."""
+    config = Config.load(
+        environ={},
+        issuer=ISSUER,
+        keys_dir=str(tmp / "keys"),
+        database_url=f"sqlite:///{tmp / 'td.db'}",
+        audit_log=str(tmp / "audit.log"),
+        auth_failure_limit="1000000/minute",
+    )
+    FileKeyStore(config.keys_dir).init("ES256")
+    upgrade_schema(make_engine(config.database_url))
+    app = create_app(config)
+    services = app.extensions["tokendealer"]
+    _, secret = services.clients.create("secret-svc", scopes=["read"], audiences=[AUDIENCE])
+    services.clients.create("billing", scopes=["read"], audiences=[AUDIENCE], no_secret=True)
+    key = rsa.generate_private_key(65537, 2048)
+    jwk = public_jwk(key.public_key(), "RS256")
+    issuers = IssuerStore(services.engine)
+    issuers.add(CLUSTER, jwks={"keys": [jwk]})
+    rules = RuleStore(services.engine)
+    rules.add(services.clients, issuers, "billing", CLUSTER, "system:serviceaccount:prod:billing", ISSUER, ["kubernetes.io.namespace=prod"])
+    basic = base64.b64encode(f"secret-svc:{secret}".encode()).decode()
+    secret_request = {"body": urlencode({"grant_type": "client_credentials"}).encode(), "HTTP_AUTHORIZATION": f"Basic {basic}"}
+    federated = [federated_request(key, jwk["kid"]) for _ in range(fresh + 1)]
+    return app, secret_request, federated[0], federated[1:]
+
+
+def federated_request(key: Any, kid: str) -> dict[str, bytes]:
+    now = int(time.time())
+    uid = str(uuid.uuid4())
+    claims = {
+        "iss": CLUSTER,
+        "sub": "system:serviceaccount:prod:billing",
+        "aud": [ISSUER],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "jti": uid,
+        "kubernetes.io": {
+            "namespace": "prod",
+            "pod": {"name": "billing-7d9c5b8f6-x2x4k", "uid": uid},
+            "serviceaccount": {"name": "billing", "uid": "0c4e0c7e-2f4d-4c5e-9d7e-8c1f2b3a4d5e"},
+        },
+    }
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "billing",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid}),
+    }
+    return {"body": urlencode(form).encode()}
+
+
+def call(app: Any, request: dict[str, Any]) -> str:
+    body = request["body"]
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/oauth/token",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": str(len(body)),
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(body),
+        **({"HTTP_AUTHORIZATION": request["HTTP_AUTHORIZATION"]} if "HTTP_AUTHORIZATION" in request else {}),
+    }
+    status: list[str] = []
+    b"".join(app.wsgi_app(environ, lambda s, h: status.append(s)))
+    return status[0]
+
+
+def batch(app: Any, requests: Iterator[dict[str, Any]]) -> tuple[float, float]:
+    """CPU and wall seconds for BATCH requests; every answer must be 200."""
+    todo = [next(requests) for _ in range(BATCH)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for request in todo:
+        status = call(app, request)
+        if not status.startswith("200"):
+            sys.exit(f"non-200 answer: {status}")
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def round_rates(app: Any, kinds: dict[str, Iterator[dict[str, Any]]], seconds: float) -> dict[str, tuple[float, float]]:
+    """(CPU-time req/s, wall req/s) of each kind over alternating batches, for `seconds` or until a kind
+    runs out of requests."""
+    spent = {name: [0.0, 0.0, 0] for name in kinds}
+    end = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < end:
+            for name, requests in kinds.items():
+                cpu, wall = batch(app, requests)
+                spent[name][0] += cpu
+                spent[name][1] += wall
+                spent[name][2] += BATCH
+    except StopIteration:
+        pass
+    return {name: (count / cpu, count / wall) for name, (cpu, wall, count) in spent.items() if count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tokendealer-bench-") as tmp:
+        print(f"signing {FRESH_PER_ROUND * args.rounds} workload tokens...", flush=True)
+        app, secret, reused, fresh = build(Path(tmp), FRESH_PER_ROUND * args.rounds)
+        round_rates(app, {"secret": itertools.repeat(secret), "reused": itertools.repeat(reused)}, 0.5)  # warm caches
+        rows = []
+        for number in range(1, args.rounds + 1):
+            own = iter(fresh[(number - 1) * FRESH_PER_ROUND : number * FRESH_PER_ROUND])
+            kinds = {"secret": itertools.repeat(secret), "reused": itertools.repeat(reused), "new": own}
+            rates = round_rates(app, kinds, args.seconds)
+            rows.append(rates)
+            print(
+                f"round {number}: req/s per CPU second / wall clock: "
+                + ", ".join(f"{name} {cpu:.0f} / {wall:.0f}" for name, (cpu, wall) in rates.items()),
+                flush=True,
+            )
+        for measure, label in ((0, "per CPU second"), (1, "wall clock")):
+            median = {name: statistics.median(row[name][measure] for row in rows) for name in rows[0]}
+            print(
+                f"median {label}: secret {median['secret']:.0f} req/s; federated, re-used token {median['reused']:.0f} req/s "
+                f"({median['reused'] / median['secret']:.2f}x); federated, new token each request {median['new']:.0f} req/s "
+                f"({median['new'] / median['secret']:.2f}x)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The edge of `tokendealer serve`: the one place that decides how a request is read and where it runs.
+
+granian calls `Edge` through RSGI on each worker's event loop. Every request's body is read there, by
+awaiting it, within `body_timeout` seconds and `max_body_bytes`; a body that is late gets 408 and a body
+that is too large 413, and either way the connection closes. So a slow, stalled or oversized request costs
+a coroutine and a socket, never a thread. Only a complete, bounded request reaches the WSGI application:
+the token endpoint (CPU-bound, cached client lookups) and /healthz run at once on the loop, everything
+else (Flask) in a small thread pool, so the admin and database-bound endpoints never delay the loop.
+
+The access log is written here too, one escaped line per request (`logs.AccessLog`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from .errors import InvalidRequest, OAuthError, RequestTimeout, RequestTooLarge, ServerError
+from .http import dumps
+from .logs import AccessLog
+
+log = logging.getLogger(__name__)
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# Served at once on the loop: CPU only (the token path's client and key lookups are cached), no waiting.
+INLINE = frozenset({("POST", "/oauth/token"), ("GET", "/healthz")})
+# Flask views that wait on the database or a remote (introspection, admin, readiness) run here.
+POOL_THREADS = 4
+
+
+class Edge:
+    """RSGI application: read each request whole and in time, then run `app` (WSGI) on it."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        access_log: AccessLog,
+        body_timeout: float,
+        max_body: int,
+        inline_token_path: bool = True,
+        on_close: Callable[[], None] | None = None,
+    ):
+        self.app = app
+        self.access_log = access_log
+        self.body_timeout = body_timeout
+        self.max_body = max_body
+        # With TOKENDEALER_RATELIMIT the token path goes through Flask-Limiter, whose storage may be remote.
+        self.inline = INLINE if inline_token_path else INLINE - {("POST", "/oauth/token")}
+        self.on_close = on_close
+        self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="flask")
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker shutdown: let the pool finish what it holds, then write out the buffered logs."""
+        self.pool.shutdown(wait=True)
+        if self.on_close:
+            self.on_close()
+        self.access_log.flush()
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        started = time.perf_counter()
+        if scope.proto != "http":
+            return
+        address = scope.client.rpartition(":")[0] or scope.client
+        path = unquote_to_bytes(scope.path).decode("latin-1")
+        try:
+            body = await self.read_body(scope, protocol)
+            environ = self.environ(scope, path, address, body)
+            if (scope.method, path) in self.inline:
+                status, headers, payload = self.call(environ)
+            else:
+                status, headers, payload = await asyncio.get_running_loop().run_in_executor(self.pool, self.call, environ)
+        except OAuthError as exc:
+            # A late or oversized body is not read further: the connection closes after this answer.
+            status, payload = exc.status, dumps(exc.body()).encode()
+            headers = [("content-type", "application/json"), ("connection", "close")]
+        except Exception as exc:  # the application failed outside its own error handling
+            log.error("unexpected error", exc_info=exc)
+            status, headers, payload = 500, [("content-type", "application/json")], dumps(ServerError("internal error").body()).encode()
+        protocol.response_bytes(status, headers, payload)
+        self.access_log.record(address, scope.method, path, _protocol(scope), status, started)
+
+    async def read_body(self, scope: Any, protocol: Any) -> bytes:
+        """The whole body, or RequestTooLarge (413) past `max_body` bytes, or RequestTimeout (408) when it
+        has not all arrived within `body_timeout` seconds of the headers."""
+        headers = scope.headers
+        length = headers.get("content-length")
+        if length is None and "transfer-encoding" not in headers:
+            return b""
+        if length is not None:
+            if not length.isdigit():
+                raise InvalidRequest("bad Content-Length")
+            if int(length) > self.max_body:
+                raise RequestTooLarge(f"the body is larger than {self.max_body} bytes")
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                if length is not None:
+                    return await protocol()
+                chunks, size = [], 0
+                async for chunk in protocol:
+                    size += len(chunk)
+                    if size > self.max_body:
+                        raise RequestTooLarge(f"the body is larger than {self.max_body} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive within {self.body_timeout:g} s") from None
+
+    def environ(self, scope: Any, path: str, address: str, body: bytes) -> dict[str, Any]:
+        """PEP 3333 environ of a request whose body is already in."""
+        host, _, port = (scope.authority or scope.headers.get("host") or "localhost").partition(":")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": scope.method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": path,
+            "QUERY_STRING": scope.query_string,
+            "SERVER_NAME": host,
+            "SERVER_PORT": port or ("443" if scope.scheme == "https" else "80"),
+            "SERVER_PROTOCOL": _protocol(scope),
+            "REMOTE_ADDR": address,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": scope.scheme,
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.input_terminated": True,
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+        }
+        for name, value in scope.headers.items():
+            if name == "content-type":
+                environ["CONTENT_TYPE"] = value
+            elif name == "content-length":
+                environ["CONTENT_LENGTH"] = value
+            else:
+                key = "HTTP_" + name.upper().replace("-", "_")
+                environ[key] = f"{environ[key]},{value}" if key in environ else value
+        return environ
+
+    def call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Run the WSGI application on a complete request; its status, headers and whole body."""
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            started[:] = [status, headers]
+            return _no_write
+
+        result = self.app(environ, start_response)
+        try:
+            payload = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close:
+                close()
+        return int(started[0][:3]), started[1], payload
+
+
+def _protocol(scope: Any) -> str:
+    return f"HTTP/{scope.http_version}"
+
+
+def _no_write(data: bytes) -> None:
+    raise RuntimeError("the WSGI write() callable is not supported")
