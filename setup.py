@@ -50,6 +50,8 @@ setup(
             "Authlib>=1.6",
             "joserfc>=1.0",
             "ruff>=0.5",
+            "mypy>=1.10",
+            "types-requests>=2.31",
             "python-pkcs11>=0.10",
         ],
         # TOKENDEALER_KEYRING=pkcs11: signing keys in an HSM (tokendealer/hsm.py).
