@@ -39,6 +39,7 @@ test-fast: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check tokendealer client_lib tests examples benchmarks
 	$(BIN)/ruff format --check tokendealer client_lib tests examples benchmarks
+	$(BIN)/mypy  # tokendealer and client_lib, as pyproject.toml's [tool.mypy] says
 
 clean:
 	rm -rf $(VENV) var *.egg-info client_lib/*.egg-info client_lib/build

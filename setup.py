@@ -50,6 +50,8 @@ setup(
             "Authlib>=1.6",
             "joserfc>=1.0",
             "ruff>=0.5",
+            "mypy>=1.10",
+            "types-requests>=2.31",
             "python-pkcs11>=0.10",
             "opentelemetry-sdk>=1.25",
             "opentelemetry-exporter-otlp-proto-http>=1.25",

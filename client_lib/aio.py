@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
 
 
+def _basic_auth(basic: tuple[str, str] | None) -> dict[str, Any]:
+    """httpx's `auth=` for an HTTP Basic pair; none at all (not `auth=None`) without one."""
+    return {"auth": basic} if basic is not None else {}
+
+
 class _LoopLocks:
     """asyncio locks per (event loop, key): single-flight within each loop."""
 
@@ -141,7 +146,7 @@ class AsyncTokenClient:
         while True:
             fields, basic = await self.client_auth()
             try:
-                response = await self.http.post(endpoint, data={**form, **fields}, auth=basic, headers=tracing.inject())
+                response = await self.http.post(endpoint, data={**form, **fields}, **_basic_auth(basic), headers=tracing.inject())
             except httpx.HTTPError as exc:
                 await self.sleep(schedule.next_wait(exc.__class__.__name__))
                 continue
@@ -244,10 +249,11 @@ class AsyncTokenVerifier:
         if self.policy.known_active(claims["jti"], now):
             return
         client = self.introspection_client
+        assert client is not None  # the constructor requires one with introspect=True
         endpoint = (await client.metadata())["introspection_endpoint"]
         fields, basic = await client.client_auth(endpoint)
         try:
-            response = await self.http.post(endpoint, data={"token": token, **fields}, auth=basic, headers=tracing.inject())
+            response = await self.http.post(endpoint, data={"token": token, **fields}, **_basic_auth(basic), headers=tracing.inject())
             response.raise_for_status()
             active = response.json().get("active") is True
         except (httpx.HTTPError, ValueError, AttributeError):

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
@@ -170,6 +171,10 @@ class TokenClient:
             self.sleep(schedule.next_wait(f"HTTP {response.status_code}", response.headers.get("Retry-After")))
 
 
+# Requests TokenAuth has sent again after a 401 (each is retried at most once).
+_RETRIED: weakref.WeakSet[requests.PreparedRequest] = weakref.WeakSet()
+
+
 class TokenAuth(requests.auth.AuthBase):
     """requests auth that sends `Authorization: Bearer` to one origin only, so a token never reaches a party
     it was not obtained for: `origin` (any URL of it), or else the origin of the first request it
@@ -198,7 +203,7 @@ class TokenAuth(requests.auth.AuthBase):
         return self.client.get_token(self.audience, self.scope)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        if self.pin.admits(request.url):
+        if self.pin.admits(request.url or ""):
             request.headers["Authorization"] = f"Bearer {self._token()}"
             tracing.inject(request.headers)
             request.register_hook("response", self._strip_before_leaving)
@@ -217,7 +222,7 @@ class TokenAuth(requests.auth.AuthBase):
         """RFC 6750 §3.1: a 401 `invalid_token` from our origin drops that token; the request goes once more
         with a new one. The same request object is sent again, so a redirect is followed from it."""
         request = response.request
-        if response.status_code != 401 or getattr(request, "_tokendealer_retried", False) or not self.pin.admits(request.url):
+        if response.status_code != 401 or request in _RETRIED or not self.pin.admits(request.url or ""):
             return response
         if "invalid_token" not in response.headers.get("WWW-Authenticate", ""):
             return response
@@ -226,7 +231,7 @@ class TokenAuth(requests.auth.AuthBase):
         self.client.invalidate(request.headers.get("Authorization", "")[7:])
         response.content  # noqa: B018 (drain, so the connection can be reused)
         response.close()
-        request._tokendealer_retried = True
+        _RETRIED.add(request)
         request.headers["Authorization"] = f"Bearer {self._token()}"
         new_response = response.connection.send(request, **kwargs)
         new_response.history.append(response)

@@ -57,15 +57,15 @@ class HttpxTokenAuth(httpx.Auth):
         auth.subject_token = incoming_token
         return auth
 
-    def _token(self) -> str:
+    def _token(self, client: TokenClient) -> str:
         if self.subject_token is not None:
-            return self.client.exchange(self.subject_token, self.audience, self.scope)
-        return self.client.get_token(self.audience, self.scope)
+            return client.exchange(self.subject_token, self.audience, self.scope)
+        return client.get_token(self.audience, self.scope)
 
-    async def _atoken(self) -> str:
+    async def _atoken(self, client: AsyncTokenClient) -> str:
         if self.subject_token is not None:
-            return await self.client.exchange(self.subject_token, self.audience, self.scope)
-        return await self.client.get_token(self.audience, self.scope)
+            return await client.exchange(self.subject_token, self.audience, self.scope)
+        return await client.get_token(self.audience, self.scope)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if not isinstance(self.client, TokenClient):
@@ -73,11 +73,11 @@ class HttpxTokenAuth(httpx.Auth):
         if not self.pin.admits(str(request.url)):
             yield request
             return
-        token = self._token()
+        token = self._token(self.client)
         response = yield self._with(request, token)
         if self._retry_wanted(request, response):
             self.client.invalidate(token)
-            yield self._with(request, self._token())
+            yield self._with(request, self._token(self.client))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         if not isinstance(self.client, AsyncTokenClient):
@@ -85,11 +85,11 @@ class HttpxTokenAuth(httpx.Auth):
         if not self.pin.admits(str(request.url)):
             yield request
             return
-        token = await self._atoken()
+        token = await self._atoken(self.client)
         response = yield self._with(request, token)
         if self._retry_wanted(request, response):
             self.client.invalidate(token)
-            yield self._with(request, await self._atoken())
+            yield self._with(request, await self._atoken(self.client))
 
     def _retry_wanted(self, request: httpx.Request, response: httpx.Response) -> bool:
         """Whether our origin (not one a redirect led to) refused the token and the request can go again."""

@@ -121,6 +121,7 @@ class TokenVerifier:
         if self.policy.known_active(claims["jti"], now):
             return
         client = self.introspection_client
+        assert client is not None  # the constructor requires one with introspect=True
         endpoint = client.metadata["introspection_endpoint"]
         fields, basic = client.client_auth(endpoint)
         try:

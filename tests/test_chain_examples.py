@@ -86,6 +86,7 @@ def test_three_service_chain_c_sees_a_as_subject_and_b_as_actor(live_factory, tm
             server.url + "/oauth/token", data={"grant_type": "client_credentials"}, auth=("svc-a", secrets["svc-a"]), timeout=5
         ).json()["access_token"]
         assert requests.get(c.url + "/invoices", headers={"Authorization": f"Bearer {a_token}"}, timeout=5).status_code == 401
+        server.stop()  # the audit log is buffered (flushed each second and at shutdown)
         audit = (Path(server.env["TOKENDEALER_AUDIT_LOG"])).read_text()
         exchanged = [json.loads(line) for line in audit.splitlines() if '"token.exchanged"' in line]
         assert [(e["subject"], e["actors"], e["audience"]) for e in exchanged] == [("svc-a", ["svc-b"], ["https://c.example"])]

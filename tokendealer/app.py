@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db, tracing
@@ -174,9 +174,10 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
         # Request-rate limits are Flask-Limiter's, so the token endpoint then goes through Flask.
         _register_request_limits(app, services)
     else:
-        app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)
+        # Flask's documented way to wrap the WSGI application, which its type stubs call a method.
+        app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)  # type: ignore[method-assign]
     if config.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)  # type: ignore[method-assign]
     tracing.instrument(app, services.engine)
     return app
 
@@ -202,10 +203,11 @@ def _register_request_limits(app: Flask, s: Services) -> None:
         strategy="moving-window",
         headers_enabled=True,
     )
+    rate = s.config.ratelimit or ""
     for endpoint in ("token", "introspect", "revoke"):
-        view = app.view_functions[endpoint]
-        view = limiter.limit(s.config.ratelimit, key_func=address, scope=f"{endpoint}-address")(view)
-        view = limiter.limit(s.config.ratelimit, key_func=claimed_client, scope=f"{endpoint}-client")(view)
+        view: Any = app.view_functions[endpoint]
+        view = limiter.limit(rate, key_func=address, scope=f"{endpoint}-address")(view)
+        view = limiter.limit(rate, key_func=claimed_client, scope=f"{endpoint}-client")(view)
         app.view_functions[endpoint] = view
 
 
@@ -241,7 +243,7 @@ def _register_errors(app: Flask, s: Services) -> None:
             return _answer(NotFound("no such endpoint"))
         error = OAuthError(exc.description or exc.name)
         error.status = exc.code or 400
-        if exc.code == 405 and exc.valid_methods:
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             error.headers["Allow"] = ", ".join(exc.valid_methods)
         return _answer(error)
 

@@ -244,7 +244,7 @@ class ClientAuthenticator:
             raise throttled from None
 
     def _federated(self, creds: Credentials) -> tuple[Client, Credentials]:
-        if self.federation is None:
+        if self.federation is None or creds.workload_token is None:
             raise InvalidClient("federated client authentication is not enabled")
         try:
             admission = self.federation.authenticate(creds.client_id, creds.workload_token)
@@ -256,14 +256,15 @@ class ClientAuthenticator:
         headers = {"WWW-Authenticate": 'Basic realm="tokendealer"'} if creds.method == "client_secret_basic" else {}
         client = self.clients.get(creds.client_id)
         if creds.method == "private_key_jwt":
-            if client is None or not client.enabled or client.secret_hash:
+            if client is None or not client.enabled or client.secret_hash or creds.assertion is None:
                 raise InvalidClient("client is unknown, disabled, or not registered for private_key_jwt")
             self.assertions.verify(client, creds.assertion)
             return client
+        secret = creds.secret or ""
         if client is None or not client.secret_hash:
             # The same hashing work as a real check, so timing does not tell unknown ids apart.
-            self.hasher.hash(creds.secret)
+            self.hasher.hash(secret)
             raise InvalidClient("client authentication failed", headers=headers)
-        if not self.hasher.matches(client, creds.secret, self.clock()) or not client.enabled:
+        if not self.hasher.matches(client, secret, self.clock()) or not client.enabled:
             raise InvalidClient("client authentication failed", headers=headers)
         return client

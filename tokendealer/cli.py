@@ -533,8 +533,8 @@ def keys_rotate(state: State, alg: str | None, emergency: bool, as_json: bool) -
             "verifiers holding a cached JWKS may not know it yet",
             err=True,
         )
-    keyring = store.rotate(alg=alg, emergency=emergency)
-    state.audit("keys.emergency_rotated" if emergency else "keys.rotated", active_kid=keyring.active.kid)
+    active = store.rotate(alg=alg, emergency=emergency).active
+    state.audit("keys.emergency_rotated" if emergency else "keys.rotated", active_kid=active.kid if active else None)
     rows = _key_rows(state)
     emit(rows, as_json, ("emergency rotation done\n" if emergency else "rotation done\n") + _key_table(rows))
 

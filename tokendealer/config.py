@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -239,7 +239,7 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
-def _bad(name: str, why: str) -> None:
+def _bad(name: str, why: str) -> NoReturn:
     raise ConfigError(f"{PREFIX}{name.upper()} {why}")
 
 

@@ -327,7 +327,7 @@ class FederationVerifier:
         if not matching:
             reasons = sorted({r.mismatch(claims) or "" for r in rules})
             raise FederationRefused(f"the assertion matches no federation rule (wrong {', '.join(reasons)})")
-        clients = {}
+        clients: dict[str, tuple[Client, FederationRule]] = {}
         for rule in matching:
             client = self.clients.get(rule.client_id)
             if client is not None and client.enabled:

@@ -91,7 +91,7 @@ class Credentials:
         if self._token_file is not None:
             token = read_federated_token(self._token_file, self.clock())
             return {"client_id": self.client_id, "client_assertion_type": ASSERTION_TYPE, "client_assertion": token}, None
-        if self._key is not None:
+        if self._key is not None and self._alg is not None:
             assertion = client_assertion(self.client_id, audience, self._key, self._alg, self.key_id, self.clock())
             return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}, None
-        return {}, (quote_plus(self.client_id), quote_plus(self._secret))
+        return {}, (quote_plus(self.client_id), quote_plus(self._secret or ""))
