@@ -392,9 +392,12 @@ def worker_kill(directory: Path, timing: Timing) -> FaultRow:
                 if victim not in now and len(now) >= len(before):
                     break
                 time.sleep(0.02)
+            respawned = time.monotonic() - window.start
+            # The fault lasts until the new worker serves: at least half a second, so requests fall inside it.
+            time.sleep(max(0.0, 0.5 - respawned))
             window.end = time.monotonic()
             fresh = sorted(set(children(stack.server.process.pid)) - set(before))
-            return window, [f"workers {before}, killed {victim}, respawned as {fresh or 'nothing'} after {window.end - window.start:.2f}s"]
+            return window, [f"workers {before}, killed {victim}, respawned as {fresh or 'nothing'} after {respawned:.2f}s"]
 
         return run_fault("worker SIGKILL", stack, ledger, timing, inject)
     finally:

@@ -70,8 +70,12 @@ def test_a_workload_of_the_cluster_issuer_gets_a_token_both_ways(pair):
     assert claims["client_id"] == "billing" and claims["aud"] == "https://billing"
     response = requests.post(server.url + "/oauth/token", data={"grant_type": JWT_BEARER, "assertion": token}, timeout=10)
     assert response.status_code == 200, response.text
-    audit = [json.loads(line) for line in (pair["tmp"] / "server" / "audit.log").read_text().splitlines()]
-    issued = [e for e in audit if e["event"] == "token.issued"]
+    issued: list[dict] = []
+    deadline = time.monotonic() + 5  # the audit log is written in batches, at least once a second
+    while len(issued) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        audit = [json.loads(line) for line in (pair["tmp"] / "server" / "audit.log").read_text().splitlines()]
+        issued = [e for e in audit if e["event"] == "token.issued"]
     assert [e["auth_method"] for e in issued][-2:] == ["federated", "federated"]
     assert {e["external_subject"] for e in issued} == {"billing-sa"}
     assert token not in (pair["tmp"] / "server" / "audit.log").read_text()

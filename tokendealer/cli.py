@@ -217,36 +217,21 @@ def client() -> None:
 @click.option("--no-secret", is_flag=True, help="No secret: the client authenticates only by federation, certificate or key.")
 @click.pass_obj
 @refusals
-def client_create(
-    state: State,
-    name: str,
-    scopes,
-    audiences,
-    default_scopes,
-    default_audience,
-    ttl,
-    claims,
-    jwks_file,
-    jwks_uri,
-    serves,
-    exchange_audiences,
-    as_json,
-    no_secret,
-) -> None:  # noqa: ANN001
+def client_create(state: State, name: str, no_secret: bool, as_json: bool, **options: Any) -> None:
     """Register client NAME; prints its client_id and (once) its client_secret as JSON."""
     record, secret = state.clients().create(
         name,
-        scopes=scopes,
-        audiences=audiences,
-        default_scopes=default_scopes or None,
-        default_audience=default_audience,
-        token_ttl=ttl,
-        claims=parse_claims(claims),
-        jwks=_read_jwks(jwks_file),
-        jwks_uri=jwks_uri,
+        scopes=options["scopes"],
+        audiences=options["audiences"],
+        default_scopes=options["default_scopes"] or None,
+        default_audience=options["default_audience"],
+        token_ttl=options["ttl"],
+        claims=parse_claims(options["claims"]),
+        jwks=_read_jwks(options["jwks_file"]),
+        jwks_uri=options["jwks_uri"],
         no_secret=no_secret,
-        serves=serves,
-        exchange_audiences=exchange_audiences,
+        serves=options["serves"],
+        exchange_audiences=options["exchange_audiences"],
     )
     state.audit("client.created", client_id=record.client_id, auth_method=record.auth_method)
     out = record.public_view()
@@ -260,48 +245,30 @@ def client_create(
 @_client_options
 @click.pass_obj
 @refusals
-def client_update(
-    state: State,
-    client_id: str,
-    scopes,
-    audiences,
-    default_scopes,
-    default_audience,
-    ttl,
-    claims,
-    jwks_file,
-    jwks_uri,
-    serves,
-    exchange_audiences,
-    as_json,
-) -> None:  # noqa: ANN001
+def client_update(state: State, client_id: str, as_json: bool, **options: Any) -> None:
     """Replace the fields given (a repeatable option replaces the whole list)."""
-    changes: dict[str, Any] = {}
-    if scopes:
-        changes["scopes"] = scopes
-    if audiences:
-        changes["audiences"] = audiences
-    if default_scopes:
-        changes["default_scopes"] = default_scopes
-    if default_audience is not None:
-        changes["default_audience"] = default_audience
-    if ttl is not None:
-        changes["token_ttl"] = ttl
-    if claims:
-        changes["claims"] = parse_claims(claims)
-    if jwks_file is not None:
-        changes["jwks"] = _read_jwks(jwks_file)
-    if jwks_uri is not None:
-        changes["jwks_uri"] = jwks_uri
-    if serves:
-        changes["serves"] = serves
-    if exchange_audiences:
-        changes["exchange_audiences"] = exchange_audiences
+    changes = _client_changes(options)
     if not changes:
         raise click.UsageError("nothing to update: give at least one option")
     updated = state.clients().update(client_id, **changes)
     state.audit("client.updated", client_id=client_id, fields=sorted(changes))
     emit(updated.public_view(), True)
+
+
+def _client_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The registry fields the options given set (an empty repeatable option sets nothing)."""
+    changes: dict[str, Any] = {}
+    for name in ("scopes", "audiences", "default_scopes", "serves", "exchange_audiences"):
+        if options[name]:
+            changes[name] = options[name]
+    for option, field in (("default_audience", "default_audience"), ("ttl", "token_ttl"), ("jwks_uri", "jwks_uri")):
+        if options[option] is not None:
+            changes[field] = options[option]
+    if options["claims"]:
+        changes["claims"] = parse_claims(options["claims"])
+    if options["jwks_file"] is not None:
+        changes["jwks"] = _read_jwks(options["jwks_file"])
+    return changes
 
 
 @client.command("list")
@@ -371,8 +338,17 @@ def client_rotate_secret(state: State, client_id: str, grace: int, as_json: bool
 @click.pass_obj
 @refusals
 def client_federate(
-    state: State, client_id: str, issuer, subject, audience, conditions, single_use, list_rules, remove_rule, as_json
-) -> None:  # noqa: ANN001
+    state: State,
+    client_id: str,
+    issuer: str | None,
+    subject: str | None,
+    audience: str | None,
+    conditions: tuple[str, ...],
+    single_use: bool,
+    list_rules: bool,
+    remove_rule: str | None,
+    as_json: bool,
+) -> None:
     """Trust workload tokens of an external issuer for CLIENT_ID (workload identity federation)."""
     rules = state.rules()
     if list_rules or remove_rule:
@@ -579,7 +555,18 @@ def keys_list(state: State, as_json: bool) -> None:
 @click.option("--url", envvar="TOKENDEALER_URL", help="Server base URL (default: the issuer).")
 @json_option
 @click.pass_context
-def token(ctx: click.Context, client_id, client_secret, client_secret_file, private_key, key_id, audience, scope, url, as_json) -> None:  # noqa: ANN001
+def token(
+    ctx: click.Context,
+    client_id: str,
+    client_secret: str | None,
+    client_secret_file: str | None,
+    private_key: str | None,
+    key_id: str | None,
+    audience: str | None,
+    scope: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
     """Fetch an access token as a client and print it."""
     from client_lib import TokenClient, TokenClientError  # noqa: PLC0415
 

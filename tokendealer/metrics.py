@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -34,7 +35,7 @@ class KeyringCollector:
         self.keys = keys
         self.clock = clock
 
-    def collect(self):  # noqa: ANN201 (prometheus_client collector protocol)
+    def collect(self) -> Iterable[Metric]:
         keyring = self.keys.current()
         now = self.clock()
         since = GaugeMetricFamily("tokendealer_seconds_since_last_rotation", "Seconds since the active key began signing")
@@ -58,7 +59,7 @@ class ReadinessCollector:
         self.keys = keys
         self.engine = engine
 
-    def collect(self):  # noqa: ANN201 (prometheus_client collector protocol)
+    def collect(self) -> Iterable[Metric]:
         keyring = self.keys.current()
         ready = keyring is not None and keyring.active is not None and not self.keys.error
         if ready:
@@ -282,7 +283,7 @@ class _TallyCollector:
         self.tally = tally
         self.series = series
 
-    def collect(self):  # noqa: ANN201 (prometheus_client collector protocol)
+    def collect(self) -> Iterable[Metric]:
         values = self.tally.instance()
         return [series.family(values) for series in self.series]
 
