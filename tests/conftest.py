@@ -53,6 +53,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "postgresql" in callspec.id:
             item.add_marker("postgres")
+        if callspec is not None and "pkcs11" in callspec.id or item.nodeid.startswith("tests/test_hsm.py"):
+            item.add_marker("slow")  # SoftHSM: a real PKCS#11 module, slower than the file keyring
 
 
 class FakeClock:
@@ -443,7 +445,7 @@ class Proxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def count(self, path: str) -> int:

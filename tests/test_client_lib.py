@@ -325,7 +325,7 @@ def serve_example(stack):
 
     def _serve(audience: str = AUDIENCE) -> str:
         server = make_server("127.0.0.1", 0, create_service(stack["issuer"], audience), threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}"
 

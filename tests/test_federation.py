@@ -356,6 +356,7 @@ def test_never_fetched_issuer_is_a_clear_refusal(http, billing, k8s):
     k8s.down = False
 
 
+@pytest.mark.slow  # waits on the real clock
 def test_rotation_of_the_issuer_keys_is_picked_up_after_the_cooldown(tmp_path, k8s):
     http = federated_app(tmp_path, k8s, federation_key_cooldown=1)
     assert authenticate(http, k8s.kubernetes_token(ISSUER)).status_code == 200

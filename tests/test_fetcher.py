@@ -78,6 +78,7 @@ def remote():
     server.close()
 
 
+@pytest.mark.slow  # waits on the real clock
 def test_overall_deadline_not_per_read(remote):
     remote.answer = trickle
     started = time.monotonic()
@@ -132,6 +133,7 @@ def test_last_good_value_kept_while_the_remote_fails(remote):
     assert remote.connections == 2
 
 
+@pytest.mark.slow  # waits on the real clock
 def test_request_waits_at_most_the_wait_bound(remote):
     remote.answer = trickle
     cache = RemoteCache(lambda v: v, wait=0.5, deadline=3.0)
@@ -155,6 +157,7 @@ def assertion_form(key, client_id="keysvc") -> dict[str, str]:
 
 
 @pytest.mark.parametrize("answer", [ok(b"[" * 60000), ok(b"{" * 30000), ok(b'{"keys": "x"}'), trickle])
+@pytest.mark.slow  # waits on the real clock
 def test_hostile_jwks_uri_is_401_never_500(http, registry, remote, answer):
     remote.answer = answer
     registry.create("keysvc", scopes=["read"], audiences=[AUDIENCE], jwks_uri=remote.url)

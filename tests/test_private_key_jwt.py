@@ -388,7 +388,7 @@ def test_jwks_uri_client(http, registry, clock):
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         registry.create("keysvc", scopes=["read"], audiences=[AUDIENCE], jwks_uri=f"http://127.0.0.1:{server.server_address[1]}/jwks")
         kid1 = published["keys"][0]["kid"]

@@ -190,6 +190,7 @@ def test_brute_force_from_many_addresses_refuses_no_valid_request(http, services
     assert events[-1]["event"] == "auth.throttled" and events[-1]["client_id"] == cid
 
 
+@pytest.mark.slow  # waits on the real clock
 def test_throttled_lines_carry_the_count_of_the_period_before(tmp_path):
     """The failure windows are the `limits` library's, on the real clock: a one-second window."""
     config = make_config(tmp_path, auth_failure_limit="3/second")

@@ -99,6 +99,7 @@ assert not loaded, loaded
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_without_otel_variables_nothing_imports_opentelemetry(tmp_path):
     env = {k: v for k, v in server_env(tmp_path).items() if not k.startswith("OTEL_")}
     assert run_cli("init", env=env).returncode == 0
@@ -118,6 +119,7 @@ def test_exporter_names_follow_the_standard_variables():
         client_tracing.exporter_names({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
 
 
+@pytest.mark.slow  # a subprocess
 def test_serve_refuses_an_unknown_exporter_in_one_line(tmp_path):
     env = server_env(tmp_path, OTEL_TRACES_EXPORTER="jaeger-thrift")
     assert run_cli("init", env=env).returncode == 0
@@ -136,6 +138,7 @@ trace.get_tracer_provider().shutdown()
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_console_exporter_from_the_environment(tmp_path):
     env = server_env(tmp_path, OTEL_TRACES_EXPORTER="console")
     assert run_cli("init", env=env).returncode == 0
@@ -327,7 +330,7 @@ class _Remote:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks?secret=q"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -11,6 +11,7 @@ and a JWK Set on loopback, and workload tokens with the documented claim shapes 
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import threading
@@ -23,6 +24,19 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from client_lib.jose import public_jwk
+
+# RSA keys are slow to make: the suite cycles through a few, so consecutive keys (one issuer's rotation, a
+# test's second issuer) always differ while the whole suite makes at most eight.
+_KEYS: dict[str, list[Any]] = {}
+_TURN = itertools.count()
+
+
+def _next_key(alg: str) -> Any:
+    pool = _KEYS.setdefault(alg, [])
+    if len(pool) < 8:
+        pool.append(ec.generate_private_key(ec.SECP256R1()) if alg == "ES256" else rsa.generate_private_key(65537, 2048))
+        return pool[-1]
+    return pool[next(_TURN) % len(pool)]
 
 
 class WorkloadIssuer:
@@ -63,10 +77,10 @@ class WorkloadIssuer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def new_key(self) -> Any:
-        return ec.generate_private_key(ec.SECP256R1()) if self.alg == "ES256" else rsa.generate_private_key(65537, 2048)
+        return _next_key(self.alg)
 
     def rotate(self) -> str:
         """A new signing key, published in place of the old one (as a cluster's issuer does); its kid."""
