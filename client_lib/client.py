@@ -15,7 +15,7 @@ import requests
 
 from . import tracing
 from .core.credentials import Credentials
-from .core.origins import OriginPin
+from .core.origins import PinnedAuth
 from .core.retries import RetrySchedule, retryable_status
 from .core.tokens import CacheKey, TokenCache, exchange_form, exchange_key, token_error, token_form, token_response
 from .discovery import discover
@@ -175,27 +175,12 @@ class TokenClient:
 _RETRIED: weakref.WeakSet[requests.PreparedRequest] = weakref.WeakSet()
 
 
-class TokenAuth(requests.auth.AuthBase):
+class TokenAuth(PinnedAuth[TokenClient], requests.auth.AuthBase):
     """requests auth that sends `Authorization: Bearer` to one origin only, so a token never reaches a party
     it was not obtained for: `origin` (any URL of it), or else the origin of the first request it
     authenticates. Requests to any other origin get no token from it, and its token is taken off a redirect
     to one. On a 401 `invalid_token` from its origin, it retries once with a new token when the body can be
     sent again."""
-
-    def __init__(self, client: TokenClient, audience: str | None = None, scope: str | None = None, *, origin: str | None = None):
-        self.client = client
-        self.audience = audience
-        self.scope = scope
-        self.pin = OriginPin(origin)
-        self.subject_token: str | None = None
-
-    def on_behalf_of(self, incoming_token: str) -> TokenAuth:
-        """This auth for a call made for the caller of `incoming_token`: the token it sends is `incoming_token`
-        exchanged (RFC 8693) for this audience and scope. It is pinned to this auth's origin."""
-        auth = TokenAuth(self.client, self.audience, self.scope)
-        auth.pin = self.pin
-        auth.subject_token = incoming_token
-        return auth
 
     def _token(self) -> str:
         if self.subject_token is not None:

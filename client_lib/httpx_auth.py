@@ -13,7 +13,7 @@ import httpx
 from . import tracing
 from .aio import AsyncTokenClient
 from .client import TokenClient
-from .core.origins import OriginPin
+from .core.origins import PinnedAuth
 
 
 def _refused_token(response: httpx.Response) -> bool:
@@ -30,7 +30,7 @@ def _replayable(request: httpx.Request) -> bool:
     return True
 
 
-class HttpxTokenAuth(httpx.Auth):
+class HttpxTokenAuth(PinnedAuth[TokenClient | AsyncTokenClient], httpx.Auth):
     """Sends `Authorization: Bearer` to one origin only, so a token never reaches a party it was not
     obtained for: `origin` (any URL of it), or else the origin of the first request it authenticates;
     requests to any other origin get no token from it. On a 401 `invalid_token` from its origin, drops
@@ -39,23 +39,6 @@ class HttpxTokenAuth(httpx.Auth):
 
     httpx itself takes Authorization off a redirect to another origin, except from http://host to
     https://host, which an httpx.Auth never sees: give it https:// URLs."""
-
-    def __init__(
-        self, client: TokenClient | AsyncTokenClient, audience: str | None = None, scope: str | None = None, *, origin: str | None = None
-    ):
-        self.client = client
-        self.audience = audience
-        self.scope = scope
-        self.pin = OriginPin(origin)
-        self.subject_token: str | None = None
-
-    def on_behalf_of(self, incoming_token: str) -> HttpxTokenAuth:
-        """This auth for a call made for the caller of `incoming_token`: the token it sends is `incoming_token`
-        exchanged (RFC 8693) for this audience and scope. It is pinned to this auth's origin."""
-        auth = HttpxTokenAuth(self.client, self.audience, self.scope)
-        auth.pin = self.pin
-        auth.subject_token = incoming_token
-        return auth
 
     def _token(self, client: TokenClient) -> str:
         if self.subject_token is not None:

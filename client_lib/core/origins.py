@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+from typing import Generic, Self, TypeVar
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -36,3 +38,25 @@ class OriginPin:
                 if self.origin is None:
                     self.origin = candidate
         return candidate == self.origin
+
+
+ClientT = TypeVar("ClientT")
+
+
+class PinnedAuth(Generic[ClientT]):
+    """What the requests and httpx auth classes share: the client they get tokens from, what the tokens
+    are for, the one origin they may go to, and, for a call made on a caller's behalf, the token to exchange."""
+
+    def __init__(self, client: ClientT, audience: str | None = None, scope: str | None = None, *, origin: str | None = None):
+        self.client = client
+        self.audience = audience
+        self.scope = scope
+        self.pin = OriginPin(origin)
+        self.subject_token: str | None = None
+
+    def on_behalf_of(self, incoming_token: str) -> Self:
+        """This auth for a call made for the caller of `incoming_token`: the token it sends is `incoming_token`
+        exchanged (RFC 8693) for this audience and scope. It is pinned to this auth's origin."""
+        auth = copy.copy(self)  # the same pin, so the exchanged token goes to this origin only
+        auth.subject_token = incoming_token
+        return auth
