@@ -204,3 +204,13 @@ def test_database_keyring_from_the_command_line(tmp_path):
     assert sorted(r["state"] for r in json.loads(rotated.stdout)) == ["active", "next", "retired"]
     created = runner.invoke(main, ["client", "create", "svc", "--audience", "https://x"], env=env)
     assert created.exit_code == 0 and json.loads(created.stdout)["client_secret"]
+
+
+def test_client_bound_token_options(cli):
+    created = json.loads(cli("client", "create", "edge", "--scope", "a", "--audience", "https://x", "--tls-subject", "CN=edge").output)
+    assert "client_secret" not in created and created["auth_method"] == "tls_client_auth"
+    updated = json.loads(cli("client", "update", "edge", "--require-dpop").output)
+    assert updated["require_dpop"] is True and updated["tls_subject"] == "CN=edge"
+    assert json.loads(cli("client", "update", "edge", "--no-require-dpop").output)["require_dpop"] is False
+    refused = cli("client", "create", "both", "--audience", "https://x", "--tls-subject", "CN=a", "--tls-san", "a.example")
+    assert refused.exit_code == 1 and "either --tls-subject or --tls-san" in refused.output

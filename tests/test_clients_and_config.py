@@ -55,12 +55,27 @@ def test_duplicate_client_is_refused(registry, make_client):
         {"token_ttl": 10**9},
         {"claims": {"iss": "x"}},
         {"scopes": ['bad"scope']},
+        {"tls_subject": "CN=svc", "tls_san": "spiffe://td/svc"},
+        {"tls_subject": "  "},
+        {"tls_san": "bad\nvalue"},
     ],
 )
 def test_invalid_client_fields(registry, kwargs):
     args = {"scopes": ["read"], "audiences": [AUDIENCE], **kwargs}
     with pytest.raises(ClientError):
         registry.create("svc", **args)
+
+
+def test_certificate_and_dpop_settings_are_stored(registry, make_client):
+    client, secret = registry.create("mtls", scopes=["read"], audiences=[AUDIENCE], tls_subject="CN=mtls,O=Example")
+    assert secret is None and client.auth_method == "tls_client_auth"
+    assert registry.require("mtls").tls_subject == "CN=mtls,O=Example"
+    updated = registry.update("mtls", tls_subject=None, tls_san="spiffe://example.org/mtls", require_dpop=True)
+    assert (updated.tls_subject, updated.tls_san, updated.require_dpop) == (None, "spiffe://example.org/mtls", True)
+    assert registry.require("mtls").public_view()["require_dpop"] is True
+    cid, _ = make_client()
+    with pytest.raises(ClientError, match="cannot take a certificate identity"):
+        registry.update(cid, tls_subject="CN=other")
 
 
 def test_update_replaces_lists(registry, make_client):

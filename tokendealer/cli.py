@@ -188,6 +188,10 @@ def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--serves", "serves", multiple=True, help="Audience identity of this service: tokens for it may be exchanged (repeatable)."
         ),
         click.option("--exchange-audience", "exchange_audiences", multiple=True, help="Audience it may exchange tokens for (repeatable)."),
+        # Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mTLS).
+        click.option("--require-dpop/--no-require-dpop", "require_dpop", default=None, help="Refuse token requests without a DPoP proof."),
+        click.option("--tls-subject", help="Certificate subject DN that authenticates the client (RFC 8705 tls_client_auth)."),
+        click.option("--tls-san", help="Certificate subjectAltName (URI or DNS) that authenticates the client (tls_client_auth)."),
         json_option,
     ]
     for option in reversed(options):
@@ -232,6 +236,9 @@ def client_create(state: State, name: str, no_secret: bool, as_json: bool, **opt
         no_secret=no_secret,
         serves=options["serves"],
         exchange_audiences=options["exchange_audiences"],
+        require_dpop=bool(options["require_dpop"]),
+        tls_subject=options["tls_subject"],
+        tls_san=options["tls_san"],
     )
     state.audit("client.created", client_id=record.client_id, auth_method=record.auth_method)
     out = record.public_view()
@@ -261,7 +268,14 @@ def _client_changes(options: dict[str, Any]) -> dict[str, Any]:
     for name in ("scopes", "audiences", "default_scopes", "serves", "exchange_audiences"):
         if options[name]:
             changes[name] = options[name]
-    for option, field in (("default_audience", "default_audience"), ("ttl", "token_ttl"), ("jwks_uri", "jwks_uri")):
+    for option, field in (
+        ("default_audience", "default_audience"),
+        ("ttl", "token_ttl"),
+        ("jwks_uri", "jwks_uri"),
+        ("require_dpop", "require_dpop"),
+        ("tls_subject", "tls_subject"),
+        ("tls_san", "tls_san"),
+    ):
         if options[option] is not None:
             changes[field] = options[option]
     if options["claims"]:

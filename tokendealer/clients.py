@@ -64,6 +64,11 @@ class Client:
     # the audiences it may exchange them for.
     serves: tuple[str, ...] = ()
     exchange_audiences: tuple[str, ...] = ()
+    # RFC 9449: every token request must carry a DPoP proof. RFC 8705 §2.1: the certificate subject DN, or
+    # one subjectAltName (URI or DNS), that authenticates a tls_client_auth client.
+    require_dpop: bool = False
+    tls_subject: str | None = None
+    tls_san: str | None = None
 
     def owns_token_issued_at(self, iat: float) -> bool:
         """False for a token issued to an earlier client under the same id (deleted, then re-created)."""
@@ -74,6 +79,8 @@ class Client:
         """How the client proves itself: a secret, its own keys, or else only federation (or a certificate)."""
         if self.secret_hash:
             return "client_secret"
+        if self.tls_subject or self.tls_san:
+            return "tls_client_auth"
         return "private_key_jwt" if self.jwks or self.jwks_uri else "federated"
 
     def granted_scopes(self) -> tuple[str, ...]:
@@ -278,6 +285,9 @@ class ClientStore:
         jwks_uri: str | None = None,
         serves: Iterable[str] = (),
         exchange_audiences: Iterable[str] = (),
+        require_dpop: bool = False,
+        tls_subject: str | None = None,
+        tls_san: str | None = None,
         no_secret: bool = False,
     ) -> tuple[Client, str | None]:
         """Register a client; returns it and its secret (None for a client authenticated by its keys, or by
@@ -285,7 +295,8 @@ class ClientStore:
         if not CLIENT_ID_RE.match(client_id):
             raise ClientError("client name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         now = self.clock()
-        secret = None if (jwks is not None or jwks_uri or no_secret) else new_secret()
+        keyless = jwks is None and not jwks_uri and not tls_subject and not tls_san
+        secret = new_secret() if keyless and not no_secret else None
         with self.engine.connect() as conn:
             deleted_at = conn.execute(
                 sa.select(db.client_tombstones.c.deleted_at).where(db.client_tombstones.c.client_id == client_id)
@@ -306,6 +317,9 @@ class ClientStore:
             tokens_not_before=deleted_at,
             serves=tuple(check_audience(a) for a in serves),
             exchange_audiences=tuple(check_audience(a) for a in exchange_audiences),
+            require_dpop=bool(require_dpop),
+            tls_subject=tls_subject or None,
+            tls_san=tls_san or None,
         )
         self._check(client)
         try:
@@ -329,6 +343,8 @@ class ClientStore:
             changes["jwks"] = check_jwks(changes["jwks"])
         if client.secret_hash and (changes.get("jwks") or changes.get("jwks_uri")):
             raise ClientError("a secret client cannot take keys; create a new client for private_key_jwt")
+        if client.secret_hash and (changes.get("tls_subject") or changes.get("tls_san")):
+            raise ClientError("a secret client cannot take a certificate identity; create a new client for tls_client_auth")
         updated = replace(client, **changes, updated_at=self.clock())
         self._check(updated)
         self._save(updated)
@@ -385,6 +401,11 @@ class ClientStore:
                 raise ClientError(f"--ttl must not exceed the maximum token lifetime ({self.max_token_ttl} s)")
         if client.jwks_uri is not None and urlsplit(client.jwks_uri).scheme not in ("https", "http"):
             raise ClientError("--jwks-uri must be an http(s) URL")
+        if client.tls_subject and client.tls_san:
+            raise ClientError("give either --tls-subject or --tls-san, not both")
+        for name, value in (("--tls-subject", client.tls_subject), ("--tls-san", client.tls_san)):
+            if value is not None and (not value.strip() or len(value) > 2048 or not value.isprintable()):
+                raise ClientError(f"{name} must be a non-empty printable string")
         bad = RESERVED_CLAIMS & set(client.claims)
         if bad:
             raise ClientError(f"claim {sorted(bad)[0]!r} is set by the server and cannot be registered")

@@ -34,6 +34,10 @@ clients = sa.Table(
     # RFC 8693 policy: the audience identities the client serves, and what it may exchange tokens for.
     sa.Column("serves", sa.JSON, nullable=True),
     sa.Column("exchange_audiences", sa.JSON, nullable=True),
+    # Sender-constrained tokens: DPoP proofs required (RFC 9449), the tls_client_auth identity (RFC 8705 §2.1).
+    sa.Column("require_dpop", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("tls_subject", sa.String(2048), nullable=True),
+    sa.Column("tls_san", sa.String(2048), nullable=True),
 )
 
 # When each deleted client id was deleted, so a client re-created under it does not revive old tokens.
@@ -119,7 +123,7 @@ PURGE_GRACE = 86400.0
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two in step), and the table Alembic records it in.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 VERSION_TABLE = sa.Table("alembic_version", sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True))
 
 
