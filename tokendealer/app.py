@@ -191,7 +191,7 @@ def _register_request_limits(app: Flask, s: Services) -> None:
 
     def claimed_client() -> str:
         try:
-            auth = ClientAuth.parse(form_params(), request.headers.get("Authorization"), request.remote_addr)
+            auth = ClientAuth.parse(form_params(), request.headers.get, request.remote_addr)
         except OAuthError:
             return "anonymous"
         return s.authenticator.claimed_client_id(auth) or "anonymous"
@@ -261,17 +261,17 @@ def _register_views(app: Flask, s: Services) -> None:
 
     @app.post("/oauth/token")
     def token() -> Response:
-        body = s.token_endpoint.create_token_response(TokenRequest.parse(form_params(), request.headers.get("Authorization"), _address()))
+        body = s.token_endpoint.create_token_response(TokenRequest.parse(form_params(), request.headers.get, _address()))
         return json_response(body, 200, NO_STORE)
 
     @app.post("/oauth/introspect")
     def introspect() -> Response:
-        query = TokenQuery.parse(form_params(), request.headers.get("Authorization"), _address())
+        query = TokenQuery.parse(form_params(), request.headers.get, _address())
         return json_response(s.introspection.introspect(query), 200, NO_STORE)
 
     @app.post("/oauth/revoke")
     def revoke() -> Response:
-        s.revocation.revoke(TokenQuery.parse(form_params(), request.headers.get("Authorization"), _address()))
+        s.revocation.revoke(TokenQuery.parse(form_params(), request.headers.get, _address()))
         return json_response({}, 200, NO_STORE)
 
     verify_limit = (
@@ -286,7 +286,7 @@ def _register_views(app: Flask, s: Services) -> None:
         if config.verify_token_auth:
             # The same client authentication as introspection: /verify_token tells revoked and disabled apart.
             params = {name: [value] for name, value in data.items() if isinstance(value, str)}
-            s.authenticator.authenticate(ClientAuth.parse(params, request.headers.get("Authorization"), _address()))
+            s.authenticator.authenticate(ClientAuth.parse(params, request.headers.get, _address()))
         token, audience = data.get("access_token"), data.get("audience")
         if not isinstance(token, str) or not token:
             raise InvalidRequest("access_token is required")

@@ -21,6 +21,11 @@ from .metrics import Metrics
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+def _cgi_name(header: str) -> str:
+    """PEP 3333: `X-Foo` arrives as `HTTP_X_FOO`."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 class TokenFastPath:
     """WSGI middleware serving `POST /oauth/token` itself and passing everything else to Flask."""
 
@@ -38,7 +43,7 @@ class TokenFastPath:
         try:
             params = parse_form(environ.get("CONTENT_TYPE"), self._body(environ))
             result = self.endpoint.create_token_response(
-                TokenRequest.parse(params, environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR"))
+                TokenRequest.parse(params, lambda name: environ.get(_cgi_name(name)), environ.get("REMOTE_ADDR"))
             )
             status, headers, body = 200, NO_STORE, dumps(result).encode()
         except Exception as exc:  # every failure becomes a JSON error answer

@@ -3,12 +3,14 @@ authenticator never look at raw form parameters."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
 
 Params = Mapping[str, list[str]]
+# A request header by name (case-insensitive), or None: the one view of headers both HTTP paths give.
+Header = Callable[[str], "str | None"]
 # RFC 8707 §2: `resource` may be repeated; no other parameter may (RFC 6749 §3.1).
 REPEATABLE = frozenset({"resource"})
 
@@ -36,9 +38,9 @@ class ClientAuth:
     address: str | None = None
 
     @classmethod
-    def parse(cls, params: Params, authorization: str | None, address: str | None) -> ClientAuth:
+    def parse(cls, params: Params, header: Header, address: str | None) -> ClientAuth:
         return cls(
-            authorization=authorization,
+            authorization=header("Authorization"),
             client_id=_single(params, "client_id"),
             client_secret=_single(params, "client_secret"),
             assertion=_single(params, "client_assertion"),
@@ -66,7 +68,7 @@ class TokenRequest:
     requested_token_type: str | None = None
 
     @classmethod
-    def parse(cls, params: Params, authorization: str | None, address: str | None) -> TokenRequest:
+    def parse(cls, params: Params, header: Header, address: str | None) -> TokenRequest:
         """Refuse repeated parameters and a missing grant_type; keep the rest as given."""
         _no_repeats(params)
         grant_type = _single(params, "grant_type")
@@ -77,7 +79,7 @@ class TokenRequest:
             scope=_single(params, "scope"),
             audience=_single(params, "audience"),
             resources=tuple(params.get("resource", ())),
-            auth=ClientAuth.parse(params, authorization, address),
+            auth=ClientAuth.parse(params, header, address),
             assertion=_single(params, "assertion"),
             subject_token=_single(params, "subject_token"),
             subject_token_type=_single(params, "subject_token_type"),
@@ -95,9 +97,9 @@ class TokenQuery:
     auth: ClientAuth
 
     @classmethod
-    def parse(cls, params: Params, authorization: str | None, address: str | None) -> TokenQuery:
+    def parse(cls, params: Params, header: Header, address: str | None) -> TokenQuery:
         _no_repeats(params)
-        return cls(token=_single(params, "token") or None, auth=ClientAuth.parse(params, authorization, address))
+        return cls(token=_single(params, "token") or None, auth=ClientAuth.parse(params, header, address))
 
     def required_token(self) -> str:
         """The token asked about; checked after the caller is authenticated, so strangers learn nothing."""

@@ -93,8 +93,11 @@ class TokenService:
         """The client's own TTL or the default, never above the maximum."""
         return min(client.token_ttl or self.config.token_ttl, self.config.max_token_ttl)
 
-    def issue(self, client: Client, audiences: Iterable[str], scopes: Iterable[str]) -> tuple[str, dict[str, Any]]:
-        """A signed RFC 9068 access token for `client`, and its claims."""
+    def issue(
+        self, client: Client, audiences: Iterable[str], scopes: Iterable[str], cnf: dict[str, str] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """A signed RFC 9068 access token for `client`, and its claims; `cnf` binds it to a key (RFC 9449 §6:
+        `jkt`) or a certificate (RFC 8705 §3.1: `x5t#S256`)."""
         now = int(self.clock())
         audiences = list(audiences)
         claims = {
@@ -109,6 +112,8 @@ class TokenService:
             "jti": secrets.token_urlsafe(18),
             "scope": " ".join(scopes),
         }
+        if cnf:
+            claims["cnf"] = cnf
         return self._sign(claims), claims
 
     def exchange(
