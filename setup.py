@@ -18,7 +18,7 @@ setup(
     # migrations/ holds Alembic's scripts (no __init__.py): listed so they ship with the package.
     packages=find_packages(include=["tokendealer", "tokendealer.*"])
     + ["tokendealer.migrations", "tokendealer.migrations.versions"],
-    package_data={"tokendealer.migrations": ["*.mako"]},
+    package_data={"tokendealer.migrations": ["*.mako"], "tokendealer.schemas": ["*.json"]},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=[
@@ -38,6 +38,9 @@ setup(
         "alembic>=1.13",
         "psycopg[binary]>=3.1",
         "redis>=5.0",
+        # `tokendealer apply`: its file (TOML or YAML) is checked against tokendealer/schemas/apply.schema.json.
+        "jsonschema>=4.18",
+        "PyYAML>=6.0",
     ],
     extras_require={
         "test": [
@@ -55,6 +58,8 @@ setup(
             "python-pkcs11>=0.10",
             "opentelemetry-sdk>=1.25",
             "opentelemetry-exporter-otlp-proto-http>=1.25",
+            # deploy/kubernetes manifests are validated against the Kubernetes API schemas (tests/test_deploy.py).
+            "kubernetes-validate>=1.28",
         ],
         # TOKENDEALER_KEYRING=pkcs11: signing keys in an HSM (tokendealer/hsm.py).
         "hsm": ["python-pkcs11>=0.10"],

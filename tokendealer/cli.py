@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from client_lib.jose import ALGORITHMS, default_algorithm, public_jwk
 
-from . import db, tracing
+from . import db, manifest, reconcile, secretfile, tracing
 from .audit import AuditLog
 from .clients import ClientError, ClientStore, SecretHasher, parse_claims
 from .config import Config, ConfigError
@@ -26,6 +26,8 @@ from .federation import RuleStore
 from .issuers import IssuerError, IssuerStore
 from .keyring import DEFAULT_ALG, KeyringError, KeyStore
 from .keystores import make_key_store
+from .manifest import ManifestError
+from .registries import LocalRegistry
 
 
 class Refused(click.ClickException):
@@ -60,11 +62,11 @@ class State:
     def key_store(self) -> KeyStore:
         return make_key_store(self.config)
 
-    def audit(self, event: str, **fields: Any) -> None:
+    def audit(self, event: str, actor: str = "cli", **fields: Any) -> None:
         """Record a client or key change in the audit log."""
         log = AuditLog(self.config.audit_log)
         try:
-            log.emit(event, outcome="done", actor="cli", **fields)
+            log.emit(event, outcome="done", actor=actor, **fields)
         finally:
             log.close()
 
@@ -549,6 +551,63 @@ def keys_list(state: State, as_json: bool) -> None:
     """Show every key: state, algorithm, age and when it may be pruned."""
     rows = _key_rows(state)
     emit(rows, as_json, _key_table(rows))
+
+
+# ---- apply ----------------------------------------------------------------------------------------
+
+
+@main.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option("--prune", is_flag=True, help="Also delete clients, federation rules (and listed-issuer sections) the file does not name.")
+@click.option("--secrets-out", type=click.Path(dir_okay=False), help="Write new clients' secrets to this file (mode 0600), not stdout.")
+@click.option("--no-new-secrets", is_flag=True, help="Refuse to create clients with a secret (unattended runs whose output is logged).")
+@json_option
+@click.pass_obj
+@refusals
+def apply(state: State, file: str, dry_run: bool, prune: bool, secrets_out: str | None, no_new_secrets: bool, as_json: bool) -> None:
+    """Make the registry match FILE (TOML or YAML clients, federation rules, issuers), printing the changes."""
+    try:
+        wanted = manifest.load(file, state.config.issuer)
+        registry = LocalRegistry(state.clients(), state.rules(), state.issuers(), functools.partial(state.audit, actor="apply"))
+        registry.validate(wanted)
+        if secrets_out:
+            secretfile.check(secrets_out)
+        plan = reconcile.plan(wanted, registry.snapshot(), prune)
+    except (ManifestError, reconcile.RegistryError, secretfile.SecretFileError) as exc:
+        raise Refused(str(exc)) from None
+    if no_new_secrets:
+        for change in plan.changes:
+            if change.action == "create" and change.client and change.client.auth_method == "client_secret":
+                raise Refused(f"{change.client.where}: would get a client secret, and --no-new-secrets is given")
+    outcome = None if dry_run else reconcile.execute(plan.changes, registry)
+    written = None
+    if outcome is not None and outcome.secrets and secrets_out:
+        try:
+            secretfile.write(secrets_out, outcome.secrets)
+            written = secrets_out
+        except secretfile.SecretFileError as exc:
+            # The clients exist: say so, and how to get them a secret, rather than print secrets on a failure path.
+            lost = ", ".join(sorted(outcome.secrets))
+            raise Refused(f"{exc}; the clients {lost} were created: give them a secret with `tokendealer client rotate-secret`") from None
+    _apply_report(plan, outcome, written, as_json)
+    if outcome is not None and outcome.failed is not None:
+        raise Refused(f"stopped at {outcome.failed.action} {outcome.failed.label()}: {outcome.error} (the changes above it were made)")
+
+
+def _apply_report(plan: reconcile.Plan, outcome: reconcile.Outcome | None, written: str | None, as_json: bool) -> None:
+    if not as_json:
+        click.echo("\n".join(reconcile.report(plan, outcome, written)))
+        return
+    data: dict[str, Any] = {"dry_run": outcome is None, "plan": plan.view()}
+    if outcome is not None:
+        data["done"] = [c.view() for c in outcome.done]
+        data["failed"] = None if outcome.failed is None else {**outcome.failed.view(), "error": outcome.error}
+        if written:
+            data["secrets_written_to"] = written
+        elif outcome.secrets:
+            data["client_secrets"] = outcome.secrets
+    emit(data, True)
 
 
 # ---- token and verify -----------------------------------------------------------------------------

@@ -321,7 +321,7 @@ class ClientStore:
             tls_subject=tls_subject or None,
             tls_san=tls_san or None,
         )
-        self._check(client)
+        self.check(client)
         try:
             with self.engine.begin() as conn:
                 conn.execute(db.clients.insert().values(**_to_row(client)))
@@ -346,7 +346,7 @@ class ClientStore:
         if client.secret_hash and (changes.get("tls_subject") or changes.get("tls_san")):
             raise ClientError("a secret client cannot take a certificate identity; create a new client for tls_client_auth")
         updated = replace(client, **changes, updated_at=self.clock())
-        self._check(updated)
+        self.check(updated)
         self._save(updated)
         return updated
 
@@ -387,7 +387,8 @@ class ClientStore:
         self._save(client)
         return client, secret
 
-    def _check(self, client: Client) -> None:
+    def check(self, client: Client) -> None:
+        """Refuse a record the registry would not hold (the rules every create and update passes)."""
         if not client.audiences:
             raise ClientError("a client needs at least one --audience")
         if client.default_scopes is not None and not set(client.default_scopes) <= set(client.scopes):
