@@ -261,6 +261,11 @@ class ClientStore:
         if self.cache_seconds:
             threading.Thread(target=run, name="client-refresh", daemon=True).start()
 
+    def validate(self, client: Client) -> None:
+        """Refuse a record the registry would not hold, writing nothing (`tokendealer apply` checks a whole file
+        before its first change): the rules every create and update passes."""
+        self._check(client)
+
     def require(self, client_id: str) -> Client:
         client = self.get(client_id, cached=False)
         if client is None:
@@ -321,7 +326,7 @@ class ClientStore:
             tls_subject=tls_subject or None,
             tls_san=tls_san or None,
         )
-        self.check(client)
+        self._check(client)
         try:
             with self.engine.begin() as conn:
                 conn.execute(db.clients.insert().values(**_to_row(client)))
@@ -346,7 +351,7 @@ class ClientStore:
         if client.secret_hash and (changes.get("tls_subject") or changes.get("tls_san")):
             raise ClientError("a secret client cannot take a certificate identity; create a new client for tls_client_auth")
         updated = replace(client, **changes, updated_at=self.clock())
-        self.check(updated)
+        self._check(updated)
         self._save(updated)
         return updated
 
@@ -387,8 +392,7 @@ class ClientStore:
         self._save(client)
         return client, secret
 
-    def check(self, client: Client) -> None:
-        """Refuse a record the registry would not hold (the rules every create and update passes)."""
+    def _check(self, client: Client) -> None:
         if not client.audiences:
             raise ClientError("a client needs at least one --audience")
         if client.default_scopes is not None and not set(client.default_scopes) <= set(client.scopes):

@@ -40,7 +40,7 @@ class LocalRegistry:
         """Every client record through the registry's own checks, before anything is changed."""
         for desired in manifest.clients:
             try:
-                self.clients.check(desired.record)
+                self.clients.validate(desired.record)
             except ClientError as exc:
                 raise ManifestError(f"{desired.where}: {exc}") from None
 
