@@ -16,11 +16,12 @@ from urllib.parse import urlencode
 
 from flask import Flask, Response, request
 
-from .bearer import ADMIN_SCOPE, READ_SCOPE, BearerGuard, Caller
+from .bearer import ADMIN_SCOPE, READ_SCOPE, REGISTER_SCOPE, BearerGuard, Caller, bearer_token
 from .clients import CLIENT_ID_RE
-from .errors import AlreadyExists, InvalidRequest, NotFound, OAuthError, PreconditionFailed, PreconditionRequired
+from .errors import AlreadyExists, InvalidClientMetadata, InvalidRequest, NotFound, OAuthError, PreconditionFailed, PreconditionRequired
 from .http import NO_STORE, dumps
 from .management import Conflict, Invalid, Management, ManagementError, Missing, Stale, client_fields, etag
+from .registration import Registrar, RegistrationTokenRejected
 
 VIA = "admin_api"
 DEFAULT_PAGE = 100
@@ -96,17 +97,11 @@ def _limit(value: str | None) -> int:
     return int(value)
 
 
-def register_admin_views(app: Flask, manage: Management, guard: BearerGuard) -> None:
-    """Add the /admin/ routes to `app`."""
+Route = Callable[[str, list[str], str], Callable[[Callable[..., Response]], Callable[..., Response]]]
 
-    def admitted(any_of: tuple[str, ...]) -> Caller:
-        return guard.caller(request.headers.get("Authorization"), request.remote_addr, any_of)
 
-    def reader() -> Caller:
-        return admitted((READ_SCOPE, ADMIN_SCOPE))
-
-    def writer() -> Caller:
-        return admitted((ADMIN_SCOPE,))
+def router(app: Flask, invalid: type[OAuthError] = InvalidRequest) -> Route:
+    """A decorator adding a view whose management refusals are answered by `http_error`."""
 
     def route(rule: str, methods: list[str], endpoint: str) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
         def wrap(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -114,12 +109,62 @@ def register_admin_views(app: Flask, manage: Management, guard: BearerGuard) -> 
                 try:
                     return view(**kwargs)
                 except ManagementError as exc:
-                    raise http_error(exc) from None
+                    raise http_error(exc, invalid) from None
 
             app.add_url_rule(rule, endpoint, answered, methods=methods)
             return view
 
         return wrap
+
+    return route
+
+
+def admitted(guard: BearerGuard, any_of: tuple[str, ...]) -> Caller:
+    """The caller of this request, admitted by its bearer token with one of the scopes `any_of`."""
+    return guard.caller(request.headers.get("Authorization"), request.remote_addr, any_of)
+
+
+def register_registration_views(app: Flask, registrar: Registrar, guard: BearerGuard) -> None:
+    """RFC 7591 `POST /oauth/register` (initial access token: scope tokendealer:register) and RFC 7592 at
+    each client's registration_client_uri (its registration access token)."""
+    route = router(app, InvalidClientMetadata)
+
+    @route("/oauth/register", ["POST"], "register")
+    def register() -> Response:
+        caller = admitted(guard, (REGISTER_SCOPE,))
+        answer = registrar.register(caller.client_id, caller.claims, json_body())
+        return json_answer(answer, 201, {"Location": answer["registration_client_uri"]})
+
+    def registration(client_id: str) -> Any:
+        try:
+            return registrar.authorised(client_id, bearer_token(request.headers.get("Authorization")))
+        except RegistrationTokenRejected as exc:
+            guard.refuse(request.remote_addr, str(exc) if request.headers.get("Authorization") else None)
+
+    @route("/oauth/register/<client_id>", ["GET"], "registration_read")
+    def registration_read(client_id: str) -> Response:
+        return json_answer(registrar.read(registration(client_id)))
+
+    @route("/oauth/register/<client_id>", ["PUT"], "registration_update")
+    def registration_update(client_id: str) -> Response:
+        found = registration(client_id)
+        return json_answer(registrar.update(found, json_body()))
+
+    @route("/oauth/register/<client_id>", ["DELETE"], "registration_delete")
+    def registration_delete(client_id: str) -> Response:
+        registrar.delete(registration(client_id))
+        return Response(status=204, headers=NO_STORE)
+
+
+def register_admin_views(app: Flask, manage: Management, guard: BearerGuard) -> None:
+    """Add the /admin/ routes to `app`."""
+    route = router(app)
+
+    def reader() -> Caller:
+        return admitted(guard, (READ_SCOPE, ADMIN_SCOPE))
+
+    def writer() -> Caller:
+        return admitted(guard, (ADMIN_SCOPE,))
 
     def if_match() -> str:
         value = request.headers.get("If-Match")

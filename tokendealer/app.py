@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db, tracing
-from .admin import register_admin_views
+from .admin import register_admin_views, register_registration_views
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
 from .authentication import ClientAuthenticator, FailureThrottle
@@ -48,6 +48,7 @@ from .messages import ClientAuth, Params, TokenQuery, TokenRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
 from .ratelimits import AddressRateLimit
+from .registration import Registrar
 from .tokens import RevocationList, TokenRejected, TokenService
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Services:
     # The admin API and registration: the management operations, and the bearer-token check admitting callers.
     manage: Management
     guard: BearerGuard
+    registrar: Registrar
 
     def close(self) -> None:
         """Shutdown: write out what is buffered (audit lines, this worker's metrics)."""
@@ -146,6 +148,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         metrics=metrics,
         manage=manage,
         guard=guard,
+        registrar=Registrar(config, engine, manage, hasher, clock),
     )
 
 
@@ -181,6 +184,7 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
     _register_errors(app, services)
     _register_views(app, services)
     register_admin_views(app, services.manage, services.guard)
+    register_registration_views(app, services.registrar, services.guard)
     if config.ratelimit:
         # Request-rate limits are Flask-Limiter's, so the token endpoint then goes through Flask.
         _register_request_limits(app, services)

@@ -93,13 +93,12 @@ class BearerGuard:
         wanted = list(any_of)
         token = bearer_token(authorization)
         if token is None:
-            self._failed(address, BearerTokenRequired("a Bearer access token is required", headers=challenge()))
+            self.refuse(address, None)
         try:
             claims = self.verifier.verify(token)
             self.tokens.check_state(claims)
         except (ClientLibInvalidToken, TokenRejected) as exc:
-            reason = str(exc)
-            self._failed(address, BearerTokenRequired(reason, headers=challenge("invalid_token", reason)))
+            self.refuse(address, str(exc))
         granted = str(claims.get("scope", "")).split()
         if not set(granted) & set(wanted):
             needed = " or ".join(wanted)
@@ -108,7 +107,12 @@ class BearerGuard:
             )
         return Caller(client_id=claims["client_id"], claims=claims)
 
-    def _failed(self, address: str | None, error: BearerTokenRequired) -> NoReturn:
-        """Count the failure; answer 429 instead once the address is past its limit."""
+    def refuse(self, address: str | None, reason: str | None) -> NoReturn:
+        """Answer a missing (`reason` None) or invalid token with 401 (RFC 6750 §3.1), counting the failure
+        against the address: past its limit, 429 instead."""
         throttled = self.throttle.failed(None, address)
-        raise throttled or error
+        if throttled:
+            raise throttled
+        if reason is None:
+            raise BearerTokenRequired("a Bearer access token is required", headers=challenge())
+        raise BearerTokenRequired(reason, headers=challenge("invalid_token", reason))

@@ -392,6 +392,8 @@ class ClientStore:
             conn.execute(tombstone.insert().values(client_id=client_id, deleted_at=self.clock()))
             # Its federation rules go too, so an id created again does not inherit who may act as it.
             conn.execute(db.federation_rules.delete().where(db.federation_rules.c.client_id == client_id))
+            # And its RFC 7592 registration access token, which must not manage a later client of that id.
+            conn.execute(db.registrations.delete().where(db.registrations.c.client_id == client_id))
         self._forget(client_id)
 
     def rotate_secret(self, client_id: str, grace: int = 0) -> tuple[Client, str]:

@@ -20,6 +20,8 @@ def server_metadata(config: Config, grant_types: list[str]) -> dict[str, Any]:
         "jwks_uri": config.url("/.well-known/jwks.json"),
         "introspection_endpoint": config.url("/oauth/introspect"),
         "revocation_endpoint": config.url("/oauth/revoke"),
+        # RFC 7591 §3 (with an initial access token of scope tokendealer:register; README, "Managing from automation").
+        "registration_endpoint": config.url("/oauth/register"),
         "grant_types_supported": grant_types,
         # REQUIRED by RFC 8414 §2; there is no authorization endpoint, and strict validators (Authlib)
         # refuse an empty list, so only the registered "none" type is named.
