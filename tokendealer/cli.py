@@ -25,7 +25,7 @@ from .config import Config, ConfigError
 from .issuers import IssuerError
 from .keyring import DEFAULT_ALG, KeyringError, KeyStore
 from .keystores import make_key_store
-from .management import Management, ManagementError, cli_actor
+from .management import Management, ManagementError, admin_bootstrap_command, cli_actor
 
 
 class Refused(click.ClickException):
@@ -114,8 +114,15 @@ def init(state: State, alg: str, as_json: bool) -> None:
         "database": "the database",
         "pkcs11": f"the PKCS#11 token {state.config.pkcs11_token_label!r} (key states in the database)",
     }.get(state.config.keyring, str(state.config.keys_dir))
-    result = {"keyring": where, "keys_created": created, "database": "ready"}
-    emit(result, as_json, f"keyring {'created' if created else 'already present'} in {where}; database ready")
+    bootstrap = admin_bootstrap_command(state.config)
+    result = {"keyring": where, "keys_created": created, "database": "ready", "admin_bootstrap": bootstrap}
+    emit(
+        result,
+        as_json,
+        f"keyring {'created' if created else 'already present'} in {where}; database ready\n\n"
+        f"To manage TokenDealer over HTTP (the admin API under /admin/), create a first admin client:\n  {bootstrap}\n"
+        f"then fetch its token with --audience {state.config.management_audience} and send it as a Bearer token.",
+    )
 
 
 @main.command()

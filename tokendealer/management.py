@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from . import db
 from .audit import AuditLog
+from .bearer import ADMIN_SCOPE, READ_SCOPE
 from .clients import Client, ClientChanged, ClientError, ClientExists, ClientNotFound, ClientStore, SecretHasher
 from .config import Config
 from .federation import FederationRule, RuleStore
@@ -71,6 +72,11 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (OSError, KeyError):  # no user name for this uid (a container's arbitrary uid)
         return "cli"
+
+
+def admin_bootstrap_command(config: Config, client_id: str = "admin") -> str:
+    """The command creating a first admin client, which `init` prints (the admin API's bootstrap)."""
+    return f"tokendealer client create {client_id} --scope {ADMIN_SCOPE} --scope {READ_SCOPE} --audience {config.management_audience}"
 
 
 def etag(client: Client) -> str:
