@@ -298,3 +298,22 @@ def test_admin_audience_defaults_under_the_issuer(tmp_path):
     assert make_config(tmp_path).management_audience == "http://localhost:5000/admin"
     assert make_config(tmp_path, admin_audience="urn:tokendealer:admin").management_audience == "urn:tokendealer:admin"
     assert make_config(tmp_path, admin_listen="[::1]:5001").admin_address == ("::1", 5001)
+
+
+def test_openapi_documents_every_admin_route_and_registration(http, app):
+    paths = http.get("/openapi.json").get_json()["paths"]
+    documented = {(method.upper(), path) for path, item in paths.items() for method in item if method != "parameters"}
+    served = {
+        (method, rule.rule.replace("<", "{").replace(">", "}"))
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(("/admin/", "/oauth/register"))
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert served and served <= documented
+    assert {(m, p.partition("?")[0].replace("/svc", "/{client_id}").replace("/fr_0", "/{rule_id}")) for m, p, _ in ROUTES} <= documented
+
+
+def test_rotation_with_an_unknown_algorithm_is_400(http, tokens):
+    answer = call(http, "POST", "/admin/keys/rotate", tokens["admin"], {"alg": "HS256"})
+    assert answer.status_code == 400
+    assert "alg must be one of" in answer.get_json()["error_description"]

@@ -6,6 +6,8 @@ from typing import Any
 
 from client_lib.jose import ALGORITHMS
 
+from .admin_openapi import SCHEMAS as ADMIN_SCHEMAS
+from .admin_openapi import admin_paths
 from .config import Config
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -102,8 +104,12 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     },
                     "required": ["access_token", "token_type", "expires_in", "scope"],
                 },
+                **ADMIN_SCHEMAS,
             },
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "An access token of this server"},
+            },
         },
         "paths": {
             "/oauth/token": {
@@ -236,5 +242,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 }
             },
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json_response("OpenAPI", claims), **_GET_ERRORS}}},
+            **admin_paths(),
         },
     }

@@ -20,6 +20,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from client_lib.jose import ALGORITHMS
+
 from . import db
 from .audit import AuditLog
 from .bearer import ADMIN_SCOPE, READ_SCOPE
@@ -309,6 +311,8 @@ class Management:
     def rotate_keys(self, actor: str, via: str, alg: str | None = None, emergency: bool = False) -> list[str]:
         """Promote next to active (SPEC §4), or with `emergency` replace the active key at once; returns the
         warnings to show (a next key younger than verifiers' JWKS caches)."""
+        if alg is not None and alg not in ALGORITHMS:
+            raise Invalid(f"alg must be one of {', '.join(ALGORITHMS)}")
         warnings = []
         before = self.keys.load().record("next") if self.keys.exists() else None
         needed = self.config.jwks_max_age + self.config.keyring_reload_interval

@@ -30,7 +30,7 @@ from . import clients as client_secrets
 from . import db
 from .clients import Client, SecretHasher, parse_scopes
 from .config import Config
-from .management import Invalid, Management
+from .management import Invalid, Management, domain_errors
 
 VIA = "registration"
 CLIENT_CREDENTIALS = "client_credentials"
@@ -102,7 +102,8 @@ def parse_metadata(body: Any, limits: Limits) -> Request:
     scope = body.get("scope", "")
     if not isinstance(scope, str):
         raise Invalid("scope must be a space-separated string")
-    scopes = parse_scopes([scope]) if scope else ()
+    with domain_errors():
+        scopes = parse_scopes([scope])
     beyond = [s for s in scopes if s not in limits.scopes]
     if beyond:
         raise Invalid(f"scope {beyond[0]!r} is not allowed by the initial access token")
