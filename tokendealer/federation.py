@@ -32,7 +32,7 @@ from client_lib.jose import CompactJws, parse_jws, verify_signature
 
 from . import db
 from .assertions import RedisReplayCache, ReplayCache
-from .clients import Client, ClientError, ClientStore, check_audience
+from .clients import Client, ClientError, ClientNotFound, ClientStore, check_audience
 from .fetcher import FetchError
 from .issuers import IssuerKeys, IssuerStore, TrustedIssuer
 
@@ -42,6 +42,10 @@ MAX_CONDITIONS = 16
 VERIFIED_SECONDS = 60.0
 VERIFIED_MAX = 4096
 _CLAIM_PATH_RE = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$/-]+)*$")
+
+
+class RuleNotFound(ClientNotFound):
+    """The client has no such federation rule."""
 
 
 class FederationRefused(Exception):
@@ -221,7 +225,7 @@ class RuleStore:
         table = db.federation_rules
         with self.engine.begin() as conn:
             if not conn.execute(table.delete().where(table.c.rule_id == rule_id, table.c.client_id == client_id)).rowcount:
-                raise ClientError(f"client {client_id!r} has no federation rule {rule_id!r}")
+                raise RuleNotFound(f"client {client_id!r} has no federation rule {rule_id!r}")
 
     def _select(self, where: Any) -> list[FederationRule]:
         table = db.federation_rules

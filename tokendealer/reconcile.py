@@ -40,6 +40,7 @@ class Change:
     rule: DesiredRule | None = None
     rule_id: str | None = None  # the existing rule an update or delete replaces
     issuer: DesiredIssuer | None = None
+    seen: dict[str, Any] | None = field(default=None, repr=False)  # the client as read: changed since, it is not touched
 
     def label(self) -> str:
         if self.rule is not None:
@@ -70,11 +71,12 @@ class Plan:
 class Registry(Protocol):
     """Where a plan is carried out: the local stores, or a server's admin API. Each method raises RegistryError."""
 
+    def validate(self, manifest: Manifest) -> None: ...
     def snapshot(self) -> Snapshot: ...
     def create_client(self, client: DesiredClient) -> str | None: ...
-    def update_client(self, client_id: str, changes: dict[str, Any]) -> None: ...
-    def delete_client(self, client_id: str) -> None: ...
-    def add_rule(self, client_id: str, rule: DesiredRule) -> None: ...
+    def update_client(self, client_id: str, changes: dict[str, Any], seen: dict[str, Any]) -> None: ...
+    def delete_client(self, client_id: str, seen: dict[str, Any]) -> None: ...
+    def add_rule(self, client_id: str, rule: DesiredRule) -> list[str]: ...
     def remove_rule(self, client_id: str, rule_id: str) -> None: ...
     def put_issuer(self, issuer: DesiredIssuer) -> None: ...
     def remove_issuer(self, issuer: str) -> None: ...
@@ -104,7 +106,8 @@ def plan(manifest: Manifest, current: Snapshot, prune: bool) -> Plan:
     changes += rule_changes
     wanted = {c.client_id for c in manifest.clients}
     for client_id in sorted(set(current.clients) - wanted):
-        (changes.append(Change("delete", "client", client_id)) if prune else not_pruned.append(f"client {client_id}"))
+        gone = Change("delete", "client", client_id, seen=current.clients[client_id])
+        (changes.append(gone) if prune else not_pruned.append(f"client {client_id}"))
     if manifest.issuers is not None:
         for url in sorted(set(current.issuers) - trusted):
             (changes.append(Change("delete", "issuer", url)) if prune else not_pruned.append(f"issuer {url}"))
@@ -147,7 +150,7 @@ def _client_step(desired: DesiredClient, current: dict[str, Any] | None, changes
             "nor kept on a client that changes how it authenticates); give the client a new client_id"
         )
     if diff:
-        changes.append(Change("update", "client", desired.client_id, diff, client=desired))
+        changes.append(Change("update", "client", desired.client_id, diff, client=desired, seen=current))
     else:
         unchanged.append(f"client {desired.client_id}")
 
@@ -197,6 +200,7 @@ class Outcome:
 
     done: list[Change] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     failed: Change | None = None
     error: str | None = None
 
@@ -229,15 +233,17 @@ def _make(change: Change, registry: Registry, outcome: Outcome) -> None:
             if secret:
                 outcome.secrets[change.name] = secret
         elif change.action == "update":
-            registry.update_client(change.name, {k: new for k, (_, new) in change.fields.items() if k != "auth_method"})
+            assert change.seen is not None
+            registry.update_client(change.name, {k: new for k, (_, new) in change.fields.items() if k != "auth_method"}, change.seen)
         else:
-            registry.delete_client(change.name)
+            assert change.seen is not None
+            registry.delete_client(change.name, change.seen)
     else:
         if change.rule_id:
             registry.remove_rule(change.name, change.rule_id)
         if change.action != "delete":
             assert change.rule is not None
-            registry.add_rule(change.name, change.rule)
+            outcome.warnings += registry.add_rule(change.name, change.rule)
 
 
 def _shown(name: str, value: Any) -> Any:
@@ -279,6 +285,7 @@ def report(plan: Plan, outcome: Outcome | None, secrets_to: str | None) -> list[
             lines.append(f"    error: {outcome.error}")
             left = plan.changes[len(outcome.done) + 1 :]
             lines += [f"not attempted: {c.action} {c.label()}" for c in left]
+        lines += [f"warning: {warning}" for warning in outcome.warnings]
     lines += [f"unchanged: {label}" for label in plan.unchanged]
     lines += [f"not deleted (use --prune): {label}" for label in plan.not_pruned]
     if not plan.changes:
