@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tokendealer import manifest
+from tokendealer import manifest, reconcile
+from tokendealer.audit import AuditLog
 from tokendealer.cli import main
-from tokendealer.management import cli_actor
+from tokendealer.config import Config
+from tokendealer.management import Management, cli_actor
+from tokendealer.registries import LocalRegistry
 
 from .conftest import ISSUED_SECRETS, FakeClock
 from .workload_issuer import WorkloadIssuer
@@ -84,6 +87,7 @@ def td(tmp_path, cluster):
                 ISSUED_SECRETS.add(line.split("client_secret:")[1].split()[0])
         return result
 
+    run.env = env  # type: ignore[attr-defined]
     assert run("init").exit_code == 0
     jwks = tmp_path / "github-jwks.json"
     jwks.write_text(json.dumps(cluster.jwks()))
@@ -363,3 +367,16 @@ def test_disabled_clients_and_enabling_them(td, tmp_path):
     assert "    enabled: false -> true" in result.output.splitlines()
     assert show(td, "billing")["enabled"] is True
     assert [e["event"] for e in audit_lines(tmp_path) if e.get("client_id") == "billing"][-1] == "client.enabled"
+
+
+def test_a_client_changed_after_the_plan_was_made_is_not_overwritten(td, tmp_path):
+    assert td("apply", write(tmp_path, TOML)).exit_code == 0
+    manage = Management.open(Config.load(environ=td.env), AuditLog(td.env["TOKENDEALER_AUDIT_LOG"]))
+    registry = LocalRegistry(manage, "test")
+    edited = manifest.load(write(tmp_path, TOML.replace("token_ttl = 600", "token_ttl = 900")), ISSUER)
+    plan = reconcile.plan(edited, registry.snapshot(), prune=False)
+    assert td("client", "update", "billing", "--ttl", "1200").exit_code == 0  # another operator, meanwhile
+    outcome = reconcile.execute(plan.changes, registry)
+    assert outcome.failed is plan.changes[0] and outcome.done == []
+    assert outcome.error == "client 'billing' changed since apply read it; run apply again to see the new difference"
+    assert show(td, "billing")["token_ttl"] == 1200

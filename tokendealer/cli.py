@@ -552,10 +552,11 @@ def apply(
         plan = reconcile.plan(wanted, registry.snapshot(), prune)
     except (ManifestError, reconcile.RegistryError, secretfile.SecretFileError) as exc:
         raise Refused(str(exc)) from None
-    if no_new_secrets:
-        for change in plan.changes:
-            if change.action == "create" and change.client and change.client.auth_method == "client_secret":
-                raise Refused(f"{change.client.where}: would get a client secret, and --no-new-secrets is given")
+    for change in plan.changes:
+        if no_new_secrets and change.action == "create" and change.client and change.client.auth_method == "client_secret":
+            raise Refused(f"{change.client.where}: would get a client secret, and --no-new-secrets is given")
+        if remote["server"] and change.action == "delete" and change.kind == "client" and change.name == remote["client_id"]:
+            raise Refused(f"--prune would delete the admin client {change.name!r} apply runs as: list it in the file")
     outcome = None if dry_run else reconcile.execute(plan.changes, registry)
     written, unwritten = None, None
     if outcome is not None and outcome.secrets and secrets_out:
