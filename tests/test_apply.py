@@ -380,3 +380,12 @@ def test_a_client_changed_after_the_plan_was_made_is_not_overwritten(td, tmp_pat
     assert outcome.failed is plan.changes[0] and outcome.done == []
     assert outcome.error == "client 'billing' changed since apply read it; run apply again to see the new difference"
     assert show(td, "billing")["token_ttl"] == 1200
+
+
+def test_the_readme_example_is_a_valid_apply_file():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Declarative clients (apply)") :]
+    example = section[section.index("```toml\n") + len("```toml\n") : section.index("```\n")]
+    parsed = manifest.parse(tomllib.loads(example), ISSUER)
+    assert [c.client_id for c in parsed.clients] == ["billing", "deployer"]
+    assert parsed.clients[1].rules[0].audience == ISSUER and parsed.issuers is not None

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from client_lib.jose import ALGORITHMS, default_algorithm, public_jwk
 
-from . import db, manifest, reconcile, secretfile, tracing
+from . import db, tracing
 from .audit import AuditLog
 from .clients import ClientError, parse_claims
 from .config import Config, ConfigError
@@ -26,8 +26,10 @@ from .issuers import IssuerError
 from .keyring import DEFAULT_ALG, KeyringError, KeyStore
 from .keystores import make_key_store
 from .management import Management, ManagementError, admin_bootstrap_command, cli_actor
-from .manifest import ManifestError
-from .registries import LocalRegistry, RemoteRegistry
+
+if TYPE_CHECKING:
+    from . import reconcile
+    from .registries import RemoteRegistry
 
 
 class Refused(click.ClickException):
@@ -539,6 +541,10 @@ def apply(
     state: State, file: str, dry_run: bool, prune: bool, secrets_out: str | None, no_new_secrets: bool, as_json: bool, **remote: Any
 ) -> None:
     """Make the registry match FILE (TOML or YAML clients, federation rules, issuers), printing the changes."""
+    # Imported here: jsonschema and PyYAML would add a seventh to every other command's start-up time.
+    from . import manifest, reconcile, secretfile  # noqa: PLC0415
+    from .registries import LocalRegistry  # noqa: PLC0415
+
     try:
         registry: reconcile.Registry
         if remote["server"]:
@@ -550,7 +556,7 @@ def apply(
         if secrets_out:
             secretfile.check(secrets_out)
         plan = reconcile.plan(wanted, registry.snapshot(), prune)
-    except (ManifestError, reconcile.RegistryError, secretfile.SecretFileError) as exc:
+    except (manifest.ManifestError, reconcile.RegistryError, secretfile.SecretFileError) as exc:
         raise Refused(str(exc)) from None
     for change in plan.changes:
         if no_new_secrets and change.action == "create" and change.client and change.client.auth_method == "client_secret":
@@ -614,8 +620,10 @@ def _remote_registry(
 
 
 def _apply_report(plan: reconcile.Plan, outcome: reconcile.Outcome | None, written: str | None, as_json: bool) -> None:
+    from .reconcile import report  # noqa: PLC0415
+
     if not as_json:
-        click.echo("\n".join(reconcile.report(plan, outcome, written)))
+        click.echo("\n".join(report(plan, outcome, written)))
         return
     data: dict[str, Any] = {"dry_run": outcome is None, "plan": plan.view()}
     if outcome is not None:
