@@ -69,13 +69,12 @@ def cluster():
     issuer.close()
 
 
-@pytest.fixture
-def td(tmp_path, cluster):
-    """The CLI on a fresh registry that trusts GitHub's issuer (keys given, nothing fetched)."""
+def registry_cli(root: Path, cluster: WorkloadIssuer):
+    """The CLI on a fresh registry under `root` that trusts GitHub's issuer (keys given, nothing fetched)."""
     env = {
-        "TOKENDEALER_KEYS_DIR": str(tmp_path / "keys"),
-        "TOKENDEALER_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'td.db'}",
-        "TOKENDEALER_AUDIT_LOG": str(tmp_path / "audit.log"),
+        "TOKENDEALER_KEYS_DIR": str(root / "keys"),
+        "TOKENDEALER_DATABASE_URL": f"sqlite:///{root / 'var' / 'td.db'}",
+        "TOKENDEALER_AUDIT_LOG": str(root / "audit.log"),
         "TOKENDEALER_ISSUER": ISSUER,
     }
     runner = CliRunner()
@@ -89,10 +88,23 @@ def td(tmp_path, cluster):
 
     run.env = env  # type: ignore[attr-defined]
     assert run("init").exit_code == 0
-    jwks = tmp_path / "github-jwks.json"
+    jwks = root / "github-jwks.json"
     jwks.write_text(json.dumps(cluster.jwks()))
     assert run("issuers", "add", GITHUB, "--jwks", str(jwks)).exit_code == 0
     return run
+
+
+@pytest.fixture
+def td(tmp_path, cluster):
+    return registry_cli(tmp_path, cluster)
+
+
+@pytest.fixture(scope="module")
+def td_unchanged(tmp_path_factory):
+    """One registry for the tests that must leave it as it was (each asserts so): refused files."""
+    issuer = WorkloadIssuer(FakeClock())
+    yield registry_cli(tmp_path_factory.mktemp("refused"), issuer)
+    issuer.close()
 
 
 def write(tmp_path: Path, text: str, name: str = "clients.toml") -> str:
@@ -216,7 +228,8 @@ def test_dry_run_changes_nothing(td, tmp_path):
         (("[[clients]]", "clientz = 1\n[[clients]]"), "the file: unknown field 'clientz'"),
     ],
 )
-def test_bad_files_get_one_line_naming_entry_and_field(td, tmp_path, change, message):
+def test_bad_files_get_one_line_naming_entry_and_field(td_unchanged, tmp_path, change, message):
+    td = td_unchanged
     result = td("apply", write(tmp_path, TOML.replace(*change, 1)))
     assert result.exit_code == 1, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("error: "), result.output
@@ -225,7 +238,8 @@ def test_bad_files_get_one_line_naming_entry_and_field(td, tmp_path, change, mes
     assert json.loads(td("client", "list", "--json").output) == []
 
 
-def test_unreadable_and_malformed_files(td, tmp_path):
+def test_unreadable_and_malformed_files(td_unchanged, tmp_path):
+    td = td_unchanged
     assert "must end in .toml" in td("apply", write(tmp_path, TOML, "clients.txt")).output
     assert "not valid TOML" in td("apply", write(tmp_path, "[[clients]\n")).output
     bad_yaml = td("apply", write(tmp_path, "clients:\n  - client_id: [\n", "c.yaml"))

@@ -5,6 +5,7 @@ image builds and serves (slow tier, podman)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -37,6 +38,7 @@ def documents(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+@functools.cache
 def render(kustomization: Path) -> list[dict[str, Any]]:
     """The resources a kustomization makes: `kubectl kustomize` or `kustomize build` where one is installed,
     else the resource files it lists, read as they are."""
