@@ -232,6 +232,8 @@ def test_the_image_builds_and_serves_read_only_as_non_root(tmp_path):
     # The build reaches the package index for the server's dependencies (pip), nothing else.
     built = podman(
         "build",
+        "--format",
+        "docker",  # the OCI image format has no HEALTHCHECK
         *LIMITS,
         "--network",
         "host",
@@ -248,6 +250,8 @@ def test_the_image_builds_and_serves_read_only_as_non_root(tmp_path):
     inspected = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
     assert inspected["Config"]["User"] == "10001:10001"
     assert inspected["Config"]["Entrypoint"] == ["tokendealer"]
+    health = inspected.get("Healthcheck") or inspected["Config"].get("Healthcheck")  # where podman puts it varies by version
+    assert "/healthz" in " ".join(health["Test"])
 
     data = tmp_path / "data"
     data.mkdir()
@@ -274,5 +278,17 @@ def test_the_image_builds_and_serves_read_only_as_non_root(tmp_path):
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
         jwks = requests.get(f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=5).json()
         assert len(jwks["keys"]) == 2
+    finally:
+        podman("stop", "-t", "10", name, check=False)
+
+    # The image as shipped (its CMD, port 5000 in a network namespace of its own): its HEALTHCHECK passes.
+    podman("run", "-d", "--name", name, *common, "--network", "none", IMAGE)
+    try:
+        deadline = time.monotonic() + 60
+        healthy = podman("healthcheck", "run", name, check=False)
+        while healthy.returncode != 0 and time.monotonic() < deadline:
+            time.sleep(1)
+            healthy = podman("healthcheck", "run", name, check=False)
+        assert healthy.returncode == 0, podman("logs", name, check=False).stdout[-2000:]
     finally:
         podman("stop", "-t", "10", name, check=False)
