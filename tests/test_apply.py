@@ -377,7 +377,10 @@ def test_disabled_clients_and_enabling_them(td, tmp_path):
     disabled = TOML.replace("token_ttl = 600", "token_ttl = 600\nenabled = false")
     assert td("apply", write(tmp_path, disabled)).exit_code == 0
     assert show(td, "billing")["enabled"] is False
-    result = td("apply", write(tmp_path, TOML))
+    # A file that does not state `enabled` leaves it alone: an emergency `client disable` survives the next apply.
+    assert td("apply", write(tmp_path, TOML)).output.splitlines()[-1].startswith("no changes")
+    assert show(td, "billing")["enabled"] is False
+    result = td("apply", write(tmp_path, TOML.replace("token_ttl = 600", "token_ttl = 600\nenabled = true")))
     assert "    enabled: false -> true" in result.output.splitlines()
     assert show(td, "billing")["enabled"] is True
     assert [e["event"] for e in audit_lines(tmp_path) if e.get("client_id") == "billing"][-1] == "client.enabled"

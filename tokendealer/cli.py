@@ -522,7 +522,7 @@ def keys_list(state: State, as_json: bool) -> None:
 @main.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
-@click.option("--prune", is_flag=True, help="Also delete clients, federation rules (and listed-issuer sections) the file does not name.")
+@click.option("--prune", is_flag=True, help="Also delete the clients, rules (and issuers, if it lists any) the file does not name.")
 @click.option("--secrets-out", type=click.Path(dir_okay=False), help="Write new clients' secrets to this file (mode 0600), not stdout.")
 @click.option("--no-new-secrets", is_flag=True, help="Refuse to create clients with a secret (unattended runs whose output is logged).")
 @click.option("--server", metavar="URL", help="Apply to a remote server through its admin API (at URL) instead of this machine's database.")

@@ -64,6 +64,9 @@ class DesiredClient:
     auth_method: str
     rules: tuple[DesiredRule, ...] = ()
     where: str = ""  # `clients[3] (billing)`, for messages
+    # `enabled` is managed only when the entry states it, so a client disabled in an emergency
+    # (`client disable`) is not enabled again by the next apply of a file that never mentioned it.
+    states_enabled: bool = True
 
     @property
     def client_id(self) -> str:
@@ -72,7 +75,10 @@ class DesiredClient:
     def fields(self) -> dict[str, Any]:
         """The managed fields, shaped as `client show --json` prints them."""
         view = self.record.public_view()
-        return {name: view[name] for name in MANAGED_FIELDS if name != "auth_method"} | {"auth_method": self.auth_method}
+        fields = {name: view[name] for name in MANAGED_FIELDS if name != "auth_method"} | {"auth_method": self.auth_method}
+        if not self.states_enabled:
+            del fields["enabled"]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,8 @@ class Manifest:
     issuers: tuple[DesiredIssuer, ...] | None = field(default=None)
 
 
-# The client fields an apply file manages: an omitted field is its default (the file is the whole truth).
+# The client fields an apply file manages: an omitted field is its default (the file is the whole truth), except
+# `enabled`, left as it is unless stated.
 MANAGED_FIELDS = (
     "scopes",
     "audiences",
@@ -258,7 +265,7 @@ def _client(entry: dict[str, Any], where: str, default_audience: str) -> Desired
         if any(r.key == desired.key for r in rules):
             raise ManifestError(f"{where}: federation[{index}]: the same rule appears twice")
         rules.append(desired)
-    return DesiredClient(record, method, tuple(rules), where)
+    return DesiredClient(record, method, tuple(rules), where, states_enabled="enabled" in entry)
 
 
 def _issuer(entry: dict[str, Any], where: str) -> DesiredIssuer:
