@@ -246,6 +246,10 @@ def test_unreadable_and_malformed_files(td_unchanged, tmp_path):
     assert bad_yaml.exit_code == 1 and "not valid YAML at line" in bad_yaml.output
     assert "cannot read" in td("apply", str(tmp_path / "missing.toml")).output
     assert "the file: clients: None is not of type 'array'" in td("apply", write(tmp_path, "clients:\n", "c.yaml")).output
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nclients: [*b]\n"
+    assert "not valid YAML at line 2, column 8 (aliases (*name) are not allowed)" in td("apply", write(tmp_path, bomb, "c.yaml")).output
+    twice = "clients:\n  - client_id: a\n    audiences: [x]\n    audiences: [y]\n"
+    assert "not valid YAML at line 4, column 5 (key 'audiences' appears twice)" in td("apply", write(tmp_path, twice, "c.yaml")).output
 
 
 def test_schema_ships_in_the_package_and_accepts_client_show_output(td, tmp_path):

@@ -119,6 +119,23 @@ MANAGED_FIELDS = (
 )
 
 
+class _StrictYaml(yaml.SafeLoader):
+    """YAML as an apply file may use it: no aliases (a few nested `*ref`s make a document that takes ages to
+    walk) and no key given twice in a mapping (YAML would silently keep the last: a typo hiding a field)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
+        for key_node, key in zip((k for k, _ in node.value), keys, strict=True):
+            if keys.count(key) > 1:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 @cache
 def schema() -> dict[str, Any]:
     """The JSON Schema of the apply file, as shipped in the package."""
@@ -149,7 +166,7 @@ def read(path: str | Path) -> Any:
         text = data.decode("utf-8")
         if suffix == ".toml":
             return tomllib.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictYaml)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError:
         raise ManifestError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
