@@ -129,10 +129,12 @@ class _StrictYaml(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
-        for key_node, key in zip((k for k, _ in node.value), keys, strict=True):
-            if keys.count(key) > 1:
+        seen: list[Any] = []
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.append(key)
         return super().construct_mapping(node, deep)
 
 
