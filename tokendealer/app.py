@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from client_lib.core.dpop import Nonces, ProofCheck
+
 from . import db, tracing
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
@@ -22,6 +25,7 @@ from .authentication import ClientAuthenticator, FailureThrottle
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
+from .dpop import DPoPBinding
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint, TokenEndpoint
 from .errors import (
     InvalidRequest,
@@ -113,6 +117,9 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         clock=clock,
     )
     authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
+    # RFC 9449 §8: nonces keyed by a secret derived from the pepper, which every instance of a deployment shares.
+    nonces = Nonces(lambda: hmac.new(store.pepper(), b"tokendealer dpop nonce", hashlib.sha256).digest()) if config.dpop_nonce else None
+    dpop = DPoPBinding(config.token_endpoint, ProofCheck(config.dpop_max_age, config.dpop_max_skew, nonces), assertions.replay, clock)
     metrics = Metrics(keys, clock, engine)
     return Services(
         config=config,
@@ -125,9 +132,9 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         authenticator=authenticator,
         token_endpoint=TokenEndpoint(
             [
-                ClientCredentialsGrant(authenticator, tokens),
-                TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth),
-                JwtBearerGrant(federation, authenticator, tokens),
+                ClientCredentialsGrant(authenticator, tokens, dpop),
+                TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth, dpop),
+                JwtBearerGrant(federation, authenticator, tokens, dpop),
             ],
             audit,
             metrics,
