@@ -125,6 +125,12 @@ class KeySetUnavailable(InvalidToken):
     description = "the issuer keys are unavailable, try again later"
 
 
+class ReplayCacheUnavailable(KeySetUnavailable):
+    """The shared DPoP replay cache did not answer, so no proof can be judged fresh (the request may be fine)."""
+
+    description = "the DPoP replay cache is unavailable, try again later"
+
+
 class TokenClientError(Exception):
     """Fetching a token failed."""
 

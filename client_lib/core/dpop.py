@@ -192,6 +192,19 @@ class DPoPKey:
         return True
 
 
+def presentation(token: str, dpop: DPoPKey | None, method: str, url: str) -> dict[str, str]:
+    """The headers presenting `token` on a request: `Bearer` (RFC 6750 §2.1), or `DPoP` with a fresh proof for
+    this method and URL carrying the token's hash (RFC 9449 §7.1)."""
+    if dpop is None:
+        return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"DPoP {token}", "DPoP": dpop.proof(method, url, token)}
+
+
+def asks_for_nonce(status: int, www_authenticate: str | None) -> bool:
+    """A resource server's 401 asking for a DPoP nonce (RFC 9449 §9)."""
+    return status == 401 and "use_dpop_nonce" in (www_authenticate or "")
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(htu(url))
     return f"{parts.scheme}://{parts.netloc}"
