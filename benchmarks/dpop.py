@@ -108,9 +108,8 @@ def main() -> None:
                 refused += int(runs["plain"]["non_200"] + runs["dpop"]["non_200"])
                 print(f"round {round_number + 1}: plain {runs['plain']['rps']:.0f} req/s, DPoP {runs['dpop']['rps']:.0f} req/s")
             token_plain, token_dpop = statistics.median(plain), statistics.median(bound)
-            print(
-                f"token endpoint: plain {token_plain:.0f} req/s, DPoP {token_dpop:.0f} req/s, ratio {token_dpop / token_plain:.2f} (non-200: {refused})"
-            )
+            print(f"token endpoint: plain {token_plain:.0f} req/s, DPoP {token_dpop:.0f} req/s, ratio {token_dpop / token_plain:.2f}")
+            print(f"non-200 answers: {refused}; replay cache: {args.replay_cache}")
 
             plain_client = TokenClient(server.url, setup.client_id, setup.client_secret)
             dpop_client = TokenClient(server.url, setup.client_id, setup.client_secret, dpop_key=True)
