@@ -18,6 +18,9 @@ from tokendealer.app import create_app
 from tokendealer.config import ConfigError
 
 from .conftest import AUDIENCE, basic, fetch_token, make_config
+from .test_federation import JWT_BEARER, billing, federate, k8s
+
+__all__ = ["billing", "federate", "k8s"]  # fixtures of the federation tests, for the JWT bearer grant
 
 TOKEN_URL = "http://localhost:5000/oauth/token"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -253,6 +256,20 @@ def test_exchange_binds_to_the_actor_proof(http, registry, key, clock):
     assert body["token_type"] == "DPoP"
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["cnf"] == {"jkt": jwk_thumbprint(public(actor_key))} and claims["act"] == {"sub": "svc-b"}
+
+
+def test_jwt_bearer_grant_binds_too(http, billing, k8s, key, clock):
+    form = {"grant_type": JWT_BEARER, "assertion": k8s.kubernetes_token(TOKEN_URL.removesuffix("/oauth/token"))}
+    response = http.post("/oauth/token", data=form, headers={"DPoP": proof(key, clock())})
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert body["token_type"] == "DPoP"
+    assert jwt.decode(body["access_token"], options={"verify_signature": False})["cnf"] == {"jkt": jwk_thumbprint(public(key))}
+
+
+def test_a_bad_proof_on_the_jwt_bearer_grant_is_not_a_failed_assertion(http, billing, k8s, clock):
+    form = {"grant_type": JWT_BEARER, "assertion": k8s.kubernetes_token(TOKEN_URL.removesuffix("/oauth/token"))}
+    refused(http.post("/oauth/token", data=form, headers={"DPoP": "garbage"}))
 
 
 # ---- introspection, /verify_token, discovery, OpenAPI, audit, metrics ----------------------------------------
