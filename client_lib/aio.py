@@ -206,7 +206,7 @@ class AsyncTokenVerifier:
         self.audience = audience
         nonces = Nonces(lambda: dpop_nonce_secret) if dpop_nonce_secret else None
         proofs = ProofCheck(max_age=dpop_max_age, nonces=nonces)
-        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, proofs)
+        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, proofs=proofs)
         self.dpop_replay = proof_replay(dpop_replay, clock)
         self.http = http or httpx.AsyncClient(timeout=timeout)
         self.clock = clock

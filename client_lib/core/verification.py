@@ -103,13 +103,16 @@ class Verification:
         cooldown: float,
         stale_if_error: float,
         cache_size: int,
+        skew: float = 0.0,
         proofs: ProofCheck | None = None,
     ):
         self.issuer = issuer
         self.proofs = proofs or ProofCheck()
         self.audience = audience
         self.leeway = leeway
-        self.claims = ClaimCheck(issuer=issuer, audience=audience, required=REQUIRED_CLAIMS, strings=STRING_CLAIMS, leeway=leeway)
+        self.claims = ClaimCheck(
+            issuer=issuer, audience=audience, required=REQUIRED_CLAIMS, strings=STRING_CLAIMS, leeway=leeway, skew=skew
+        )
         self.jwks = JwksState(cooldown=cooldown, stale_if_error=stale_if_error)
         self.verified = VerifiedCache(self.claims, cache_size)
         self._active: dict[str, float] = {}
