@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -16,8 +15,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from client_lib.core.dpop import Nonces, ProofCheck
-
 from . import db, tracing
 from .admin import register_admin_views, register_registration_views
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
@@ -27,7 +24,7 @@ from .bearer import BearerGuard
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
-from .dpop import DPoPBinding
+from .dpop import DPoPBinding, proof_check
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint, TokenEndpoint
 from .errors import (
     InvalidRequest,
@@ -125,9 +122,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         clock=clock,
     )
     authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
-    # RFC 9449 §8: nonces keyed by a secret derived from the pepper, which every instance of a deployment shares.
-    nonces = Nonces(lambda: hmac.new(store.pepper(), b"tokendealer dpop nonce", hashlib.sha256).digest()) if config.dpop_nonce else None
-    dpop = DPoPBinding(config.token_endpoint, ProofCheck(config.dpop_max_age, config.dpop_max_skew, nonces), assertions.replay, clock)
+    dpop = DPoPBinding(config.token_endpoint, proof_check(config, store.pepper), assertions.replay, clock)
     metrics = Metrics(keys, clock, engine)
     manage = Management(config, clients, IssuerStore(engine, clock), RuleStore(engine, clock), store, audit, clock)
     guard = BearerGuard(config.issuer, config.management_audience, keys, tokens, throttle, clock)

@@ -7,17 +7,29 @@ not a failed authentication and never counts towards anyone's throttle.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Callable
 
 from client_lib import exceptions as lib
-from client_lib.core.dpop import ProofCheck, replay_key, single_proof
+from client_lib.core.dpop import Nonces, ProofCheck, replay_key, single_proof
 from client_lib.jose import parse_dpop_proof
 
 from .assertions import RedisReplayCache, ReplayCache
 from .clients import Client
+from .config import Config
 from .errors import InvalidDPoPProof, UseDPoPNonce
 from .messages import TokenRequest
+
+
+def proof_check(config: Config, pepper: Callable[[], bytes]) -> ProofCheck:
+    """The proof checks TOKENDEALER_DPOP_* configure; with nonces (§8), keyed by a secret derived from the
+    pepper, which every instance of a deployment shares, so any instance accepts another's nonce."""
+    nonces = None
+    if config.dpop_nonce:
+        nonces = Nonces(lambda: hmac.new(pepper(), b"tokendealer dpop nonce", hashlib.sha256).digest())
+    return ProofCheck(config.dpop_max_age, config.dpop_max_skew, nonces)
 
 
 class DPoPBinding:
