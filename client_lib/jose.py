@@ -297,7 +297,8 @@ def parse_dpop_proof(proof: Any) -> DPoPProof:
             raise InvalidDPoPProof("DPoP proof jwk holds private key material")
         key = VerificationKey.from_jwk(jwk)
         claims = verify_signature(jws, key)
-        return DPoPProof(claims, jwk_thumbprint(jwk))
+        # The thumbprint of the key as it is re-encoded here, so one key has one jkt however its JWK was written.
+        return DPoPProof(claims, public_jwk(key.key, jws.alg)["kid"])
     except JwkError as exc:
         raise InvalidDPoPProof(f"DPoP proof jwk is not usable: {exc}") from None
     except InvalidDPoPProof:
