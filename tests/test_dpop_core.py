@@ -6,8 +6,9 @@ import pytest
 
 from client_lib.bearer import Presented, challenge
 from client_lib.core.dpop import DPoPKey, MemoryProofReplay, Nonces, ProofCheck, asks_for_nonce, htu, presentation, single_proof
-from client_lib.exceptions import BoundTokenAsBearer, InvalidDPoPProof, InvalidToken, UseDPoPNonce
+from client_lib.exceptions import BoundTokenAsBearer, InvalidDPoPProof, InvalidToken, ReplayCacheUnavailable, UseDPoPNonce
 from client_lib.jose import parse_dpop_proof, sha256_b64url
+from client_lib.proof_replay import RedisProofReplay
 
 from .conftest import FakeClock
 
@@ -106,3 +107,10 @@ def test_challenges_name_the_scheme_the_algorithms_and_the_nonce():
     assert headers["WWW-Authenticate"].startswith('DPoP error="use_dpop_nonce"') and 'algs="ES256 ' in headers["WWW-Authenticate"]
     assert challenge(BoundTokenAsBearer("x"), None)[1]["WWW-Authenticate"].startswith('DPoP error="invalid_token"')
     assert challenge(InvalidToken("x"), None)[1]["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+
+
+def test_an_unreachable_redis_refuses_the_proof_never_lets_it_through():
+    replay = RedisProofReplay("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    with pytest.raises(ReplayCacheUnavailable):
+        replay.first_use("dpop:k", "j", 2e9)
+    assert challenge(ReplayCacheUnavailable("x"), None, "DPoP")[0] == 503
