@@ -29,7 +29,7 @@ from .management import Management, ManagementError, admin_bootstrap_command, cl
 
 if TYPE_CHECKING:
     from . import reconcile
-    from .registries import RemoteRegistry
+    from .registries import RemoteRegistry  # imported where used, at run time
 
 
 class Refused(click.ClickException):
@@ -596,6 +596,8 @@ def _remote_registry(
     import requests  # noqa: PLC0415
 
     from client_lib import TokenAuth, TokenClient, TokenClientError  # noqa: PLC0415
+
+    from .registries import RemoteRegistry  # noqa: PLC0415
 
     issuer = issuer or server.rstrip("/")
     if not client_id:
