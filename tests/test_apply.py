@@ -18,7 +18,7 @@ from tokendealer.config import Config
 from tokendealer.management import Management, cli_actor
 from tokendealer.registries import LocalRegistry
 
-from .conftest import ISSUED_SECRETS, FakeClock
+from .conftest import ISSUED_SECRETS, FakeClock, free_port
 from .workload_issuer import WorkloadIssuer
 
 ISSUER = "https://tokens.example.com"
@@ -410,3 +410,14 @@ def test_the_readme_example_is_a_valid_apply_file():
     parsed = manifest.parse(tomllib.loads(example), ISSUER)
     assert [c.client_id for c in parsed.clients] == ["billing", "deployer"]
     assert parsed.clients[1].rules[0].audience == ISSUER and parsed.issuers is not None
+
+
+def test_server_mode_refuses_at_once_when_the_server_cannot_be_reached(tmp_path):
+    path = write(tmp_path, TOML)
+    nobody = f"http://127.0.0.1:{free_port()}"  # bound once and closed: nothing listens there
+    env = {"TOKENDEALER_CLIENT_ID": "ops", "TOKENDEALER_CLIENT_SECRET": "s3cret-" + "x" * 20}
+    result = CliRunner().invoke(main, ["apply", path, "--server", nobody], env=env)
+    assert result.exit_code == 1 and result.output.startswith("error: cannot get an admin token: "), result.output
+    assert result.output.count("\n") == 1 and "s3cret" not in result.output
+    without = CliRunner().invoke(main, ["apply", path, "--server", nobody], env={**env, "TOKENDEALER_CLIENT_SECRET": ""})
+    assert without.exit_code == 2 and "exactly one of a secret" in without.output
