@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from client_lib.jose import public_jwk
 from tokendealer import manifest, reconcile
 from tokendealer.audit import AuditLog
 from tokendealer.cli import main
@@ -421,3 +423,29 @@ def test_server_mode_refuses_at_once_when_the_server_cannot_be_reached(tmp_path)
     assert result.output.count("\n") == 1 and "s3cret" not in result.output
     without = CliRunner().invoke(main, ["apply", path, "--server", nobody], env={**env, "TOKENDEALER_CLIENT_SECRET": ""})
     assert without.exit_code == 2 and "exactly one of a secret" in without.output
+
+
+def test_keyed_certificate_and_exchange_clients_round_trip(td, tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks = {"keys": [public_jwk(key.public_key(), "ES256")]}
+    document = {
+        "clients": [
+            {"client_id": "signer", "audiences": ["https://a"], "jwks": jwks},
+            {"client_id": "fetcher", "audiences": ["https://a"], "jwks_uri": "https://fetcher.example/jwks.json"},
+            {"client_id": "mtls", "audiences": ["https://a"], "tls_san": "spiffe://example/mtls", "require_dpop": True},
+            {"client_id": "svc-b", "audiences": ["https://c"], "serves": ["https://b"], "exchange_audiences": ["https://c"]},
+        ]
+    }
+    path = write(tmp_path, json.dumps(document), "keyed.json")
+    first = td("apply", path, "--json")
+    assert first.exit_code == 0, first.output
+    assert "client_secrets" in json.loads(first.output) and list(json.loads(first.output)["client_secrets"]) == ["svc-b"]
+    ISSUED_SECRETS.update(json.loads(first.output)["client_secrets"].values())
+    methods = {c["client_id"]: c["auth_method"] for c in json.loads(td("client", "list", "--json").output)}
+    assert methods == {"signer": "private_key_jwt", "fetcher": "private_key_jwt", "mtls": "tls_client_auth", "svc-b": "client_secret"}
+    assert td("apply", path).output.splitlines()[-1].startswith("no changes")
+    document["clients"][0]["jwks"] = {"keys": [public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), "ES256")]}
+    rotated = td("apply", write(tmp_path, json.dumps(document), "keyed.json"))
+    (line,) = [line for line in rotated.output.splitlines() if line.startswith("    jwks: ")]
+    old, new = (k["kid"] for k in (jwks["keys"][0], document["clients"][0]["jwks"]["keys"][0]))
+    assert line == f'    jwks: {{"kids": ["{old}"]}} -> {{"kids": ["{new}"]}}'

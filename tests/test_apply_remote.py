@@ -9,6 +9,10 @@ import stat
 
 import requests
 
+from client_lib import TokenAuth, TokenClient
+from tokendealer import manifest, reconcile
+from tokendealer.registries import RemoteRegistry
+
 from .conftest import ISSUED_SECRETS, FakeClock, free_port, run_cli
 from .workload_issuer import WorkloadIssuer
 
@@ -113,6 +117,17 @@ def test_apply_round_trip_through_the_admin_api(live_factory, tmp_path):
         ("client.updated", "billing"),
     ]
     assert {e["actor"] for e in audit if e.get("via") == "admin_api"} == {"ops"}
+
+    # A client changed by someone else after apply read it is not overwritten (the admin API's If-Match).
+    session = requests.Session()
+    admin = TokenClient(server.url, "ops", env["TOKENDEALER_CLIENT_SECRET"])
+    session.auth = TokenAuth(admin, audience=server.url + "/admin", scope="tokendealer:admin", origin=server.url)
+    registry = RemoteRegistry(session, server.url)
+    plan = reconcile.plan(manifest.load(apply_file(tmp_path, jwks, ttl=1800), server.url), registry.snapshot(), prune=False)
+    assert run_cli("client", "update", "billing", "--ttl", "1200", env=server.env).returncode == 0
+    outcome = reconcile.execute(plan.changes, registry)
+    assert outcome.error == "client 'billing' changed since apply read it; run apply again to see the new difference"
+    assert json.loads(run_cli("client", "show", "billing", "--json", env=server.env).stdout)["token_ttl"] == 1200
 
 
 def test_a_read_only_token_may_plan_but_not_change(live_factory, tmp_path):
