@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from client_lib.jose import public_jwk
 from tokendealer import manifest, reconcile
@@ -449,3 +451,31 @@ def test_keyed_certificate_and_exchange_clients_round_trip(td, tmp_path):
     (line,) = [line for line in rotated.output.splitlines() if line.startswith("    jwks: ")]
     old, new = (k["kid"] for k in (jwks["keys"][0], document["clients"][0]["jwks"]["keys"][0]))
     assert line == f'    jwks: {{"kids": ["{old}"]}} -> {{"kids": ["{new}"]}}'
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+FIELDS = st.sampled_from(sorted(manifest.schema()["$defs"]["client"]["properties"]) + ["client_secret", "x"])
+
+
+VALID = {"client_id": "billing", "audiences": ["https://billing"]}
+ENTRIES = st.dictionaries(FIELDS, JSON_VALUES, max_size=5).flatmap(
+    lambda extra: st.sampled_from([extra, {**VALID, **extra}, {**extra, **VALID}])
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ENTRIES, max_size=3), st.one_of(st.none(), JSON_VALUES))
+def test_any_document_is_a_manifest_or_one_manifest_error(entries, issuers):
+    document: dict = {"clients": entries}
+    if issuers is not None:
+        document["issuers"] = issuers
+    try:
+        parsed = manifest.parse(document, ISSUER)
+    except manifest.ManifestError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert len(parsed.clients) == len(entries)

@@ -83,12 +83,11 @@ class DesiredClient:
 
 @dataclass(frozen=True)
 class DesiredIssuer:
+    """A trusted issuer as the file states it: its keys inline (`jwks`), or else through its discovery."""
+
     issuer: str
     jwks: dict[str, Any] | None = None
     allow_http: bool = False
-
-    def view(self) -> dict[str, Any]:
-        return {"issuer": self.issuer, "jwks": self.jwks, "allow_http": self.allow_http}
 
 
 @dataclass(frozen=True)
@@ -129,12 +128,16 @@ class _StrictYaml(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: list[Any] = []
+        seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:
+                continue  # an unhashable key, which the SafeLoader refuses itself
+            if repeated:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
-            seen.append(key)
+            seen.add(key)
         return super().construct_mapping(node, deep)
 
 
@@ -182,7 +185,10 @@ def read(path: str | Path) -> Any:
 def parse(document: Any, default_audience: str) -> Manifest:
     """Check a decoded document against the schema, then each entry with the registry's own rules."""
     _refuse_secrets(document)
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(document), key=lambda e: list(e.absolute_path))
+    # The first error in document order (list indexes and keys never compared with each other).
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema()).iter_errors(document), key=lambda e: [(isinstance(p, str), p) for p in e.absolute_path]
+    )
     if errors:
         raise ManifestError(_describe(document, errors[0]))
     clients = []
