@@ -479,3 +479,31 @@ def test_any_document_is_a_manifest_or_one_manifest_error(entries, issuers):
         assert "\n" not in str(exc) and str(exc)
     else:
         assert len(parsed.clients) == len(entries)
+
+
+class FailingOnRules:
+    """A registry that takes clients and refuses every federation rule (as a server might, midway)."""
+
+    def __init__(self):
+        self.created: list[str] = []
+
+    def create_client(self, client):
+        self.created.append(client.client_id)
+        return "secret-of-" + client.client_id if client.auth_method == "client_secret" else None
+
+    def add_rule(self, client_id, rule):
+        raise reconcile.RegistryError("rules are refused here")
+
+
+def test_a_refusal_midway_keeps_the_secrets_of_clients_already_created():
+    wanted = manifest.parse(tomllib.loads(TOML), ISSUER)
+    empty = reconcile.Snapshot({}, {}, {GITHUB: {"issuer": GITHUB, "keys": "discovery", "kids": None, "allow_http": False}})
+    plan = reconcile.plan(wanted, empty, prune=False)
+    registry = FailingOnRules()
+    outcome = reconcile.execute(plan.changes, registry)  # type: ignore[arg-type]
+    assert registry.created == ["billing", "deployer"] and outcome.secrets == {"billing": "secret-of-billing"}
+    assert outcome.failed is plan.changes[2] and outcome.error == "rules are refused here"
+    lines = reconcile.report(plan, outcome, None)
+    assert "    client_secret: secret-of-billing   (shown once)" in lines
+    failed = next(i for i, line in enumerate(lines) if line.startswith("FAILED: create federation rule of deployer: issuer="))
+    assert lines[failed + 1] == "    error: rules are refused here"
