@@ -42,7 +42,7 @@ def _refusals() -> Iterator[None]:
     except ManagementError as exc:
         raise RegistryError(str(exc)) from None
     except SQLAlchemyError as exc:
-        raise RegistryError(f"database error ({exc.__class__.__name__})") from None
+        raise RegistryError(f"database error ({exc.__class__.__name__}); has `tokendealer init` been run?") from None
 
 
 class LocalRegistry:
