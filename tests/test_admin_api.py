@@ -317,3 +317,19 @@ def test_rotation_with_an_unknown_algorithm_is_400(http, tokens):
     answer = call(http, "POST", "/admin/keys/rotate", tokens["admin"], {"alg": "HS256"})
     assert answer.status_code == 400
     assert "alg must be one of" in answer.get_json()["error_description"]
+
+
+def test_with_a_separate_admin_listener_each_side_serves_only_its_own(tmp_path, clock, key_store):
+    config = make_config(tmp_path, admin_listen="127.0.0.1:5001")
+    public = create_app(config, clock=clock, listener="public")
+    admin = create_app(config, clock=clock, listener="admin")
+    hidden = public.test_client().get("/admin/clients")
+    assert hidden.status_code == 404 and hidden.get_json()["error"] == "not_found"
+    assert public.test_client().get("/admin").status_code == 404
+    assert public.test_client().get("/healthz").status_code == 200
+    assert admin.test_client().get("/admin/clients").status_code == 401  # served: it asks for a token
+    assert admin.test_client().post("/oauth/token", data={"grant_type": "client_credentials"}).status_code == 404
+    assert admin.test_client().get("/.well-known/jwks.json").status_code == 404
+    assert admin.test_client().get("/readyz").status_code == 200
+    for app in (public, admin):
+        app.extensions["tokendealer"].audit.close()

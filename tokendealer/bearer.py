@@ -17,9 +17,6 @@ from .errors import BearerTokenRequired, InsufficientScope, TemporarilyUnavailab
 from .keyring import KeyringSource
 from .tokens import INSTANCE_SKEW, TokenRejected, TokenService
 
-ADMIN_SCOPE = "tokendealer:admin"
-READ_SCOPE = "tokendealer:read"
-REGISTER_SCOPE = "tokendealer:register"
 REALM = "tokendealer"
 
 

@@ -24,13 +24,17 @@ from client_lib.jose import ALGORITHMS
 
 from . import db
 from .audit import AuditLog
-from .bearer import ADMIN_SCOPE, READ_SCOPE
 from .clients import Client, ClientChanged, ClientError, ClientExists, ClientNotFound, ClientStore, SecretHasher
 from .config import Config
 from .federation import FederationRule, RuleStore
 from .issuers import IssuerError, IssuerNotFound, IssuerStore, TrustedIssuer
 from .keyring import KeyStore
 from .keystores import make_key_store
+
+# The scopes of admin API tokens (SPEC §3.2) and of RFC 7591 initial access tokens.
+ADMIN_SCOPE = "tokendealer:admin"
+READ_SCOPE = "tokendealer:read"
+REGISTER_SCOPE = "tokendealer:register"
 
 
 class ManagementError(Exception):
