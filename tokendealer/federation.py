@@ -119,14 +119,15 @@ def claim_at(claims: Any, path: str) -> Any:
     """The value at a dotted path whose keys may hold dots; _MISSING when absent or ambiguous."""
     if not isinstance(claims, dict):
         return _MISSING
-    found = []
-    if path in claims:
-        found.append(claims[path])
-    for key, value in claims.items():
-        if isinstance(key, str) and path.startswith(key + "."):
-            nested = claim_at(value, path[len(key) + 1 :])
+    found = [claims[path]] if path in claims else []
+    # Each key that is a dotted prefix of the path ends just before one of its dots.
+    dot = path.find(".")
+    while dot > 0:
+        if path[:dot] in claims:
+            nested = claim_at(claims[path[:dot]], path[dot + 1 :])
             if nested is not _MISSING:
                 found.append(nested)
+        dot = path.find(".", dot + 1)
     if len(found) == 1:
         return found[0]
     distinct = {json.dumps(v, sort_keys=True, default=str) for v in found}
