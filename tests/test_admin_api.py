@@ -102,6 +102,15 @@ def test_every_route_refuses_missing_wrong_audience_and_unscoped_tokens(http, to
     assert call(http, "GET", "/admin/clients/svc", tokens["read"]).status_code == 200
 
 
+def test_a_token_also_meant_for_a_service_is_refused(http, tokens):
+    """RFC 8707 lets a token name several resources; one naming the admin API and a service is refused."""
+    form = {"resource": [ADMIN_AUDIENCE, AUDIENCE]}
+    both = fetch_token(http, "ops", tokens["admin_secret"], **form)["access_token"]
+    answer = call(http, "GET", "/admin/clients", both)
+    assert answer.status_code == 401
+    assert answer.get_json()["error_description"] == "token must be for the admin audience alone"
+
+
 def test_client_lifecycle_through_the_api(http, tokens, config):
     admin = tokens["admin"]
     created = call(http, "POST", "/admin/clients", admin, {"client_id": "billing", "scopes": ["invoices:read"], "audiences": [AUDIENCE]})

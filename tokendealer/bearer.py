@@ -96,6 +96,10 @@ class BearerGuard:
             self.tokens.check_state(claims)
         except (ClientLibInvalidToken, TokenRejected) as exc:
             self.refuse(address, str(exc))
+        if claims["aud"] not in (self.audience, [self.audience]):
+            # A token also meant for a service (RFC 8707 lets one name several) would let that service, or
+            # anyone it leaks to, manage the server: management tokens are for the management audience alone.
+            self.refuse(address, "token must be for the admin audience alone")
         granted = str(claims.get("scope", "")).split()
         if not set(granted) & set(wanted):
             needed = " or ".join(wanted)
