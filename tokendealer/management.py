@@ -10,6 +10,7 @@ longer matches, or a record changed between read and write).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -112,7 +113,17 @@ _OPTIONAL_STRINGS = ("default_audience", "jwks_uri", "tls_subject", "tls_san")
 WRITABLE = frozenset(
     {*_LISTS, *_OPTIONAL_STRINGS, "default_scopes", "token_ttl", "claims", "jwks", "require_dpop"},
 )
-READ_ONLY = frozenset({"auth_method", "enabled", "created_at", "updated_at", "tokens_not_before", "previous_secret_expires_at"})
+# Every other field `client show --json` prints is set by the server (a field added to Client is read-only
+# here until it is made writable above).
+READ_ONLY = (
+    frozenset({f.name for f in dataclasses.fields(Client)} | {"auth_method"})
+    - WRITABLE
+    - {
+        "client_id",
+        "secret_hash",
+        "previous_secret_hash",
+    }
+)
 
 
 def _string_list(name: str, value: Any) -> tuple[str, ...]:
