@@ -102,6 +102,12 @@ def test_every_route_refuses_missing_wrong_audience_and_unscoped_tokens(http, to
     assert call(http, "GET", "/admin/clients/svc", tokens["read"]).status_code == 200
 
 
+def test_a_valid_token_without_the_scope_is_audited(http, tokens, config):
+    call(http, "POST", "/admin/keys/rotate", tokens["read"])
+    refused = [json.loads(line) for line in open(config.audit_log) if '"admin.refused"' in line]
+    assert refused[-1]["client_id"] == "auditor" and refused[-1]["needed"] == "tokendealer:admin"
+
+
 def test_a_token_also_meant_for_a_service_is_refused(http, tokens):
     """RFC 8707 lets a token name several resources; one naming the admin API and a service is refused."""
     form = {"resource": [ADMIN_AUDIENCE, AUDIENCE]}

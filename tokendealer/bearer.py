@@ -103,6 +103,9 @@ class BearerGuard:
         granted = str(claims.get("scope", "")).split()
         if not set(granted) & set(wanted):
             needed = " or ".join(wanted)
+            # A valid client reaching for what it may not do is worth a line (its attempts are authenticated,
+            # so they are its own to answer for; unauthenticated ones are bounded by the throttle instead).
+            self.throttle.audit.emit("admin.refused", outcome="refused", client_id=claims["client_id"], needed=needed, remote_addr=address)
             raise InsufficientScope(
                 f"the token lacks the {needed} scope", headers=challenge("insufficient_scope", f"{needed} scope required", wanted[0])
             )
