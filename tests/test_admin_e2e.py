@@ -11,6 +11,8 @@ import time
 import jwt
 import requests
 
+from client_lib import TokenAuth, TokenClient
+
 from .conftest import free_port, run_cli
 
 ADMIN_AUDIENCE = "https://tokendealer.test/admin"
@@ -125,6 +127,10 @@ def test_admin_listen_serves_the_admin_api_on_its_own_port_only(live_factory):
     assert poll(admin_up, 30)
     listed = requests.get(admin_url + "/admin/clients", headers=headers, timeout=5)
     assert listed.status_code == 200 and [c["client_id"] for c in listed.json()["clients"]] == ["ops"]
+    # What automation (`apply --server`) does: client_lib fetches, caches and sends the admin token.
+    client = TokenClient(server.url, "ops", json.loads(created.stdout)["client_secret"])
+    with_lib = requests.get(admin_url + "/admin/keys", auth=TokenAuth(client, audience=ADMIN_AUDIENCE, origin=admin_url), timeout=5)
+    assert with_lib.status_code == 200 and {k["state"] for k in with_lib.json()["keys"]} == {"active", "next"}
     assert requests.get(server.url + "/admin/clients", headers=headers, timeout=5).status_code == 404
     assert requests.post(admin_url + "/oauth/token", data={"grant_type": "client_credentials"}, timeout=5).status_code == 404
     server.stop()
