@@ -33,7 +33,7 @@ from .management import (
     client_fields,
     etag,
 )
-from .registration import Registrar, RegistrationTokenRejected
+from .registration import Registrar, Registration, RegistrationTokenRejected
 
 VIA = "admin_api"
 DEFAULT_PAGE = 100
@@ -170,7 +170,7 @@ def register_registration_views(app: Flask, registrar: Registrar, guard: BearerG
         answer = registrar.register(caller.client_id, caller.claims, json_body())
         return json_answer(answer, 201, {"Location": answer["registration_client_uri"]})
 
-    def registration(client_id: str) -> Any:
+    def registration(client_id: str) -> Registration:
         try:
             return registrar.authorised(client_id, bearer_token(request.headers.get("Authorization")))
         except RegistrationTokenRejected as exc:
