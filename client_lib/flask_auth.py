@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from .bearer import bearer_token, challenge
+from .bearer import Presented, challenge
 from .exceptions import InvalidToken
 from .verifier import TokenVerifier
 
@@ -24,20 +24,31 @@ def require_token(
     no_actor: bool | str | Iterable[str] = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: the view runs only with a valid token holding `scopes` (and the delegation chain `actor` /
-    `no_actor` ask for, as `TokenVerifier.verify`); claims in `flask.g.token_claims`."""
+    `no_actor` ask for, as `TokenVerifier.verify`); claims in `flask.g.token_claims`. A DPoP-bound token needs
+    the DPoP scheme and a proof for this request's method and URL (`request.url`: behind a proxy, set up
+    ProxyFix so it is the URL the client called)."""
     scopes = list(scopes or [])
     no_actor = no_actor if isinstance(no_actor, (bool, str)) else tuple(no_actor)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = bearer_token(request.headers.get("Authorization"))
+            scheme = "Bearer"
             try:
-                if token is None:
-                    raise InvalidToken("a bearer token is required")
-                g.token_claims = verifier.verify(token, scopes, actor=actor, no_actor=no_actor)
+                presented = Presented.read(request.headers.get("Authorization"), request.headers.getlist("DPoP"))
+                scheme = presented.scheme
+                g.token_claims = verifier.verify(
+                    presented.token,
+                    scopes,
+                    actor=actor,
+                    no_actor=no_actor,
+                    scheme=presented.scheme,
+                    dpop_proof=presented.dpop_proof,
+                    method=request.method,
+                    url=request.url,
+                )
             except InvalidToken as exc:
-                status, headers, body = challenge(exc, scopes)
+                status, headers, body = challenge(exc, scopes, scheme)
                 response: Response = jsonify(body)
                 response.status_code = status
                 response.headers.update(headers)

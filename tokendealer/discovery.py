@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from client_lib.jose import ALGORITHMS
+from client_lib.jose import ALGORITHMS, DPOP_ALGORITHMS
 
 from .admin_openapi import SCHEMAS as ADMIN_SCHEMAS
 from .admin_openapi import admin_paths
@@ -35,6 +35,8 @@ def server_metadata(config: Config, grant_types: list[str]) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": config.scopes_published,
+        # RFC 9449 §5.1: the algorithms a DPoP proof may use.
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         "service_documentation": config.url("/openapi.json"),
     }
 
@@ -97,7 +99,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "access_token": {"type": "string"},
-                        "token_type": {"type": "string", "enum": ["Bearer"]},
+                        "token_type": {"type": "string", "enum": ["Bearer", "DPoP"]},
                         "expires_in": {"type": "integer"},
                         "scope": {"type": "string"},
                         "issued_token_type": {"type": "string"},
@@ -123,6 +125,20 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "trusted issuer and no client authentication (the matching federation rule names the client)."
                     ),
                     "security": [{"basic": []}, {}],
+                    "parameters": [
+                        {
+                            "name": "DPoP",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": (
+                                "RFC 9449 DPoP proof (a dpop+jwt JWS with htm=POST and htu= this endpoint): the token is "
+                                "then bound to its key (cnf.jkt) and token_type is DPoP. A bad proof is 400 "
+                                "invalid_dpop_proof; with TOKENDEALER_DPOP_NONCE a proof without the current nonce is 400 "
+                                "use_dpop_nonce and the nonce comes in the DPoP-Nonce response header."
+                            ),
+                        }
+                    ],
                     "requestBody": _form_body(
                         {
                             "grant_type": {"type": "string"},
@@ -135,7 +151,19 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         },
                         ["grant_type"],
                     ),
-                    "responses": {"200": _json_response("Access token", {"$ref": "#/components/schemas/Token"}), **_ERRORS},
+                    "responses": {
+                        "200": _json_response("Access token", {"$ref": "#/components/schemas/Token"}),
+                        **_ERRORS,
+                        "400": {
+                            **_error_response("Invalid request, or invalid_dpop_proof / use_dpop_nonce (RFC 9449 §5, §8)"),
+                            "headers": {
+                                "DPoP-Nonce": {
+                                    "description": "With use_dpop_nonce: the nonce the next proof must carry",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                    },
                 }
             },
             "/oauth/introspect": {

@@ -17,7 +17,7 @@ from .errors import OAuthError, UnsupportedGrantType
 from .grants import Grant
 from .messages import TokenQuery, TokenRequest
 from .metrics import Metrics
-from .tokens import TokenRejected, TokenService
+from .tokens import TokenRejected, TokenService, token_type
 
 
 class TokenEndpoint:
@@ -52,6 +52,9 @@ class TokenEndpoint:
             raise
         claims = issued.claims
         tracing.annotate_request(client_id=issued.client_id)  # also for grants that authenticate no client
+        if issued.token_type == "DPoP":
+            context["jkt"] = claims["cnf"]["jkt"]  # the key's thumbprint, never the proof
+            self.metrics.dpop_tokens.labels(issued.client_id).inc()
         self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, **context)
         self.metrics.tokens_issued.labels(issued.client_id).inc()
         if "federation_rule" in context:
@@ -78,7 +81,7 @@ class IntrospectionEndpoint:
             claims = self.tokens.validate(query.required_token())
         except TokenRejected:
             return {"active": False}
-        return {"active": True, "token_type": "Bearer", **claims}
+        return {"active": True, "token_type": token_type(claims), **claims}
 
 
 class RevocationEndpoint:

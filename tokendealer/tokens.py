@@ -34,6 +34,12 @@ EXCHANGED_FROM = "exchanged_from"
 _NOT_CARRIED = frozenset({"iss", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf", ACT, "may_act", EXCHANGED_FROM})
 
 
+def token_type(claims: dict[str, Any]) -> str:
+    """RFC 9449 §5, §6.1: `DPoP` for a token bound to a DPoP key (`cnf.jkt`), else `Bearer` (RFC 6750)."""
+    cnf = claims.get("cnf")
+    return "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
+
+
 class TokenRejected(Exception):
     """A token failed a check; the message is the reason, safe to show to the caller."""
 
@@ -117,10 +123,17 @@ class TokenService:
         return self._sign(claims), claims
 
     def exchange(
-        self, subject: dict[str, Any], subject_client: Client, actor_id: str, audiences: Iterable[str], scopes: Iterable[str]
+        self,
+        subject: dict[str, Any],
+        subject_client: Client,
+        actor_id: str,
+        audiences: Iterable[str],
+        scopes: Iterable[str],
+        cnf: dict[str, str] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """RFC 8693 §2.2.1, §4.1: a token for the subject token's caller (its sub, client_id and extra claims),
-        acted on by `actor_id` after the subject's actors, expiring no later than the subject token."""
+        acted on by `actor_id` after the subject's actors, expiring no later than the subject token; `cnf` binds
+        it to the actor's key (the subject token's binding is the caller's, which the actor cannot prove)."""
         now = int(self.clock())
         audiences = list(audiences)
         act = {"sub": actor_id, **({ACT: subject[ACT]} if ACT in subject else {})}
@@ -136,6 +149,8 @@ class TokenService:
             ACT: act,
             EXCHANGED_FROM: [*subject.get(EXCHANGED_FROM, ()), subject["jti"]],
         }
+        if cnf:
+            claims["cnf"] = cnf
         return self._sign(claims), claims
 
     def _sign(self, claims: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from ..clients import SCOPE_TOKEN_RE, Client
 from ..errors import InvalidRequest, InvalidScope, InvalidTarget
 from ..messages import TokenRequest
+from ..tokens import token_type
 
 MAX_RESOURCES = 16
 
@@ -23,10 +24,13 @@ class Issued:
     claims: dict[str, Any]
     client_id: str
     auth_method: str
-    token_type: str = "Bearer"
     # The audit event of the issue, and extra members of the token response (RFC 8693 issued_token_type).
     event: str = "token.issued"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token_type(self) -> str:
+        return token_type(self.claims)
 
 
 class Grant(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..authentication import ClientAuthenticator
+from ..dpop import DPoPBinding
 from ..errors import InvalidGrant, InvalidRequest
 from ..federation import FederationRefused, FederationVerifier
 from ..messages import TokenRequest
@@ -21,10 +22,11 @@ class JwtBearerGrant:
 
     grant_type = GRANT_TYPE
 
-    def __init__(self, federation: FederationVerifier, authenticator: ClientAuthenticator, tokens: TokenService):
+    def __init__(self, federation: FederationVerifier, authenticator: ClientAuthenticator, tokens: TokenService, dpop: DPoPBinding):
         self.federation = federation
         self.authenticator = authenticator
         self.tokens = tokens
+        self.dpop = dpop
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued:
         auth = request.auth
@@ -43,5 +45,5 @@ class JwtBearerGrant:
         scopes = resolve_scopes(client, request.scope)
         audiences = resolve_audiences(client, request.audience, request.resources)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.issue(client, audiences, scopes)
+        token, claims = self.tokens.issue(client, audiences, scopes, self.dpop.confirmation(request, client))
         return Issued(token, claims, client.client_id, "federated")

@@ -8,6 +8,7 @@ from client_lib.jose import actors
 
 from ..authentication import ClientAuthenticator
 from ..clients import Client, ClientStore
+from ..dpop import DPoPBinding
 from ..errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
 from ..messages import TokenRequest
 from ..tokens import TokenRejected, TokenService
@@ -31,11 +32,12 @@ class TokenExchangeGrant:
 
     grant_type = GRANT_TYPE
 
-    def __init__(self, authenticator: ClientAuthenticator, clients: ClientStore, tokens: TokenService, max_depth: int):
+    def __init__(self, authenticator: ClientAuthenticator, clients: ClientStore, tokens: TokenService, max_depth: int, dpop: DPoPBinding):
         self.authenticator = authenticator
         self.clients = clients
         self.tokens = tokens
         self.max_depth = max_depth
+        self.dpop = dpop
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued:
         client, creds = self.authenticator.authenticate(request.auth)
@@ -56,7 +58,9 @@ class TokenExchangeGrant:
             raise InvalidGrant("subject_token's client is unknown or disabled")
         scopes = _scopes(subject, subject_client, request.scope)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.exchange(subject, subject_client, client.client_id, audiences, scopes)
+        # RFC 9449 §5 with RFC 8693: the new token is the actor's, so it is bound to the actor's own proof.
+        cnf = self.dpop.confirmation(request, client)
+        token, claims = self.tokens.exchange(subject, subject_client, client.client_id, audiences, scopes, cnf)
         return Issued(
             token, claims, client.client_id, creds.method, event="token.exchanged", extra={"issued_token_type": ACCESS_TOKEN_TYPE}
         )
