@@ -117,6 +117,16 @@ def test_a_token_also_meant_for_a_service_is_refused(http, tokens):
     assert answer.get_json()["error_description"] == "token must be for the admin audience alone"
 
 
+@pytest.mark.parametrize(
+    "cnf", [{"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}, {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}]
+)
+def test_a_sender_constrained_token_is_refused_as_bearer(http, tokens, services, cnf):
+    token, _ = services.tokens.issue(services.clients.get("ops"), [ADMIN_AUDIENCE], ["tokendealer:admin"], cnf=cnf)
+    answer = call(http, "GET", "/admin/clients", token)
+    assert answer.status_code == 401
+    assert answer.get_json()["error"] == "invalid_token"
+
+
 def test_client_lifecycle_through_the_api(http, tokens, config):
     admin = tokens["admin"]
     created = call(http, "POST", "/admin/clients", admin, {"client_id": "billing", "scopes": ["invoices:read"], "audiences": [AUDIENCE]})

@@ -96,6 +96,10 @@ class BearerGuard:
             self.tokens.check_state(claims)
         except (ClientLibInvalidToken, TokenRejected) as exc:
             self.refuse(address, str(exc))
+        if "cnf" in claims:
+            # TokenVerifier refuses a DPoP-bound token sent as Bearer; any other binding (an RFC 8705 certificate)
+            # is one these endpoints cannot check, and a bound token used without its binding is refused.
+            self.refuse(address, "a sender-constrained token cannot be used as a Bearer token here")
         if claims["aud"] not in (self.audience, [self.audience]):
             # A token also meant for a service (RFC 8707 lets one name several) would let that service, or
             # anyone it leaks to, manage the server: management tokens are for the management audience alone.
