@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
     ActorNotAllowed,
+    CertificateMismatch,
     DisallowedAlgorithm,
     DiscoveryError,
     ExpiredToken,
@@ -72,6 +73,7 @@ __all__ = [
     "actors",
     "AsyncTokenClient",
     "AsyncTokenVerifier",
+    "CertificateMismatch",
     "HttpxTokenAuth",
     "require_token_async",
     "DisallowedAlgorithm",

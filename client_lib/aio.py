@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,6 +31,15 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
 def _basic_auth(basic: tuple[str, str] | None) -> dict[str, Any]:
     """httpx's `auth=` for an HTTP Basic pair; none at all (not `auth=None`) without one."""
     return {"auth": basic} if basic is not None else {}
+
+
+def _tls_context(cert: tuple[str, str] | None) -> ssl.SSLContext | bool:
+    """httpx's default verification, presenting `cert` (certificate file, key file) when given (RFC 8705)."""
+    if cert is None:
+        return True
+    context = httpx.create_ssl_context()
+    context.load_cert_chain(*cert)
+    return context
 
 
 class _LoopLocks:
@@ -61,6 +71,7 @@ class AsyncTokenClient:
         private_key: Any = None,
         key_id: str | None = None,
         federated_token_file: str | os.PathLike[str] | None = None,
+        cert: tuple[str, str] | None = None,
         token_endpoint: str | None = None,
         http: httpx.AsyncClient | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
@@ -72,10 +83,11 @@ class AsyncTokenClient:
     ):
         self.issuer = issuer
         self.client_id = client_id
-        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file)
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file, tls=cert is not None)
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
-        self.http = http or httpx.AsyncClient(timeout=timeout)
+        # httpx presents a client certificate per client, not per request: a given `http` must carry `cert` itself.
+        self.http = http or httpx.AsyncClient(timeout=timeout, verify=_tls_context(cert))
         self.retries = retries
         self.backoff = backoff
         self.retry_budget = retry_budget
@@ -204,10 +216,16 @@ class AsyncTokenVerifier:
 
     @tracing.traced("verify token")
     async def verify(
-        self, token: str, scopes: Iterable[str] | None = None, *, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+        self,
+        token: str,
+        scopes: Iterable[str] | None = None,
+        *,
+        actor: str | None = None,
+        no_actor: bool | str | Iterable[str] = False,
+        client_cert: Any = None,
     ) -> dict[str, Any]:
-        """The token's claims, or an InvalidToken subclass saying why it is refused; `actor` / `no_actor` as
-        `TokenVerifier.verify`."""
+        """The token's claims, or an InvalidToken subclass saying why it is refused; `actor` / `no_actor` and
+        `client_cert` as `TokenVerifier.verify`."""
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
@@ -227,7 +245,7 @@ class AsyncTokenVerifier:
             claims = policy.complete(token, jws, now)
         if self.introspect:
             await self._check_active(token, claims, now)
-        return policy.result(claims, scopes, actor, no_actor)
+        return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
 
     async def _jwks_url(self) -> str:
         if self._jwks_uri is None:

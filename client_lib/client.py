@@ -42,6 +42,7 @@ class TokenClient:
         private_key: Any = None,
         key_id: str | None = None,
         federated_token_file: str | os.PathLike[str] | None = None,
+        cert: tuple[str, str] | None = None,
         token_endpoint: str | None = None,
         session: requests.Session | None = None,
         timeout: Any = DEFAULT_TIMEOUT,
@@ -53,7 +54,9 @@ class TokenClient:
     ):
         self.issuer = issuer
         self.client_id = client_id
-        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file)
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file, tls=cert is not None)
+        # RFC 8705: (certificate file, key file) presented in the TLS handshake of each token request.
+        self.cert = cert
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
         self.session = session or requests.Session()
@@ -155,7 +158,7 @@ class TokenClient:
             fields, basic = self.client_auth()
             try:
                 response = self.session.post(
-                    self.token_endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=tracing.inject()
+                    self.token_endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=tracing.inject(), cert=self.cert
                 )
             except requests.RequestException as exc:
                 self.sleep(schedule.next_wait(exc.__class__.__name__))

@@ -10,14 +10,15 @@ Needs the `fastapi` extra.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .aio import AsyncTokenVerifier
 from .bearer import challenge
+from .core.certificates import from_request
 from .exceptions import InvalidToken
 
 _bearer = HTTPBearer(auto_error=False, description="A TokenDealer access token (RFC 9068)")
@@ -29,19 +30,29 @@ def require_token_async(
     *,
     actor: str | None = None,
     no_actor: bool | str | Iterable[str] = False,
+    client_cert_header: str | None = None,
 ) -> Callable[..., Any]:
     """A dependency returning the verified claims, or answering 401/403 as RFC 6750 says; `actor` / `no_actor`
-    as `TokenVerifier.verify`."""
+    as `TokenVerifier.verify`. A certificate-bound token (RFC 8705 §3) needs the caller's certificate: from
+    `client_cert_header` (as `require_token`), else from the ASGI TLS extension (`client_cert_chain`)."""
     scopes = list(scopes or [])
     no_actor = no_actor if isinstance(no_actor, (bool, str)) else tuple(no_actor)
 
-    async def dependency(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
+    async def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
         try:
             if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
                 raise InvalidToken("a bearer token is required")
-            return await verifier.verify(credentials.credentials, scopes, actor=actor, no_actor=no_actor)
+            header = request.headers.get(client_cert_header) if client_cert_header else None
+            client_cert = from_request(header, None if client_cert_header else _tls_leaf(request.scope))
+            return await verifier.verify(credentials.credentials, scopes, actor=actor, no_actor=no_actor, client_cert=client_cert)
         except InvalidToken as exc:
             status, headers, body = challenge(exc, scopes)
             raise HTTPException(status_code=status, detail=body, headers=headers) from None
 
     return dependency
+
+
+def _tls_leaf(scope: MutableMapping[str, Any]) -> str | None:
+    """The client's certificate (PEM) from the ASGI TLS extension, when the server provides it."""
+    chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain")
+    return chain[0] if isinstance(chain, (list, tuple)) and chain and isinstance(chain[0], str) else None

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Response, g, jsonify, request
 
 from .bearer import bearer_token, challenge
+from .core.certificates import from_request
 from .exceptions import InvalidToken
 from .verifier import TokenVerifier
 
@@ -22,9 +23,14 @@ def require_token(
     *,
     actor: str | None = None,
     no_actor: bool | str | Iterable[str] = False,
+    client_cert_header: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: the view runs only with a valid token holding `scopes` (and the delegation chain `actor` /
-    `no_actor` ask for, as `TokenVerifier.verify`); claims in `flask.g.token_claims`."""
+    `no_actor` ask for, as `TokenVerifier.verify`); claims in `flask.g.token_claims`.
+
+    A certificate-bound token (RFC 8705 §3) needs the caller's client certificate: from `client_cert_header`
+    (RFC 9440 `Client-Cert` or nginx's URL-encoded PEM; name it only behind a proxy that overwrites it), else
+    from the WSGI server's TLS layer (`SSL_CLIENT_CERT`, as mod_wsgi sets it)."""
     scopes = list(scopes or [])
     no_actor = no_actor if isinstance(no_actor, (bool, str)) else tuple(no_actor)
 
@@ -35,7 +41,9 @@ def require_token(
             try:
                 if token is None:
                     raise InvalidToken("a bearer token is required")
-                g.token_claims = verifier.verify(token, scopes, actor=actor, no_actor=no_actor)
+                header = request.headers.get(client_cert_header) if client_cert_header else None
+                client_cert = from_request(header, None if client_cert_header else request.environ.get("SSL_CLIENT_CERT"))
+                g.token_claims = verifier.verify(token, scopes, actor=actor, no_actor=no_actor, client_cert=client_cert)
             except InvalidToken as exc:
                 status, headers, body = challenge(exc, scopes)
                 response: Response = jsonify(body)

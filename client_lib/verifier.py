@@ -75,13 +75,22 @@ class TokenVerifier:
 
     @tracing.traced("verify token")
     def verify(
-        self, token: str, scopes: Iterable[str] | None = None, *, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+        self,
+        token: str,
+        scopes: Iterable[str] | None = None,
+        *,
+        actor: str | None = None,
+        no_actor: bool | str | Iterable[str] = False,
+        client_cert: Any = None,
     ) -> dict[str, Any]:
         """The token's claims, or an InvalidToken subclass saying why it is refused.
 
         RFC 8693 delegation: `actor` requires the token's current actor (`act.sub`) to be that client;
         `no_actor=True` requires a direct call (no `act`), and `no_actor=NAME` (or names) that none of them
-        appears anywhere in the chain. Refusals are ActorNotAllowed (403)."""
+        appears anywhere in the chain. Refusals are ActorNotAllowed (403).
+
+        RFC 8705 §3: a token bound to a client certificate (`cnf.x5t#S256`) passes only with `client_cert`, the
+        certificate the caller presented (PEM or DER bytes, or a cryptography Certificate); else CertificateMismatch."""
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
@@ -102,7 +111,7 @@ class TokenVerifier:
             claims = policy.complete(token, jws, now)
         if self.introspect:
             self._check_active(token, claims, now)
-        return policy.result(claims, scopes, actor, no_actor)
+        return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
 
     @tracing.traced("fetch JWKS", kind="client")
     def _fetch(self, now: float) -> None:

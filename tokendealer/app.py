@@ -13,7 +13,6 @@ from flask import Flask, Response, g, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db, tracing
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
@@ -44,6 +43,7 @@ from .keystores import make_key_store
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
+from .mtls import CertificateAuthenticator, ProxyHeaders, load_trust_anchors
 from .ratelimits import AddressRateLimit
 from .tokens import RevocationList, TokenRejected, TokenService
 
@@ -112,7 +112,10 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         leeway=config.leeway,
         clock=clock,
     )
-    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
+    certificates = CertificateAuthenticator(
+        assertions.registered_keys, load_trust_anchors(config.client_ca_file) if config.client_ca_file else (), clock
+    )
+    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation, certificates)
     metrics = Metrics(keys, clock, engine)
     return Services(
         config=config,
@@ -176,8 +179,7 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
     else:
         # Flask's documented way to wrap the WSGI application, which its type stubs call a method.
         app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)  # type: ignore[method-assign]
-    if config.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)  # type: ignore[method-assign]
+    app.wsgi_app = ProxyHeaders(app.wsgi_app, config.proxy_hops, config.proxy_networks, config.client_cert_header)  # type: ignore[method-assign]
     tracing.instrument(app, services.engine)
     return app
 

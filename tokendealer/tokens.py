@@ -117,10 +117,17 @@ class TokenService:
         return self._sign(claims), claims
 
     def exchange(
-        self, subject: dict[str, Any], subject_client: Client, actor_id: str, audiences: Iterable[str], scopes: Iterable[str]
+        self,
+        subject: dict[str, Any],
+        subject_client: Client,
+        actor_id: str,
+        audiences: Iterable[str],
+        scopes: Iterable[str],
+        cnf: dict[str, str] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """RFC 8693 §2.2.1, §4.1: a token for the subject token's caller (its sub, client_id and extra claims),
-        acted on by `actor_id` after the subject's actors, expiring no later than the subject token."""
+        acted on by `actor_id` after the subject's actors, expiring no later than the subject token; `cnf` binds
+        it to the actor's key or certificate (the subject token's binding is never carried over)."""
         now = int(self.clock())
         audiences = list(audiences)
         act = {"sub": actor_id, **({ACT: subject[ACT]} if ACT in subject else {})}
@@ -136,6 +143,8 @@ class TokenService:
             ACT: act,
             EXCHANGED_FROM: [*subject.get(EXCHANGED_FROM, ()), subject["jti"]],
         }
+        if cnf:
+            claims["cnf"] = cnf
         return self._sign(claims), claims
 
     def _sign(self, claims: dict[str, Any]) -> str:

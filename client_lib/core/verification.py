@@ -8,6 +8,7 @@ from typing import Any
 
 from ..exceptions import ActorNotAllowed, ExpiredToken, InsufficientScope, KeySetUnavailable, UnknownKey
 from ..jose import ACCESS_TOKEN_TYPES, ClaimCheck, CompactJws, actors, parse_jws, verify_signature
+from .certificates import check_binding
 from .jwks import JwksState
 
 # RFC 9068 §2.2: claims every access token carries (a missing iss or aud fails as WrongIssuer/WrongAudience);
@@ -137,8 +138,16 @@ class Verification:
 
     @staticmethod
     def result(
-        claims: dict[str, Any], scopes: Iterable[str] | None, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+        claims: dict[str, Any],
+        scopes: Iterable[str] | None,
+        actor: str | None = None,
+        no_actor: bool | str | Iterable[str] = False,
+        *,
+        client_cert: Any = None,
     ) -> dict[str, Any]:
+        """The claims to hand out, once the token's binding (on every call: a cached token too), scopes and
+        delegation chain are accepted."""
+        check_binding(claims, client_cert)
         check_scopes(claims, scopes)
         check_actors(claims, actor, no_actor)
         return dict(claims)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.core.certificates import binding
+
 from ..authentication import ClientAuthenticator
 from ..messages import TokenRequest
 from ..tokens import TokenService
@@ -26,5 +28,5 @@ class ClientCredentialsGrant:
         scopes = resolve_scopes(client, request.scope)
         audiences = resolve_audiences(client, request.audience, request.resources)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.issue(client, audiences, scopes)
+        token, claims = self.tokens.issue(client, audiences, scopes, binding(request.auth.certificate))
         return Issued(token, claims, client.client_id, creds.method)

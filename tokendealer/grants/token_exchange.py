@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.core.certificates import binding
 from client_lib.jose import actors
 
 from ..authentication import ClientAuthenticator
@@ -56,7 +57,9 @@ class TokenExchangeGrant:
             raise InvalidGrant("subject_token's client is unknown or disabled")
         scopes = _scopes(subject, subject_client, request.scope)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.exchange(subject, subject_client, client.client_id, audiences, scopes)
+        token, claims = self.tokens.exchange(
+            subject, subject_client, client.client_id, audiences, scopes, binding(request.auth.certificate)
+        )
         return Issued(
             token, claims, client.client_id, creds.method, event="token.exchanged", extra={"issued_token_type": ACCESS_TOKEN_TYPE}
         )
