@@ -4,6 +4,7 @@ header encodings a TLS-terminating proxy uses for them."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +95,13 @@ def make_ca(common_name: str = "Test CA") -> Issued:
     return Issued(_build(subject, subject, key.public_key(), key, True, [], False), key)
 
 
-def issue(ca: Issued, subject: x509.Name, uris: tuple[str, ...] = (), dns: tuple[str, ...] = (), server: bool = False) -> Issued:
+def issue(
+    ca: Issued, subject: x509.Name, uris: tuple[str, ...] = (), dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), server: bool = False
+) -> Issued:
     """A certificate for `subject` signed by `ca` (a client certificate unless `server`)."""
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris] + [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     return Issued(_build(subject, ca.certificate.subject, key.public_key(), ca.key, False, sans, server), key)
 
 
