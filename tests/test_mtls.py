@@ -15,6 +15,7 @@ from client_lib import CertificateMismatch, TokenVerifier, require_token
 from client_lib.core.certificates import MAX_HEADER_LENGTH, CertificateError, PresentedCertificate, check_binding, from_header, load
 from client_lib.core.credentials import Credentials
 from tokendealer.app import create_app
+from tokendealer.clients import ClientError
 from tokendealer.config import Config, ConfigError
 from tokendealer.mtls import key_registered, san_matches, subject_matches
 
@@ -68,8 +69,9 @@ def test_both_header_formats_give_the_same_certificate(billing):
     ],
 )
 def test_malformed_headers_raise_certificate_error(value):
+    """Refused when read, or (bytes that decode but hold no certificate) when the certificate is first parsed."""
     with pytest.raises(CertificateError):
-        from_header(value)
+        from_header(value).certificate  # noqa: B018
 
 
 # ---- what a certificate must show for each method ------------------------------------------------------
@@ -108,6 +110,12 @@ def test_san_matching(billing, ca):
     wildcard = issue(ca, name(CN="w"), dns=("*.example.org",))
     assert not san_matches(wildcard.certificate, "billing.example.org")  # no wildcard expansion
     assert not san_matches(issue(ca, name(CN="plain")).certificate, "billing.example.org")
+
+
+def test_a_malformed_subject_dn_is_refused_at_registration(mtls):
+    _, registry, _ = mtls
+    with pytest.raises(ClientError, match="--tls-subject is not an RFC 4514 distinguished name"):
+        registry.create("odd", scopes=["read"], audiences=[AUDIENCE], tls_subject="billing, Example")
 
 
 def test_self_signed_key_must_be_registered():

@@ -61,7 +61,9 @@ def _certificate(value: str | None) -> PresentedCertificate | None:
     if value is None:
         return None
     try:
-        return from_header(value)
+        presented = from_header(value)
+        presented.certificate  # noqa: B018 (parsed now, so a malformed one is this request's error)
+        return presented
     except CertificateError as exc:
         raise InvalidRequest(str(exc)) from None
 

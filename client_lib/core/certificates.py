@@ -7,7 +7,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,20 +30,23 @@ class CertificateError(ValueError):
 
 @dataclass(frozen=True)
 class PresentedCertificate:
-    """A client's X.509 certificate as presented in the TLS handshake, with its RFC 8705 §3.1 thumbprint."""
+    """A client's X.509 certificate as presented in the TLS handshake (DER), with its RFC 8705 §3.1 thumbprint.
+
+    The binding check needs only the thumbprint, so the certificate is parsed when first asked for: bytes that
+    are no certificate cannot hash to a real certificate's thumbprint."""
 
     der: bytes
-    certificate: x509.Certificate = field(compare=False, repr=False)
 
     @property
     def thumbprint(self) -> str:
         """`x5t#S256`: base64url of the SHA-256 of the DER encoding."""
         return b64url(hashlib.sha256(self.der).digest())
 
-    @classmethod
-    def from_der(cls, der: bytes) -> PresentedCertificate:
+    @cached_property
+    def certificate(self) -> x509.Certificate:
+        """The parsed certificate; CertificateError if the bytes are not one."""
         try:
-            return cls(der, x509.load_der_x509_certificate(der))
+            return x509.load_der_x509_certificate(self.der)
         except ValueError:
             raise CertificateError("the client certificate is not a DER X.509 certificate") from None
 
@@ -58,19 +62,24 @@ def from_header(value: str) -> PresentedCertificate:
             der = base64.b64decode(value[1:-1], validate=True)
         except (binascii.Error, ValueError):
             raise CertificateError("the client certificate header is not valid base64 (RFC 9440)") from None
-        return PresentedCertificate.from_der(der)
+        return PresentedCertificate(der)
     # Anything outside ASCII becomes U+FFFD, which no PEM holds: refused below.
     return _from_pem(unquote(value, encoding="ascii", errors="replace"))
 
 
+_PEM_BEGIN, _PEM_END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+
+
 def _from_pem(text: str) -> PresentedCertificate:
-    if not text.startswith("-----BEGIN CERTIFICATE-----"):
+    """The first certificate of a PEM text, its base64 decoded directly (no PEM parser round trip)."""
+    begin, end = text.find(_PEM_BEGIN), text.find(_PEM_END)
+    if begin != 0 or end < 0:
         raise CertificateError("the client certificate is neither :base64-DER: (RFC 9440) nor URL-encoded PEM")
     try:
-        certificate = x509.load_pem_x509_certificate(text.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        raise CertificateError("the client certificate is not a PEM X.509 certificate") from None
-    return PresentedCertificate(certificate.public_bytes(Encoding.DER), certificate)
+        der = base64.b64decode("".join(text[len(_PEM_BEGIN) : end].split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise CertificateError("the client certificate's PEM is not valid base64") from None
+    return PresentedCertificate(der)
 
 
 def load(value: Any) -> PresentedCertificate:
@@ -78,14 +87,14 @@ def load(value: Any) -> PresentedCertificate:
     if isinstance(value, PresentedCertificate):
         return value
     if isinstance(value, x509.Certificate):
-        return PresentedCertificate(value.public_bytes(Encoding.DER), value)
+        return PresentedCertificate(value.public_bytes(Encoding.DER))
     if isinstance(value, str):
         value = value.encode("ascii", "replace")
     if not isinstance(value, bytes):
         raise CertificateError("the client certificate must be PEM or DER bytes or a cryptography Certificate")
     if value.lstrip().startswith(b"-----BEGIN"):
         return _from_pem(value.strip().decode("ascii", "replace"))
-    return PresentedCertificate.from_der(value)
+    return PresentedCertificate(value)
 
 
 def from_request(header_value: str | None, tls_pem: str | None) -> PresentedCertificate | None:
