@@ -4,8 +4,8 @@ header encodings a TLS-terminating proxy uses for them."""
 from __future__ import annotations
 
 import base64
-import ipaddress
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

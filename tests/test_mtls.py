@@ -166,6 +166,7 @@ def test_tls_client_auth_by_subject_binds_the_token(mtls, billing, encoding):
     assert claims["cnf"] == {"x5t#S256": presented(billing).thumbprint}
     lines = [json.loads(line) for line in open(config.audit_log)]
     assert lines[-1]["event"] == "token.issued" and lines[-1]["auth_method"] == "tls_client_auth"
+    assert lines[-1]["cnf"] == claims["cnf"]
 
 
 def test_tls_client_auth_by_san(mtls, billing):

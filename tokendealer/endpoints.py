@@ -52,7 +52,8 @@ class TokenEndpoint:
             raise
         claims = issued.claims
         tracing.annotate_request(client_id=issued.client_id)  # also for grants that authenticate no client
-        self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, **context)
+        # cnf (a certificate thumbprint or key thumbprint, no secret) ties the line to the key a bound token needs.
+        self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, cnf=claims.get("cnf"), **context)
         self.metrics.tokens_issued.labels(issued.client_id).inc()
         if "federation_rule" in context:
             self.metrics.federated_tokens.labels(issued.client_id, context["issuer"], context["federation_rule"]).inc()

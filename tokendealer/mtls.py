@@ -8,6 +8,7 @@ header getter, so the Flask views and the token fast path see the same thing.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -103,10 +104,20 @@ def _normalised(name: x509.Name) -> tuple[frozenset[tuple[str, str]], ...]:
     return tuple(frozenset((attr.oid.dotted_string, _fold(attr.value)) for attr in rdn) for rdn in name.rdns)
 
 
+@functools.lru_cache(maxsize=4096)
+def _registered(dn: str) -> tuple[frozenset[tuple[str, str]], ...] | None:
+    """A registered DN in comparison form, parsed once per process (None if it is malformed)."""
+    try:
+        return _normalised(parse_dn(dn))
+    except ValueError:
+        return None
+
+
 def subject_matches(certificate: x509.Certificate, dn: str) -> bool:
     """RFC 8705 §2.1.2 tls_client_auth_subject_dn: the certificate's subject is the registered DN."""
+    registered = _registered(dn)
     try:
-        return _normalised(certificate.subject) == _normalised(parse_dn(dn))
+        return registered is not None and _normalised(certificate.subject) == registered
     except ValueError:
         return False
 
