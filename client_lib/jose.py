@@ -9,6 +9,7 @@ Every refusal is an `InvalidToken` subclass whose message starts with the `noun`
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -89,10 +90,13 @@ def json_object(segment: str, what: str) -> dict[str, Any]:
     """A JWS header or payload segment as a JSON object: base64url of UTF-8 JSON (RFC 7515 §7.1, RFC 8259),
     nested at most MAX_JSON_DEPTH deep; anything else, however deep or odd, is MalformedToken naming `what`."""
     try:
-        value = json.loads(b64url_decode(segment).decode("utf-8"), parse_constant=_refuse_constant)
+        text = b64url_decode(segment).decode("utf-8")
+        value = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise MalformedToken(f"{what} is not valid JSON") from None
-    if not isinstance(value, dict) or not _nests_within(value, MAX_JSON_DEPTH):
+    # Fewer brackets than the limit cannot nest deeper than it: most tokens skip the walk.
+    shallow = text.count("{") + text.count("[") <= MAX_JSON_DEPTH
+    if not isinstance(value, dict) or not (shallow or _nests_within(value, MAX_JSON_DEPTH)):
         raise MalformedToken(f"{what} is not a JSON object")
     return value
 
@@ -216,9 +220,14 @@ class CompactJws:
     def kid(self) -> Any:
         return self.header.get("kid")
 
-    def unverified_claims(self) -> dict[str, Any]:
-        """The payload as a JSON object, before any signature check: for choosing the key only."""
+    @functools.cached_property
+    def _payload(self) -> dict[str, Any]:
         return json_object(self.payload_b64, f"{self.noun} payload")
+
+    def unverified_claims(self) -> dict[str, Any]:
+        """The payload as a JSON object, decoded once per JWS (also what `verify_signature` returns); before
+        a signature check it serves only to choose the key."""
+        return self._payload
 
 
 def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "token") -> CompactJws:

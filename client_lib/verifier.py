@@ -25,6 +25,10 @@ class TokenVerifier:
 
     Keys come from the issuer's JWKS (via discovery unless `jwks_uri` is given), cached per its
     Cache-Control and kept when a refresh fails. Verified tokens are remembered until they expire.
+
+    Inside the issuer itself, `key_source` returns its JWK Set instead of a fetch (the keys are in memory):
+    it is asked on every verification, and a new set replaces the old at once, so a withdrawn key is
+    refused at once; with it, `skew` (not `leeway`) may allow for sibling instances' clocks on nbf/iat only.
     """
 
     def __init__(
@@ -43,12 +47,16 @@ class TokenVerifier:
         session: requests.Session | None = None,
         timeout: Any = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        key_source: Callable[[], dict[str, Any]] | None = None,
+        skew: float = 0.0,
     ):
         if introspect and introspection_client is None:
             raise ValueError("introspect=True needs introspection_client (a TokenClient to authenticate with)")
         self.issuer = issuer
         self.audience = audience
-        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size)
+        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, skew)
+        self.key_source = key_source
+        self._sourced: dict[str, Any] | None = None
         self.session = session or requests.Session()
         self.timeout = timeout
         self.clock = clock
@@ -92,26 +100,42 @@ class TokenVerifier:
         RFC 8705 §3: a token bound to a client certificate (`cnf.x5t#S256`) passes only with `client_cert`, the
         certificate the caller presented (PEM or DER bytes, or a cryptography Certificate); else CertificateMismatch."""
         policy, now = self.policy, self.clock()
+        if self.key_source is not None:
+            self._take_sourced_keys(now)
         claims = policy.cached(token, now)
         if claims is None:
             jws = policy.parse(token)
-            kid = jws.kid
-            if policy.jwks.needs_refresh(now) and self._fetch_lock.acquire(blocking=policy.must_wait_for_keys(now)):
-                try:
-                    if policy.jwks.needs_refresh(now):
-                        self._fetch(now)
-                finally:
-                    self._fetch_lock.release()
-            if policy.needs_fetch_for(kid, now):
-                with self._fetch_lock:
-                    if policy.needs_fetch_for(kid, now):
-                        policy.jwks.forced(now)
-                        self._fetch(now)
-                        policy.fetched_for(kid, now)
+            if self.key_source is None:
+                self._refresh_for(jws.kid, now)
             claims = policy.complete(token, jws, now)
         if self.introspect:
             self._check_active(token, claims, now)
         return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
+
+    def _refresh_for(self, kid: Any, now: float) -> None:
+        """Fetch the JWKS when due (refresh ahead; waiting only when no usable keys are held), or for an
+        unknown kid at most once per cooldown."""
+        policy = self.policy
+        if policy.jwks.needs_refresh(now) and self._fetch_lock.acquire(blocking=policy.must_wait_for_keys(now)):
+            try:
+                if policy.jwks.needs_refresh(now):
+                    self._fetch(now)
+            finally:
+                self._fetch_lock.release()
+        if policy.needs_fetch_for(kid, now):
+            with self._fetch_lock:
+                if policy.needs_fetch_for(kid, now):
+                    policy.jwks.forced(now)
+                    self._fetch(now)
+                    policy.fetched_for(kid, now)
+
+    def _take_sourced_keys(self, now: float) -> None:
+        """The key source's set, taken when it is a new one (or the held one is due a refresh)."""
+        jwks = self.key_source() if self.key_source else None
+        if jwks is not None and (jwks is not self._sourced or self.policy.jwks.needs_refresh(now)):
+            with self._fetch_lock:
+                self.policy.accept_keys(jwks, None, now)
+                self._sourced = jwks
 
     @tracing.traced("fetch JWKS", kind="client")
     def _fetch(self, now: float) -> None:

@@ -214,3 +214,11 @@ def test_client_bound_token_options(cli):
     assert json.loads(cli("client", "update", "edge", "--no-require-dpop").output)["require_dpop"] is False
     refused = cli("client", "create", "both", "--audience", "https://x", "--tls-subject", "CN=a", "--tls-san", "a.example")
     assert refused.exit_code == 1 and "either --tls-subject or --tls-san" in refused.output
+
+
+def test_init_prints_how_to_create_the_first_admin_client(cli):
+    command = "tokendealer client create admin --scope tokendealer:admin --scope tokendealer:read --audience http://localhost:5000/admin"
+    assert command in cli("init").output
+    assert json.loads(cli("init", "--json").output)["admin_bootstrap"] == command
+    created = cli(*command.split()[1:])
+    assert created.exit_code == 0, created.output

@@ -15,9 +15,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import db, tracing
+from .admin import register_admin_views, register_registration_views
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
 from .authentication import ClientAuthenticator, FailureThrottle
+from .bearer import BearerGuard
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
@@ -40,11 +42,13 @@ from .http import FORM, MAX_PARAMS, NO_STORE, as_oauth_error, dumps, error_parts
 from .issuers import IssuerKeys, IssuerStore
 from .keyring import KeyringSource, KeyStore
 from .keystores import make_key_store
+from .management import Management
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
 from .mtls import CertificateAuthenticator, ProxyHeaders, load_trust_anchors
 from .ratelimits import AddressRateLimit
+from .registration import Registrar
 from .tokens import RevocationList, TokenRejected, TokenService
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,10 @@ class Services:
     revocation: RevocationEndpoint
     audit: AuditLog
     metrics: Metrics
+    # The admin API and registration: the management operations, and the bearer-token check admitting callers.
+    manage: Management
+    guard: BearerGuard
+    registrar: Registrar
 
     def close(self) -> None:
         """Shutdown: write out what is buffered (audit lines, this worker's metrics)."""
@@ -117,6 +125,8 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
     )
     authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation, certificates)
     metrics = Metrics(keys, clock, engine)
+    manage = Management(config, clients, IssuerStore(engine, clock), RuleStore(engine, clock), store, audit, clock)
+    guard = BearerGuard(config.issuer, config.management_audience, keys, tokens, throttle, clock)
     return Services(
         config=config,
         clock=clock,
@@ -139,6 +149,9 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         revocation=RevocationEndpoint(authenticator, tokens, audit),
         audit=audit,
         metrics=metrics,
+        manage=manage,
+        guard=guard,
+        registrar=Registrar(config, engine, manage, hasher, clock),
     )
 
 
@@ -173,6 +186,8 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
     _register_hooks(app, services)
     _register_errors(app, services)
     _register_views(app, services)
+    register_admin_views(app, services.manage, services.guard)
+    register_registration_views(app, services.registrar, services.guard)
     if config.ratelimit:
         # Request-rate limits are Flask-Limiter's, so the token endpoint then goes through Flask.
         _register_request_limits(app, services)

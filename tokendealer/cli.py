@@ -20,12 +20,12 @@ from client_lib.jose import ALGORITHMS, default_algorithm, public_jwk
 
 from . import db, tracing
 from .audit import AuditLog
-from .clients import ClientError, ClientStore, SecretHasher, parse_claims
+from .clients import ClientError, parse_claims
 from .config import Config, ConfigError
-from .federation import RuleStore
-from .issuers import IssuerError, IssuerStore
+from .issuers import IssuerError
 from .keyring import DEFAULT_ALG, KeyringError, KeyStore
 from .keystores import make_key_store
+from .management import Management, ManagementError, admin_bootstrap_command, cli_actor
 
 
 class Refused(click.ClickException):
@@ -47,6 +47,8 @@ class State:
     def __init__(self, config_file: str | None):
         self.config_file = config_file
         self._config: Config | None = None
+        self._management: Management | None = None
+        self.actor = cli_actor()
 
     @property
     def config(self) -> Config:
@@ -60,23 +62,12 @@ class State:
     def key_store(self) -> KeyStore:
         return make_key_store(self.config)
 
-    def audit(self, event: str, **fields: Any) -> None:
-        """Record a client or key change in the audit log."""
-        log = AuditLog(self.config.audit_log)
-        try:
-            log.emit(event, outcome="done", actor="cli", **fields)
-        finally:
-            log.close()
-
-    def clients(self) -> ClientStore:
-        engine = db.make_engine(self.config.database_url)
-        return ClientStore(engine, SecretHasher(self.key_store().pepper()), max_token_ttl=self.config.max_token_ttl)
-
-    def issuers(self) -> IssuerStore:
-        return IssuerStore(db.make_engine(self.config.database_url))
-
-    def rules(self) -> RuleStore:
-        return RuleStore(db.make_engine(self.config.database_url))
+    @property
+    def manage(self) -> Management:
+        """The management operations (shared with the admin API), auditing as this command's user."""
+        if self._management is None:
+            self._management = Management.open(self.config, AuditLog(self.config.audit_log))
+        return self._management
 
 
 def refusals(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,7 +77,7 @@ def refusals(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ClientError, IssuerError, KeyringError, db.SchemaError) as exc:
+        except (ManagementError, ClientError, IssuerError, KeyringError, db.SchemaError) as exc:
             raise Refused(str(exc)) from None
         except SQLAlchemyError as exc:
             raise Refused(f"database error ({exc.__class__.__name__}); has `tokendealer init` been run?") from None
@@ -118,15 +109,20 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 def init(state: State, alg: str, as_json: bool) -> None:
     """Create the database schema (or upgrade it) and the keyring (idempotent)."""
     db.upgrade_schema(db.make_engine(state.config.database_url))
-    created = state.key_store().init(alg)
-    if created:
-        state.audit("keys.initialised", alg=alg)
+    created = state.manage.init_keys(state.actor, "cli", alg)
     where = {
         "database": "the database",
         "pkcs11": f"the PKCS#11 token {state.config.pkcs11_token_label!r} (key states in the database)",
     }.get(state.config.keyring, str(state.config.keys_dir))
-    result = {"keyring": where, "keys_created": created, "database": "ready"}
-    emit(result, as_json, f"keyring {'created' if created else 'already present'} in {where}; database ready")
+    bootstrap = admin_bootstrap_command(state.config)
+    result = {"keyring": where, "keys_created": created, "database": "ready", "admin_bootstrap": bootstrap}
+    emit(
+        result,
+        as_json,
+        f"keyring {'created' if created else 'already present'} in {where}; database ready\n\n"
+        f"To manage TokenDealer over HTTP (the admin API under /admin/), create a first admin client:\n  {bootstrap}\n"
+        f"then fetch its token with --audience {state.config.management_audience} and send it as a Bearer token.",
+    )
 
 
 @main.command()
@@ -223,7 +219,9 @@ def client() -> None:
 @refusals
 def client_create(state: State, name: str, no_secret: bool, as_json: bool, **options: Any) -> None:
     """Register client NAME; prints its client_id and (once) its client_secret as JSON."""
-    record, secret = state.clients().create(
+    record, secret = state.manage.create_client(
+        state.actor,
+        "cli",
         name,
         scopes=options["scopes"],
         audiences=options["audiences"],
@@ -240,7 +238,6 @@ def client_create(state: State, name: str, no_secret: bool, as_json: bool, **opt
         tls_subject=options["tls_subject"],
         tls_san=options["tls_san"],
     )
-    state.audit("client.created", client_id=record.client_id, auth_method=record.auth_method)
     out = record.public_view()
     if secret:
         out["client_secret"] = secret
@@ -257,8 +254,7 @@ def client_update(state: State, client_id: str, as_json: bool, **options: Any) -
     changes = _client_changes(options)
     if not changes:
         raise click.UsageError("nothing to update: give at least one option")
-    updated = state.clients().update(client_id, **changes)
-    state.audit("client.updated", client_id=client_id, fields=sorted(changes))
+    updated = state.manage.update_client(state.actor, "cli", client_id, changes)
     emit(updated.public_view(), True)
 
 
@@ -291,7 +287,7 @@ def _client_changes(options: dict[str, Any]) -> dict[str, Any]:
 @refusals
 def client_list(state: State, as_json: bool) -> None:
     """List clients (never their secrets)."""
-    records = state.clients().list()
+    records = state.manage.list_clients()
     lines = [f"{'CLIENT_ID':<24} {'ENABLED':<8} {'AUTH':<16} {'SCOPES':<30} AUDIENCES"]
     for r in records:
         lines.append(f"{r.client_id:<24} {str(r.enabled).lower():<8} {r.auth_method:<16} {' '.join(r.scopes):<30} {' '.join(r.audiences)}")
@@ -305,25 +301,24 @@ def client_list(state: State, as_json: bool) -> None:
 @refusals
 def client_show(state: State, client_id: str, as_json: bool) -> None:
     """Show one client (never its secret)."""
-    view = state.clients().require(client_id).public_view()
+    view = state.manage.show_client(client_id).public_view()
     emit(view, as_json, "\n".join(f"{k}: {v}" for k, v in view.items()))
 
 
-def _client_action(name: str, doc: str, action: Callable[[ClientStore, str], Any]) -> None:
+def _client_action(name: str, doc: str, action: Callable[[State, str], Any]) -> None:
     @client.command(name, help=doc)
     @click.argument("client_id")
     @json_option
     @click.pass_obj
     @refusals
     def command(state: State, client_id: str, as_json: bool) -> None:
-        action(state.clients(), client_id)
-        state.audit(f"client.{name}d", client_id=client_id)
+        action(state, client_id)
         emit({"client_id": client_id, "result": name}, as_json, f"{name}: {client_id}")
 
 
-_client_action("disable", "Refuse the client's authentication and its tokens.", lambda s, c: s.set_enabled(c, False))
-_client_action("enable", "Allow a disabled client again.", lambda s, c: s.set_enabled(c, True))
-_client_action("delete", "Delete the client.", lambda s, c: s.delete(c))
+_client_action("disable", "Refuse the client's authentication and its tokens.", lambda s, c: s.manage.set_enabled(s.actor, "cli", c, False))
+_client_action("enable", "Allow a disabled client again.", lambda s, c: s.manage.set_enabled(s.actor, "cli", c, True))
+_client_action("delete", "Delete the client.", lambda s, c: s.manage.delete_client(s.actor, "cli", c))
 
 
 @client.command("rotate-secret")
@@ -334,8 +329,7 @@ _client_action("delete", "Delete the client.", lambda s, c: s.delete(c))
 @refusals
 def client_rotate_secret(state: State, client_id: str, grace: int, as_json: bool) -> None:
     """Give the client a new secret (printed once)."""
-    record, secret = state.clients().rotate_secret(client_id, grace)
-    state.audit("client.secret_rotated", client_id=client_id, grace=grace)
+    record, secret = state.manage.rotate_secret(state.actor, "cli", client_id, grace)
     emit({"client_id": record.client_id, "client_secret": secret, "previous_secret_valid_until": record.previous_secret_expires_at}, True)
 
 
@@ -364,17 +358,15 @@ def client_federate(
     as_json: bool,
 ) -> None:
     """Trust workload tokens of an external issuer for CLIENT_ID (workload identity federation)."""
-    rules = state.rules()
+    manage = state.manage
     if list_rules or remove_rule:
         if issuer or subject or audience or conditions or single_use or (list_rules and remove_rule):
             raise click.UsageError("--list and --remove RULE_ID take no other option")
         if remove_rule:
-            rules.remove(client_id, remove_rule)
-            state.audit("client.federation_removed", client_id=client_id, rule_id=remove_rule)
+            manage.remove_rule(state.actor, "cli", client_id, remove_rule)
             emit({"client_id": client_id, "rule_id": remove_rule, "result": "removed"}, as_json, f"removed: {remove_rule}")
             return
-        state.clients().require(client_id)
-        found = [r.view() for r in rules.for_client(client_id)]
+        found = [r.view() for r in manage.federation_rules(client_id)]
         lines = [f"{'RULE_ID':<20} {'ISSUER':<32} {'SUBJECT':<40} {'AUDIENCE':<28} CONDITIONS"]
         for r in found:
             flags = " ".join(r["conditions"]) + (" single-use" if r["single_use"] else "")
@@ -383,15 +375,14 @@ def client_federate(
         return
     if not issuer or not subject:
         raise click.UsageError("--issuer and --subject are required (or --list / --remove RULE_ID)")
-    if subject.endswith("*") and subject[-2:-1] not in ("/", ":"):
-        click.echo(
-            f"warning: the subject prefix {subject!r} does not end at a / or :, so it also matches subjects that merely "
-            "begin the same way (e.g. repo:org/app* matches repo:org/app-evil)",
-            err=True,
-        )
-    rule = rules.add(state.clients(), state.issuers(), client_id, issuer, subject, audience or state.config.issuer, conditions, single_use)
-    state.audit("client.federated", client_id=client_id, rule_id=rule.rule_id, issuer=issuer, subject=subject)
+    rule, warnings = manage.federate(state.actor, "cli", client_id, issuer, subject, audience, conditions, single_use)
+    _warn(warnings)
     emit(rule.view(), True)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @client.command("jwks")
@@ -430,8 +421,7 @@ def issuers() -> None:
 @refusals
 def issuers_add(state: State, url: str, jwks_file: str | None, allow_http: bool, as_json: bool) -> None:
     """Trust the issuer URL (its exact `iss`): keys through its OIDC discovery, or the given JWK Set."""
-    record = state.issuers().add(url, jwks=_read_jwks(jwks_file), allow_http=allow_http)
-    state.audit("issuer.added", issuer=url, keys="jwks" if record.jwks else "discovery")
+    record = state.manage.add_issuer(state.actor, "cli", url, jwks=_read_jwks(jwks_file), allow_http=allow_http)
     emit(record.view(), as_json, f"trusted: {url} (keys from {record.jwks_uri or jwks_file})")
 
 
@@ -441,7 +431,7 @@ def issuers_add(state: State, url: str, jwks_file: str | None, allow_http: bool,
 @refusals
 def issuers_list(state: State, as_json: bool) -> None:
     """List the trusted issuers."""
-    records = [r.view() for r in state.issuers().list()]
+    records = [r.view() for r in state.manage.list_issuers()]
     lines = [f"{'ISSUER':<48} {'KEYS':<10} JWKS_URI"] + [f"{r['issuer']:<48} {r['keys']:<10} {r['jwks_uri'] or '-'}" for r in records]
     emit(records, as_json, "\n".join(lines))
 
@@ -453,8 +443,7 @@ def issuers_list(state: State, as_json: bool) -> None:
 @refusals
 def issuers_remove(state: State, url: str, as_json: bool) -> None:
     """Stop trusting the issuer URL; its federation rules go with it."""
-    rules = state.issuers().remove(url)
-    state.audit("issuer.removed", issuer=url, rules_removed=rules)
+    rules = state.manage.remove_issuer(state.actor, "cli", url)
     emit({"issuer": url, "result": "removed", "rules_removed": rules}, as_json, f"removed: {url} and {rules} federation rule(s)")
 
 
@@ -464,20 +453,6 @@ def issuers_remove(state: State, url: str, as_json: bool) -> None:
 @main.group()
 def keys() -> None:
     """Manage the signing keyring."""
-
-
-def _key_rows(state: State) -> list[dict[str, Any]]:
-    store = state.key_store()
-    keyring = store.load()
-    now = time.time()
-    lifetime = state.config.max_token_ttl + state.config.leeway
-    rows = []
-    for r in keyring.records:
-        data = {k: v for k, v in r.to_json().items() if k != "jwk"}
-        data["age_seconds"] = int(now - r.created_at)
-        data["prunable_at"] = r.prunable_at(lifetime)
-        rows.append(data)
-    return rows
 
 
 def _key_table(rows: list[dict[str, Any]]) -> str:
@@ -499,10 +474,8 @@ def _key_table(rows: list[dict[str, Any]]) -> str:
 @refusals
 def keys_init(state: State, alg: str, as_json: bool) -> None:
     """Create the first active key and a next key."""
-    created = state.key_store().init(alg)
-    if created:
-        state.audit("keys.initialised", alg=alg)
-    rows = _key_rows(state)
+    created = state.manage.init_keys(state.actor, "cli", alg)
+    rows = state.manage.key_rows()
     emit(rows, as_json, ("keyring created\n" if created else "keyring already present\n") + _key_table(rows))
 
 
@@ -514,18 +487,8 @@ def keys_init(state: State, alg: str, as_json: bool) -> None:
 @refusals
 def keys_rotate(state: State, alg: str | None, emergency: bool, as_json: bool) -> None:
     """Promote next to active and retire the old active key (--now: replace it at once)."""
-    store = state.key_store()
-    before = store.load().record("next") if store.exists() else None
-    needed = state.config.jwks_max_age + state.config.keyring_reload_interval
-    if before and not emergency and time.time() - before.created_at < needed:
-        click.echo(
-            f"warning: the next key has been published for less than the JWKS max-age plus reload interval ({needed:g} s); "
-            "verifiers holding a cached JWKS may not know it yet",
-            err=True,
-        )
-    active = store.rotate(alg=alg, emergency=emergency).active
-    state.audit("keys.emergency_rotated" if emergency else "keys.rotated", active_kid=active.kid if active else None)
-    rows = _key_rows(state)
+    _warn(state.manage.rotate_keys(state.actor, "cli", alg, emergency))
+    rows = state.manage.key_rows()
     emit(rows, as_json, ("emergency rotation done\n" if emergency else "rotation done\n") + _key_table(rows))
 
 
@@ -535,10 +498,8 @@ def keys_rotate(state: State, alg: str | None, emergency: bool, as_json: bool) -
 @refusals
 def keys_prune(state: State, as_json: bool) -> None:
     """Delete retired keys whose tokens have all expired."""
-    gone = state.key_store().prune(state.config.max_token_ttl + state.config.leeway)
-    if gone:
-        state.audit("keys.pruned", kids=[r.kid for r in gone])
-    emit([r.kid for r in gone], as_json, f"pruned {len(gone)} key(s)" + "".join(f"\n  {r.kid}" for r in gone))
+    gone = state.manage.prune_keys(state.actor, "cli")
+    emit(gone, as_json, f"pruned {len(gone)} key(s)" + "".join(f"\n  {kid}" for kid in gone))
 
 
 @keys.command("list")
@@ -547,7 +508,7 @@ def keys_prune(state: State, as_json: bool) -> None:
 @refusals
 def keys_list(state: State, as_json: bool) -> None:
     """Show every key: state, algorithm, age and when it may be pruned."""
-    rows = _key_rows(state)
+    rows = state.manage.key_rows()
     emit(rows, as_json, _key_table(rows))
 
 

@@ -40,6 +40,14 @@ class ClientNotFound(ClientError):
     pass
 
 
+class ClientExists(ClientError):
+    """The client id is taken."""
+
+
+class ClientChanged(ClientError):
+    """The record changed between reading and writing it (another writer came first)."""
+
+
 @dataclass(frozen=True)
 class Client:
     """A registered service allowed to use the client-credentials grant."""
@@ -267,9 +275,15 @@ class ClientStore:
             raise ClientNotFound(f"no client {client_id!r}")
         return client
 
-    def list(self) -> list[Client]:
+    def list(self, after: str | None = None, limit: int | None = None) -> list[Client]:
+        """Clients in client_id order; `after` and `limit` page through them (keyset pagination)."""
+        query = sa.select(db.clients).order_by(db.clients.c.client_id)
+        if after is not None:
+            query = query.where(db.clients.c.client_id > after)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(db.clients).order_by(db.clients.c.client_id)).all()
+            rows = conn.execute(query).all()
         return [_from_row(r) for r in rows]
 
     def create(
@@ -326,12 +340,15 @@ class ClientStore:
             with self.engine.begin() as conn:
                 conn.execute(db.clients.insert().values(**_to_row(client)))
         except sa.exc.IntegrityError:
-            raise ClientError(f"client {client_id!r} already exists") from None
+            raise ClientExists(f"client {client_id!r} already exists") from None
         return client, secret
 
-    def update(self, client_id: str, **changes: Any) -> Client:
-        """Replace the fields given (a repeated option replaces the whole list)."""
+    def update(self, client_id: str, check: Callable[[Client], None] | None = None, **changes: Any) -> Client:
+        """Replace the fields given (a repeated option replaces the whole list); `check` may refuse the record
+        as read (a stale ETag), and a record changed by another writer meanwhile raises ClientChanged."""
         client = self.require(client_id)
+        if check:
+            check(client)
         if "scopes" in changes:
             changes["scopes"] = parse_scopes(changes["scopes"])
         if changes.get("default_scopes") is not None:
@@ -345,20 +362,29 @@ class ClientStore:
             raise ClientError("a secret client cannot take keys; create a new client for private_key_jwt")
         if client.secret_hash and (changes.get("tls_subject") or changes.get("tls_san")):
             raise ClientError("a secret client cannot take a certificate identity; create a new client for tls_client_auth")
-        updated = replace(client, **changes, updated_at=self.clock())
+        updated = replace(client, **changes, updated_at=self._next_update(client))
         self._check(updated)
-        self._save(updated)
+        self._save(updated, client.updated_at)
         return updated
 
     def set_enabled(self, client_id: str, enabled: bool) -> Client:
-        client = replace(self.require(client_id), enabled=enabled, updated_at=self.clock())
-        self._save(client)
+        before = self.require(client_id)
+        client = replace(before, enabled=enabled, updated_at=self._next_update(before))
+        self._save(client, before.updated_at)
         return client
 
-    def delete(self, client_id: str) -> None:
-        """Delete the client, leaving a tombstone so that its tokens stay dead if the id is re-used."""
+    def delete(self, client_id: str, check: Callable[[Client], None] | None = None) -> None:
+        """Delete the client, leaving a tombstone so that its tokens stay dead if the id is re-used; `check`
+        may refuse the record as read, and one changed meanwhile raises ClientChanged."""
+        where = db.clients.c.client_id == client_id
+        if check:
+            client = self.require(client_id)
+            check(client)
+            where = sa.and_(where, db.clients.c.updated_at == client.updated_at)
         with self.engine.begin() as conn:
-            count = conn.execute(db.clients.delete().where(db.clients.c.client_id == client_id)).rowcount
+            count = conn.execute(db.clients.delete().where(where)).rowcount
+            if not count and check:
+                raise ClientChanged(f"client {client_id!r} changed meanwhile; read it again")
             if not count:
                 raise ClientNotFound(f"no client {client_id!r}")
             tombstone = db.client_tombstones
@@ -366,6 +392,8 @@ class ClientStore:
             conn.execute(tombstone.insert().values(client_id=client_id, deleted_at=self.clock()))
             # Its federation rules go too, so an id created again does not inherit who may act as it.
             conn.execute(db.federation_rules.delete().where(db.federation_rules.c.client_id == client_id))
+            # And its RFC 7592 registration access token, which must not manage a later client of that id.
+            conn.execute(db.registrations.delete().where(db.registrations.c.client_id == client_id))
         self._forget(client_id)
 
     def rotate_secret(self, client_id: str, grace: int = 0) -> tuple[Client, str]:
@@ -377,15 +405,20 @@ class ClientStore:
             raise ClientError("--grace must not be negative")
         now = self.clock()
         secret = new_secret()
-        client = replace(
+        rotated = replace(
             client,
             secret_hash=self.hasher.hash(secret),
             previous_secret_hash=client.secret_hash if grace else None,
             previous_secret_expires_at=now + grace if grace else None,
-            updated_at=now,
+            updated_at=self._next_update(client),
         )
-        self._save(client)
-        return client, secret
+        self._save(rotated, client.updated_at)
+        return rotated, secret
+
+    def _next_update(self, client: Client) -> float:
+        """The new updated_at: the clock, but always past the old value, so every write changes the ETag and
+        the compare-and-set in `_save` tells writes apart even within one clock tick."""
+        return max(self.clock(), client.updated_at + 1e-6)
 
     def _check(self, client: Client) -> None:
         if not client.audiences:
@@ -417,11 +450,17 @@ class ClientStore:
         if bad:
             raise ClientError(f"claim {sorted(bad)[0]!r} is set by the server and cannot be registered")
 
-    def _save(self, client: Client) -> None:
+    def _save(self, client: Client, read_at: float) -> None:
+        """Write the record unless another writer changed it since it was read (its updated_at moved on)."""
         row = _to_row(client)
+        table = db.clients
         with self.engine.begin() as conn:
-            conn.execute(db.clients.update().where(db.clients.c.client_id == client.client_id).values(**row))
+            count = conn.execute(
+                table.update().where(table.c.client_id == client.client_id, table.c.updated_at == read_at).values(**row)
+            ).rowcount
         self._forget(client.client_id)
+        if not count:
+            raise ClientChanged(f"client {client.client_id!r} changed meanwhile; read it again")
 
     def _forget(self, client_id: str) -> None:
         with self._cache_lock:

@@ -90,6 +90,10 @@ class Config:
     verify_token_limit: str | None = "20/second"
     # RFC 8693: how many actors a token-exchange chain may nest (act within act).
     exchange_max_depth: int = 4
+    # The admin API (SPEC §3.2): the audience its bearer tokens must carry (default {issuer}/admin), and a
+    # separate host:port serving it alone (the public listener then answers 404 under /admin/).
+    admin_audience: str | None = None
+    admin_listen: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -99,6 +103,19 @@ class Config:
     def url(self, path: str) -> str:
         """Absolute URL of `path` under the issuer."""
         return self.issuer.rstrip("/") + path
+
+    @property
+    def management_audience(self) -> str:
+        """TOKENDEALER_ADMIN_AUDIENCE, or `{issuer}/admin`."""
+        return self.admin_audience or self.url("/admin")
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """TOKENDEALER_ADMIN_LISTEN as (host, port), or None when the admin API shares the public listener."""
+        if not self.admin_listen:
+            return None
+        host, _, port = self.admin_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -208,6 +225,14 @@ class Config:
         self._validate_proxies()
         if self.metrics_token is not None and not _METRICS_TOKEN_RE.fullmatch(self.metrics_token):
             _bad("metrics_token", "must be at least 16 printable characters without spaces")
+        if self.admin_audience is not None and (
+            not SCOPE_TOKEN_RE.match(self.admin_audience) or (":" in self.admin_audience and not urlsplit(self.admin_audience).scheme)
+        ):
+            _bad("admin_audience", "must be an audience without spaces (a URI such as https://tokens.example.com/admin)")
+        if self.admin_listen is not None:
+            host, _, port = self.admin_listen.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c.isspace() or c == "/" for c in host):
+                _bad("admin_listen", "must be HOST:PORT, such as 127.0.0.1:5001")
         if not all(SCOPE_TOKEN_RE.match(scope) for scope in self.scopes_published):
             _bad("public_scopes", "must be space-separated scope tokens (RFC 6749 §3.3)")
         if self.audit_log and not Path(self.audit_log).parent.is_dir():

@@ -117,13 +117,26 @@ federation_rules = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# RFC 7591/7592 dynamic registration: the registration access token (hashed like client secrets), the
+# metadata without a client column, the initial access token's limits (they bound updates) and its client.
+registrations = sa.Table(
+    "registrations",
+    metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("token_hash", sa.String(128), nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("limits", sa.JSON, nullable=False),
+    sa.Column("registered_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 # Rows that expire (revocations, used assertion ids) are purged this long after their expiry, so a worker
 # whose clock jumps ahead by less than that cannot delete entries that are still live elsewhere.
 PURGE_GRACE = 86400.0
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two in step), and the table Alembic records it in.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 VERSION_TABLE = sa.Table("alembic_version", sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True))
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from client_lib.jose import ALGORITHMS
 
+from .admin_openapi import SCHEMAS as ADMIN_SCHEMAS
+from .admin_openapi import admin_paths
 from .config import Config
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -29,6 +31,8 @@ def server_metadata(config: Config, grant_types: list[str]) -> dict[str, Any]:
         "jwks_uri": config.url("/.well-known/jwks.json"),
         "introspection_endpoint": config.url("/oauth/introspect"),
         "revocation_endpoint": config.url("/oauth/revoke"),
+        # RFC 7591 §3 (with an initial access token of scope tokendealer:register; README, "Managing from automation").
+        "registration_endpoint": config.url("/oauth/register"),
         "grant_types_supported": grant_types,
         # REQUIRED by RFC 8414 §2; there is no authorization endpoint, and strict validators (Authlib)
         # refuse an empty list, so only the registered "none" type is named.
@@ -127,8 +131,12 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     },
                     "required": ["access_token", "token_type", "expires_in", "scope"],
                 },
+                **ADMIN_SCHEMAS,
             },
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "An access token of this server"},
+            },
         },
         "paths": {
             "/oauth/token": {
@@ -264,5 +272,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 }
             },
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json_response("OpenAPI", claims), **_GET_ERRORS}}},
+            **admin_paths(),
         },
     }

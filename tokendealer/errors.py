@@ -113,3 +113,37 @@ class TemporarilyUnavailable(OAuthError):
 class ServerError(OAuthError):
     error = "server_error"
     status = 500
+
+
+class InsufficientScope(OAuthError):
+    """RFC 6750 §3.1: the bearer token is valid but lacks the scope the request needs (403)."""
+
+    error = "insufficient_scope"
+    status = 403
+
+
+class InvalidClientMetadata(OAuthError):
+    """RFC 7591 §3.2.2: a registration field's value is invalid."""
+
+    error = "invalid_client_metadata"
+
+
+class AlreadyExists(OAuthError):
+    """The resource exists already (409)."""
+
+    error = "conflict"
+    status = 409
+
+
+class PreconditionFailed(OAuthError):
+    """RFC 9110 §15.5.13: the `If-Match` version is not the current one (412)."""
+
+    error = "precondition_failed"
+    status = 412
+
+
+class PreconditionRequired(OAuthError):
+    """RFC 6585 §3: the request must be conditional (`If-Match`), so no change overwrites an unseen one (428)."""
+
+    error = "precondition_required"
+    status = 428

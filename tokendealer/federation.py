@@ -32,7 +32,7 @@ from client_lib.jose import CompactJws, parse_jws, verify_signature
 
 from . import db
 from .assertions import RedisReplayCache, ReplayCache
-from .clients import Client, ClientError, ClientStore, check_audience
+from .clients import Client, ClientError, ClientNotFound, ClientStore, check_audience
 from .fetcher import FetchError
 from .issuers import IssuerKeys, IssuerStore, TrustedIssuer
 
@@ -42,6 +42,10 @@ MAX_CONDITIONS = 16
 VERIFIED_SECONDS = 60.0
 VERIFIED_MAX = 4096
 _CLAIM_PATH_RE = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$/-]+)*$")
+
+
+class RuleNotFound(ClientNotFound):
+    """The client has no such federation rule."""
 
 
 class FederationRefused(Exception):
@@ -115,14 +119,15 @@ def claim_at(claims: Any, path: str) -> Any:
     """The value at a dotted path whose keys may hold dots; _MISSING when absent or ambiguous."""
     if not isinstance(claims, dict):
         return _MISSING
-    found = []
-    if path in claims:
-        found.append(claims[path])
-    for key, value in claims.items():
-        if isinstance(key, str) and path.startswith(key + "."):
-            nested = claim_at(value, path[len(key) + 1 :])
+    found = [claims[path]] if path in claims else []
+    # Each key that is a dotted prefix of the path ends just before one of its dots.
+    dot = path.find(".")
+    while dot > 0:
+        if path[:dot] in claims:
+            nested = claim_at(claims[path[:dot]], path[dot + 1 :])
             if nested is not _MISSING:
                 found.append(nested)
+        dot = path.find(".", dot + 1)
     if len(found) == 1:
         return found[0]
     distinct = {json.dumps(v, sort_keys=True, default=str) for v in found}
@@ -220,7 +225,7 @@ class RuleStore:
         table = db.federation_rules
         with self.engine.begin() as conn:
             if not conn.execute(table.delete().where(table.c.rule_id == rule_id, table.c.client_id == client_id)).rowcount:
-                raise ClientError(f"client {client_id!r} has no federation rule {rule_id!r}")
+                raise RuleNotFound(f"client {client_id!r} has no federation rule {rule_id!r}")
 
     def _select(self, where: Any) -> list[FederationRule]:
         table = db.federation_rules

@@ -28,6 +28,10 @@ class IssuerError(Exception):
     """An issuer cannot be trusted as asked (bad URL, discovery failed, bad JWK Set, unknown issuer)."""
 
 
+class IssuerNotFound(IssuerError):
+    """No such trusted issuer."""
+
+
 @dataclass(frozen=True)
 class TrustedIssuer:
     """An external issuer: its exact `iss` value, and where its keys come from."""
@@ -164,7 +168,7 @@ class IssuerStore:
         """Stop trusting `issuer`, with the federation rules that name it; how many rules went."""
         with self.engine.begin() as conn:
             if not conn.execute(db.trusted_issuers.delete().where(db.trusted_issuers.c.issuer == issuer)).rowcount:
-                raise IssuerError(f"no trusted issuer {issuer!r}")
+                raise IssuerNotFound(f"no trusted issuer {issuer!r}")
             return conn.execute(db.federation_rules.delete().where(db.federation_rules.c.issuer == issuer)).rowcount
 
 

@@ -185,10 +185,10 @@ class TokenService:
         except InvalidToken as exc:
             raise TokenRejected(str(exc)) from None
         if check_state:
-            self._check_state(claims)
+            self.check_state(claims)
         return claims
 
-    def _check_state(self, claims: dict[str, Any]) -> None:
+    def check_state(self, claims: dict[str, Any]) -> None:
         """Not revoked, nor any token it was exchanged from; its client and every actor of its chain (RFC 8693
         §4.1) known, enabled and the incarnation that was there when it was issued."""
         ancestors = claims.get(EXCHANGED_FROM, [])

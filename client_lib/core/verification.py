@@ -78,11 +78,15 @@ class VerifiedCache:
 class Verification:
     """Everything a verifier decides, shared by the sync and async shells, which only fetch and lock."""
 
-    def __init__(self, issuer: str, audience: str, leeway: float, cooldown: float, stale_if_error: float, cache_size: int):
+    def __init__(
+        self, issuer: str, audience: str, leeway: float, cooldown: float, stale_if_error: float, cache_size: int, skew: float = 0.0
+    ):
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
-        self.claims = ClaimCheck(issuer=issuer, audience=audience, required=REQUIRED_CLAIMS, strings=STRING_CLAIMS, leeway=leeway)
+        self.claims = ClaimCheck(
+            issuer=issuer, audience=audience, required=REQUIRED_CLAIMS, strings=STRING_CLAIMS, leeway=leeway, skew=skew
+        )
         self.jwks = JwksState(cooldown=cooldown, stale_if_error=stale_if_error)
         self.verified = VerifiedCache(self.claims, cache_size)
         self._active: dict[str, float] = {}

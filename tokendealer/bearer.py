@@ -1,0 +1,118 @@
+"""Bearer access tokens presented to this server's own management endpoints (RFC 6750): the admin API and
+dynamic registration accept tokens this server issued, checked by client_lib's `TokenVerifier` (the server
+eats its own dog food) against the in-memory keyring, then against the server's own state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from client_lib import TokenVerifier
+from client_lib.exceptions import InvalidToken as ClientLibInvalidToken
+
+from .authentication import FailureThrottle
+from .errors import BearerTokenRequired, InsufficientScope, TemporarilyUnavailable
+from .keyring import KeyringSource
+from .tokens import INSTANCE_SKEW, TokenRejected, TokenService
+
+ADMIN_SCOPE = "tokendealer:admin"
+READ_SCOPE = "tokendealer:read"
+REGISTER_SCOPE = "tokendealer:register"
+REALM = "tokendealer"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who presented a valid token: its client id and claims."""
+
+    client_id: str
+    claims: dict[str, Any]
+
+
+def challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> dict[str, str]:
+    """RFC 6750 §3 `WWW-Authenticate` header; no error code when the request carried no token (§3.1)."""
+    parts = [f'realm="{REALM}"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append('error_description="' + description.replace("\\", "").replace('"', "'") + '"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return {"WWW-Authenticate": "Bearer " + ", ".join(parts)}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer` header (RFC 6750 §2.1), None when there is none."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class BearerGuard:
+    """Admits a request whose bearer token this server issued for `audience` and that is valid now: known
+    key and algorithm, typ, iss, aud, exp/nbf/iat by this server's clock (TokenVerifier), not revoked, its
+    client existing, enabled and the same incarnation (TokenService). Failed attempts count against the
+    address in the failed-authentication throttle, so guessing costs the guesser a 429 past its limit."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        keys: KeyringSource,
+        tokens: TokenService,
+        throttle: FailureThrottle,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.audience = audience
+        self.keys = keys
+        self.tokens = tokens
+        self.throttle = throttle
+        self.clock = clock
+        self._jwks: tuple[tuple[str, ...], dict[str, Any]] = ((), {"keys": []})
+        self.verifier = TokenVerifier(issuer, audience, leeway=0.0, skew=INSTANCE_SKEW, clock=clock, key_source=self._published)
+
+    def _published(self) -> dict[str, Any]:
+        """The keyring's published keys as a JWK Set: the same object until the set changes."""
+        keyring = self.keys.current(check=True)
+        if keyring is None:
+            raise TemporarilyUnavailable("no keyring is loaded", headers={"Retry-After": "5"})
+        published = keyring.published(self.clock(), self.tokens.max_token_lifetime)
+        kids = tuple(r.kid for r in published)
+        if kids != self._jwks[0]:
+            self._jwks = (kids, {"keys": [r.jwk for r in published]})
+        return self._jwks[1]
+
+    def caller(self, authorization: str | None, address: str | None, any_of: Iterable[str]) -> Caller:
+        """The caller, when its token is valid and carries one of the scopes `any_of`; else raise 401
+        (`invalid_token`, or 429 past the failure limit) or 403 (`insufficient_scope`)."""
+        wanted = list(any_of)
+        token = bearer_token(authorization)
+        if token is None:
+            self.refuse(address, None)
+        try:
+            claims = self.verifier.verify(token)
+            self.tokens.check_state(claims)
+        except (ClientLibInvalidToken, TokenRejected) as exc:
+            self.refuse(address, str(exc))
+        granted = str(claims.get("scope", "")).split()
+        if not set(granted) & set(wanted):
+            needed = " or ".join(wanted)
+            raise InsufficientScope(
+                f"the token lacks the {needed} scope", headers=challenge("insufficient_scope", f"{needed} scope required", wanted[0])
+            )
+        return Caller(client_id=claims["client_id"], claims=claims)
+
+    def refuse(self, address: str | None, reason: str | None) -> NoReturn:
+        """Answer a missing (`reason` None) or invalid token with 401 (RFC 6750 §3.1), counting the failure
+        against the address: past its limit, 429 instead."""
+        throttled = self.throttle.failed(None, address)
+        if throttled:
+            raise throttled
+        if reason is None:
+            raise BearerTokenRequired("a Bearer access token is required", headers=challenge())
+        raise BearerTokenRequired(reason, headers=challenge("invalid_token", reason))
