@@ -136,13 +136,23 @@ def make_app(tmp_path, clock: FakeClock, **overrides: Any):
     return app, app.extensions["tokendealer"].clients, config
 
 
-@pytest.fixture(params=["fast path", "flask"])
-def mtls(request, tmp_path, clock):
-    """An app behind a proxy at PROXY; the token endpoint on its fast path, or on Flask (request-rate limits)."""
-    app, registry, config = make_app(tmp_path, clock, ratelimit="1000/second" if request.param == "flask" else None)
+def _serve(tmp_path, clock, ratelimit: str | None):
+    app, registry, config = make_app(tmp_path, clock, ratelimit=ratelimit)
     yield app.test_client(), registry, config
     app.extensions["tokendealer"].audit.close()
     app.extensions["tokendealer"].engine.dispose()
+
+
+@pytest.fixture
+def mtls(tmp_path, clock):
+    """An app behind a proxy at PROXY, its token endpoint on the fast path."""
+    yield from _serve(tmp_path, clock, None)
+
+
+@pytest.fixture(params=["fast path", "flask"])
+def both_paths(request, tmp_path, clock):
+    """The same, with the token endpoint on its fast path or on Flask (request-rate limits on)."""
+    yield from _serve(tmp_path, clock, "1000/second" if request.param == "flask" else None)
 
 
 def token(http, cert=None, address=PROXY, data=None, headers=None, header=HEADER, encoding="nginx_escaped"):
@@ -158,8 +168,8 @@ def claims_of(response) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("encoding", ["nginx_escaped", "rfc9440"])
-def test_tls_client_auth_by_subject_binds_the_token(mtls, billing, encoding):
-    http, registry, config = mtls
+def test_tls_client_auth_by_subject_binds_the_token(both_paths, billing, encoding):
+    http, registry, config = both_paths
     registry.create("billing", scopes=["read"], audiences=[AUDIENCE], tls_subject=SUBJECT)
     claims = claims_of(token(http, billing, data={"client_id": "billing"}, encoding=encoding))
     assert claims["client_id"] == "billing"
@@ -177,8 +187,8 @@ def test_tls_client_auth_by_san(mtls, billing):
     assert claims_of(token(http, billing, data={"client_id": "dns-billing"}))["sub"] == "dns-billing"
 
 
-def test_self_signed_tls_client_auth(mtls, tmp_path):
-    http, registry, config = mtls
+def test_self_signed_tls_client_auth(both_paths, tmp_path):
+    http, registry, config = both_paths
     cert = self_signed()
     registry.create("selfie", scopes=["read"], audiences=[AUDIENCE], jwks=cert.jwks())
     claims = claims_of(token(http, cert, data={"client_id": "selfie"}))
@@ -197,8 +207,8 @@ def test_wrong_certificate_and_no_certificate_are_invalid_client(mtls, ca):
         assert response.get_json()["error"] == "invalid_client"
 
 
-def test_header_from_an_untrusted_address_is_ignored(mtls, billing):
-    http, registry, _ = mtls
+def test_header_from_an_untrusted_address_is_ignored(both_paths, billing):
+    http, registry, _ = both_paths
     registry.create("billing", scopes=["read"], audiences=[AUDIENCE], tls_subject=SUBJECT)
     assert token(http, billing, address="198.51.100.9", data={"client_id": "billing"}).status_code == 401
     # An address inside a listed network is trusted.
@@ -213,8 +223,8 @@ def test_a_client_cert_header_the_proxy_did_not_set_is_dropped(mtls, billing):
     assert token(http, billing, header="Client-Cert", data={"client_id": "billing"}).status_code == 401
 
 
-def test_secret_client_with_a_certificate_gets_a_bound_token(mtls, billing):
-    http, registry, _ = mtls
+def test_secret_client_with_a_certificate_gets_a_bound_token(both_paths, billing):
+    http, registry, _ = both_paths
     client, secret = registry.create("legacy", scopes=["read"], audiences=[AUDIENCE])
     bound = claims_of(token(http, billing, headers=basic("legacy", secret)))
     assert bound["cnf"] == {"x5t#S256": presented(billing).thumbprint}
@@ -223,8 +233,8 @@ def test_secret_client_with_a_certificate_gets_a_bound_token(mtls, billing):
     assert "cnf" not in claims_of(token(http, billing, address="198.51.100.9", headers=basic("legacy", secret)))
 
 
-def test_malformed_certificate_header_is_invalid_request(mtls):
-    http, registry, _ = mtls
+def test_malformed_certificate_header_is_invalid_request(both_paths):
+    http, registry, _ = both_paths
     registry.create("billing", scopes=["read"], audiences=[AUDIENCE], tls_subject=SUBJECT)
     for value in (":!!:", "garbage", ":" + "QUJD" * 5000 + ":"):
         response = http.post(
