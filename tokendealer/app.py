@@ -107,7 +107,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
     )
     audit = AuditLog(config.audit_log, clock, buffered=serving)
     throttle = FailureThrottle(
-        config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, clock, processes=processes
+        config.ratelimit_storage, config.auth_failure_limit, config.auth_failure_limit_per_address, audit, processes=processes
     )
     federation = FederationVerifier(
         issuers=IssuerStore(engine, clock, cache_seconds=config.client_cache_seconds),

@@ -69,7 +69,6 @@ class FailureThrottle:
         per_client: str,
         per_address: str,
         audit: AuditLog,
-        clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         processes: int = 1,
     ):
@@ -78,7 +77,6 @@ class FailureThrottle:
         self.per_client = [_share(limit, share) for limit in parse_many(per_client)]
         self.per_address = [_share(limit, share) for limit in parse_many(per_address)]
         self.audit = audit
-        self.clock = clock
         self.monotonic = monotonic
         self._periods: dict[tuple[str, str], _Period] = {}
         self._storage_down = False
@@ -112,7 +110,8 @@ class FailureThrottle:
                 self._storage_down = True
                 return None
             self._storage_down = False
-            return self._start_period(key, limit, max(1.0, reset_at - self.clock()), now)
+            # The limits library's windows run on the real clock, whatever clock the rest of the server is given.
+            return self._start_period(key, limit, max(1.0, reset_at - time.time()), now)
         return None
 
     def _start_period(self, key: tuple[str, str], limit: RateLimitItem, retry_after: float, now: float) -> TooManyRequests:
