@@ -213,6 +213,8 @@ def test_header_from_an_untrusted_address_is_ignored(both_paths, billing):
     assert token(http, billing, address="198.51.100.9", data={"client_id": "billing"}).status_code == 401
     # An address inside a listed network is trusted.
     assert token(http, billing, address="192.0.2.44", data={"client_id": "billing"}).status_code == 200
+    assert token(http, billing, address="::ffff:192.0.2.45", data={"client_id": "billing"}).status_code == 200
+    assert token(http, billing, address="[::ffff:192.0.2.46]", data={"client_id": "billing"}).status_code == 200
 
 
 def test_a_client_cert_header_the_proxy_did_not_set_is_dropped(mtls, billing):

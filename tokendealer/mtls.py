@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -34,7 +35,6 @@ _CERT_ENVIRON = cgi_name(CERT_HEADER)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # RFC 4514 §3 keywords, plus the e-mail attribute OpenSSL prints as emailAddress (and some tools as E).
 _DN_KEYWORDS = {"emailAddress": NameOID.EMAIL_ADDRESS, "E": NameOID.EMAIL_ADDRESS}
-TLS_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")
 
 
 class ProxyHeaders:
@@ -56,9 +56,10 @@ class ProxyHeaders:
         if not self.networks or not address:
             return False
         try:
-            ip = ipaddress.ip_address(address)
+            ip = ipaddress.ip_address(address.strip("[]"))
         except ValueError:
             return False
+        ip = getattr(ip, "ipv4_mapped", None) or ip  # a dual-stack socket's ::ffff:10.0.0.5 is 10.0.0.5
         return any(ip in network for network in self.networks)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -168,7 +169,7 @@ class CertificateAuthenticator:
         self,
         registered_keys: Callable[[Client], dict[str, Any] | None],
         anchors: Iterable[x509.Certificate] = (),
-        clock: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.registered_keys = registered_keys
         self.anchors = tuple(anchors)
