@@ -3,13 +3,17 @@ two formats, DN / SAN / key matching, the token endpoint on both HTTP paths, and
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, g
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from client_lib import CertificateMismatch, TokenVerifier, require_token
 from client_lib.core.certificates import MAX_HEADER_LENGTH, CertificateError, PresentedCertificate, check_binding, from_header, load
@@ -474,3 +478,45 @@ def test_credentials_with_only_a_certificate_send_the_client_id():
         Credentials("billing", None, None, None, lambda: 0.0)
     with pytest.raises(ValueError):
         Credentials("billing", "s", ec.generate_private_key(ec.SECP256R1()), None, lambda: 0.0, tls=True)
+
+
+def _near_misses(billing) -> list[str]:
+    """Headers close to valid ones: truncated, bit-flipped, re-wrapped, or another object's encoding."""
+    der, rfc9440, escaped = billing.der, billing.rfc9440(), billing.nginx_escaped()
+    flipped = bytearray(der)
+    flipped[len(der) // 2] ^= 0x55
+    return [
+        rfc9440[: len(rfc9440) // 2] + ":",
+        ":" + base64.b64encode(bytes(flipped)).decode() + ":",
+        ":" + base64.b64encode(der[:-10]).decode() + ":",
+        escaped[: len(escaped) // 2],
+        escaped.replace("BEGIN%20CERTIFICATE", "BEGIN%20X509%20CRL"),
+        quote(billing.key_pem.decode(), safe=""),
+        rfc9440 + "," + rfc9440,
+    ]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+@given(value=st.one_of(st.text(max_size=300), st.binary(max_size=300).map(lambda b: ":" + base64.b64encode(b).decode() + ":")))
+def test_fuzzed_certificate_headers_are_refused_never_500(fuzz_app, value):
+    http, near_misses = fuzz_app
+    for header in (value, *near_misses):
+        try:
+            response = http.post(
+                "/oauth/token", data={**GRANT, "client_id": "billing"}, headers={HEADER: header}, environ_base={"REMOTE_ADDR": PROXY}
+            )
+        except ValueError:
+            continue  # a value the test client itself cannot put in a header (CR, LF, NUL)
+        assert response.status_code in (400, 401, 429), (header, response.get_json())  # 429: failures past the limit
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory, billing, ca):
+    """An app that also checks CA issuance, so a tampered copy of a good certificate is refused too."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    (tmp / "ca.pem").write_bytes(ca.pem)
+    app, registry, _ = make_app(tmp, FakeClock(), client_ca_file=str(tmp / "ca.pem"))
+    registry.create("billing", scopes=["read"], audiences=[AUDIENCE], tls_subject=SUBJECT)
+    yield app.test_client(), _near_misses(billing)
+    app.extensions["tokendealer"].audit.close()
+    app.extensions["tokendealer"].engine.dispose()
