@@ -134,6 +134,7 @@ def mtls_stack(tmp_path_factory) -> Any:
             "paths": paths,
             "legacy_secret": legacy_secret,
             "tmp": tmp,
+            "env": env,
         }
     finally:
         process.terminate()
@@ -242,6 +243,28 @@ def test_client_lib_sync_with_cert_then_verifies_the_binding(mtls_stack):
     with pytest.raises(TokenRequestError) as refused:
         TokenClient(mtls_stack["issuer"], "billing", cert=mtls_stack["paths"]["selfie"], session=session).get_token(audience=AUDIENCE)
     assert refused.value.error == "invalid_client"
+
+
+def test_token_command_with_a_certificate(mtls_stack):
+    env = {**mtls_stack["env"], "REQUESTS_CA_BUNDLE": mtls_stack["ca"]}
+    cert, key = mtls_stack["paths"]["billing"]
+    result = run_cli("token", "--client-id", "billing", "--cert", cert, "--cert-key", key, "--audience", AUDIENCE, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(json.loads(result.stdout)["access_token"], options={"verify_signature": False})
+    assert claims["cnf"]["x5t#S256"] == thumbprint(mtls_stack["certs"]["billing"])
+    refused = run_cli("token", "--client-id", "billing", "--cert", *mtls_stack["paths"]["selfie"][:1], "--audience", AUDIENCE, env=env)
+    assert refused.returncode == 2 and "--cert and --cert-key together" in refused.stderr
+    wrong = run_cli(
+        "token",
+        "--client-id",
+        "billing",
+        "--cert",
+        *mtls_stack["paths"]["selfie"][:1],
+        "--cert-key",
+        mtls_stack["paths"]["selfie"][1],
+        env=env,
+    )
+    assert wrong.returncode == 1 and "invalid_client" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 @pytest.mark.anyio
