@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
     ActorNotAllowed,
+    BoundTokenAsBearer,
     CertificateMismatch,
     DisallowedAlgorithm,
     DiscoveryError,
@@ -11,16 +12,19 @@ from .exceptions import (
     FederatedTokenError,
     ImmatureToken,
     InsufficientScope,
+    InvalidDPoPProof,
     InvalidSignature,
     InvalidToken,
     KeySetUnavailable,
     MalformedToken,
     MissingClaim,
+    ReplayCacheUnavailable,
     RevokedToken,
     TokenClientError,
     TokenEndpointUnavailable,
     TokenRequestError,
     UnknownKey,
+    UseDPoPNonce,
     WrongAudience,
     WrongIssuer,
     WrongTokenType,
@@ -70,6 +74,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ActorNotAllowed",
+    "BoundTokenAsBearer",
+    "InvalidDPoPProof",
+    "ReplayCacheUnavailable",
+    "UseDPoPNonce",
     "actors",
     "AsyncTokenClient",
     "AsyncTokenVerifier",

@@ -17,11 +17,13 @@ import httpx
 
 from . import tracing
 from .core.credentials import Credentials
+from .core.dpop import MAX_AGE, DPoPKey, DPoPProof, MemoryProofReplay, Nonces, ProofCheck, replay_key
 from .core.retries import RetrySchedule, retryable_status
-from .core.tokens import CacheKey, TokenCache, exchange_form, exchange_key, token_error, token_form, token_response
+from .core.tokens import CacheKey, TokenCache, dpop_key, exchange_form, exchange_key, token_error, token_form, token_response
 from .core.verification import Verification
 from .discovery import discover_async
-from .exceptions import DiscoveryError, KeySetUnavailable, RevokedToken, TokenRequestError
+from .exceptions import DiscoveryError, InvalidDPoPProof, KeySetUnavailable, RevokedToken, TokenRequestError
+from .proof_replay import proof_replay
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class _LoopLocks:
 
 
 class AsyncTokenClient:
-    """The async twin of TokenClient: the same cache, refresh, single-flight, retry and error rules."""
+    """The async twin of TokenClient: the same cache, refresh, single-flight, retry, DPoP and error rules."""
 
     def __init__(
         self,
@@ -71,6 +73,7 @@ class AsyncTokenClient:
         private_key: Any = None,
         key_id: str | None = None,
         federated_token_file: str | os.PathLike[str] | None = None,
+        dpop_key: Any = None,
         cert: tuple[str, str] | None = None,
         token_endpoint: str | None = None,
         http: httpx.AsyncClient | None = None,
@@ -84,6 +87,8 @@ class AsyncTokenClient:
         self.issuer = issuer
         self.client_id = client_id
         self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file, tls=cert is not None)
+        self.dpop = DPoPKey(dpop_key, clock) if dpop_key is not None and dpop_key is not False else None
+        self.token_type = "DPoP" if self.dpop else "Bearer"
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
         # httpx presents a client certificate per client, not per request: a given `http` must carry `cert` itself.
@@ -115,12 +120,13 @@ class AsyncTokenClient:
 
     async def get_token(self, audience: str | None = None, scope: str | None = None) -> str:
         """A valid access token for (audience, scope), from the cache when fresh."""
-        return await self._cached((audience, scope), token_form(audience, scope))
+        return await self._cached(dpop_key((audience, scope), self.dpop is not None), token_form(audience, scope))
 
     async def exchange(self, subject_token: str, audience: str | None = None, scope: str | None = None) -> str:
         """RFC 8693: `subject_token` (a token this service received, meant for it) exchanged for one meant for
         `audience`, acting for its caller; cached per (the subject token's jti, audience, scope) like any token."""
-        return await self._cached(exchange_key(subject_token, audience, scope), exchange_form(subject_token, audience, scope))
+        key = dpop_key(exchange_key(subject_token, audience, scope), self.dpop is not None)
+        return await self._cached(key, exchange_form(subject_token, audience, scope))
 
     async def _cached(self, key: CacheKey, form: dict[str, str]) -> str:
         token = self.cache.fresh(key, self.clock())
@@ -155,21 +161,30 @@ class AsyncTokenClient:
         tracing.annotate(client_id=self.client_id, grant_type=form.get("grant_type"), audience=form.get("audience"))
         endpoint = await self.token_endpoint()
         schedule = RetrySchedule(endpoint, self.retries, self.backoff, self.retry_budget)
+        nonce_retried = False
         while True:
             fields, basic = await self.client_auth()
+            headers: dict[str, str] = tracing.inject({})
+            if self.dpop is not None:
+                headers["DPoP"] = self.dpop.proof("POST", endpoint)
             try:
-                response = await self.http.post(endpoint, data={**form, **fields}, **_basic_auth(basic), headers=tracing.inject())
+                response = await self.http.post(endpoint, data={**form, **fields}, **_basic_auth(basic), headers=headers)
             except httpx.HTTPError as exc:
                 await self.sleep(schedule.next_wait(exc.__class__.__name__))
                 continue
             tracing.annotate(status=response.status_code)
+            new_nonce = self.dpop is not None and self.dpop.remember_nonce(endpoint, response.headers.get("DPoP-Nonce"))
             if response.status_code == 200:
                 try:
-                    return token_response(response.json())
+                    return token_response(response.json(), self.token_type)
                 except ValueError as exc:
                     raise TokenRequestError("invalid_response", str(exc), 200) from None
             if not retryable_status(response.status_code):
-                raise token_error(response)
+                error = token_error(response)
+                if error.error == "use_dpop_nonce" and new_nonce and not nonce_retried:
+                    nonce_retried = True  # RFC 9449 §8: once more at once, with the nonce the server asked for
+                    continue
+                raise error
             await self.sleep(schedule.next_wait(f"HTTP {response.status_code}", response.headers.get("Retry-After")))
 
 
@@ -190,6 +205,9 @@ class AsyncTokenVerifier:
         introspect: bool = False,
         introspection_client: AsyncTokenClient | None = None,
         introspection_cache: float = 5.0,
+        dpop_max_age: float = MAX_AGE,
+        dpop_nonce_secret: bytes | None = None,
+        dpop_replay: Any = None,
         http: httpx.AsyncClient | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.time,
@@ -198,7 +216,10 @@ class AsyncTokenVerifier:
             raise ValueError("introspect=True needs introspection_client (an AsyncTokenClient to authenticate with)")
         self.issuer = issuer
         self.audience = audience
-        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size)
+        nonces = Nonces(lambda: dpop_nonce_secret) if dpop_nonce_secret else None
+        proofs = ProofCheck(max_age=dpop_max_age, nonces=nonces)
+        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, proofs=proofs)
+        self.dpop_replay = proof_replay(dpop_replay, clock)
         self.http = http or httpx.AsyncClient(timeout=timeout)
         self.clock = clock
         self.introspect = introspect
@@ -222,10 +243,14 @@ class AsyncTokenVerifier:
         *,
         actor: str | None = None,
         no_actor: bool | str | Iterable[str] = False,
+        scheme: str | None = None,
+        dpop_proof: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
         client_cert: Any = None,
     ) -> dict[str, Any]:
-        """The token's claims, or an InvalidToken subclass saying why it is refused; `actor` / `no_actor` and
-        `client_cert` as `TokenVerifier.verify`."""
+        """The token's claims, or an InvalidToken subclass saying why it is refused; `actor` / `no_actor`, the
+        DPoP arguments (`scheme`, `dpop_proof`, `method`, `url`) and `client_cert` as `TokenVerifier.verify`."""
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
@@ -243,9 +268,19 @@ class AsyncTokenVerifier:
                         await self._fetch(now)
                         policy.fetched_for(kid, now)
             claims = policy.complete(token, jws, now)
+        proof = policy.binding(claims, token, scheme, dpop_proof, method, url, now)
+        if proof is not None:
+            await self._first_use(proof)
         if self.introspect:
             await self._check_active(token, claims, now)
         return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
+
+    async def _first_use(self, proof: DPoPProof) -> None:
+        """RFC 9449 §11.1: a proof is accepted once; a shared (Redis) cache is asked off the event loop."""
+        replay, args = self.dpop_replay, (*replay_key(proof), self.policy.proofs.replay_until(proof))
+        first = replay.first_use(*args) if isinstance(replay, MemoryProofReplay) else await asyncio.to_thread(replay.first_use, *args)
+        if not first:
+            raise InvalidDPoPProof("DPoP proof was already used")
 
     async def _jwks_url(self) -> str:
         if self._jwks_uri is None:

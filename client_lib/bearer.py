@@ -1,25 +1,51 @@
-"""RFC 6750 bearer tokens at a protected service, framework-free: reading the header, answering a refusal."""
+"""Access tokens at a protected service, framework-free: reading the Authorization and DPoP headers (RFC 6750
+§2.1, RFC 9449 §7.1), and answering a refusal with the challenge of the scheme in use (RFC 6750 §3, RFC 9449 §7.1)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from .exceptions import InvalidToken, KeySetUnavailable
+from .core.dpop import single_proof
+from .exceptions import BoundTokenAsBearer, InvalidDPoPProof, InvalidToken, KeySetUnavailable, UseDPoPNonce
+from .jose import DPOP_ALGORITHMS
 
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer` header (RFC 6750 §2.1), or None."""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+SCHEMES = {"bearer": "Bearer", "dpop": "DPoP"}
 
 
-def challenge(exc: InvalidToken, scopes: Iterable[str] | None) -> tuple[int, dict[str, str], dict[str, str]]:
-    """Status, headers and JSON body answering a refused token (RFC 6750 §3); the description is the
-    exception class's fixed text, so nothing from the token reaches the response."""
+@dataclass(frozen=True)
+class Presented:
+    """What a request presents: the scheme (`Bearer` or `DPoP`), the token, and its one DPoP proof or None."""
+
+    scheme: str
+    token: str
+    dpop_proof: str | None
+
+    @classmethod
+    def read(cls, authorization: str | None, dpop_headers: list[str]) -> Presented:
+        """The token of an `Authorization: Bearer|DPoP` header and the request's DPoP header; InvalidToken when
+        there is no token, InvalidDPoPProof for several DPoP headers (RFC 9449 §4.3 item 1)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() not in SCHEMES or not token:
+            raise InvalidToken("a bearer or DPoP token is required")
+        return cls(SCHEMES[scheme.lower()], token, single_proof(dpop_headers))
+
+
+def challenge(exc: InvalidToken, scopes: Iterable[str] | None, scheme: str = "Bearer") -> tuple[int, dict[str, str], dict[str, str]]:
+    """Status, headers and JSON body answering a refused token (RFC 6750 §3); a request that used DPoP, or
+    failed on DPoP, gets a `DPoP` challenge naming the accepted algorithms, and `DPoP-Nonce` with
+    use_dpop_nonce (RFC 9449 §7.1, §9). The description is the exception class's fixed text, so nothing from
+    the token reaches the response."""
     if isinstance(exc, KeySetUnavailable):
         return 503, {"Retry-After": "5"}, {"error": "temporarily_unavailable", "error_description": exc.description}
-    header = f'Bearer error="{exc.error}", error_description="{exc.description}"'
+    dpop = scheme == "DPoP" or isinstance(exc, (InvalidDPoPProof, BoundTokenAsBearer))
+    header = f'{"DPoP" if dpop else "Bearer"} error="{exc.error}", error_description="{exc.description}"'
     if exc.error == "insufficient_scope" and scopes:
         header += f', scope="{" ".join(scopes)}"'
-    return exc.status, {"WWW-Authenticate": header}, {"error": exc.error, "error_description": exc.description}
+    if dpop:
+        header += f', algs="{" ".join(DPOP_ALGORITHMS)}"'
+    headers = {"WWW-Authenticate": header}
+    if isinstance(exc, UseDPoPNonce):
+        headers["DPoP-Nonce"] = exc.nonce
+    return exc.status, headers, {"error": exc.error, "error_description": exc.description}

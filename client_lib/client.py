@@ -15,9 +15,10 @@ import requests
 
 from . import tracing
 from .core.credentials import Credentials
+from .core.dpop import DPoPKey, asks_for_nonce, presentation
 from .core.origins import PinnedAuth
 from .core.retries import RetrySchedule, retryable_status
-from .core.tokens import CacheKey, TokenCache, exchange_form, exchange_key, token_error, token_form, token_response
+from .core.tokens import CacheKey, TokenCache, dpop_key, exchange_form, exchange_key, token_error, token_form, token_response
 from .discovery import discover
 from .exceptions import TokenRequestError
 
@@ -31,6 +32,10 @@ class TokenClient:
 
     A token is served from the cache until it turns stale; then one caller refreshes it while the others
     keep the still-valid old token. An expired token is never returned. One request is in flight per key.
+
+    `dpop_key` (a private key object, a PEM path/bytes/text, or True for a new in-memory ES256 key) makes every
+    token DPoP-bound (RFC 9449): each token request carries a fresh proof, a `use_dpop_nonce` answer is retried
+    once with the server's nonce, and TokenAuth/HttpxTokenAuth present the tokens with proofs.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class TokenClient:
         private_key: Any = None,
         key_id: str | None = None,
         federated_token_file: str | os.PathLike[str] | None = None,
+        dpop_key: Any = None,
         cert: tuple[str, str] | None = None,
         token_endpoint: str | None = None,
         session: requests.Session | None = None,
@@ -57,6 +63,8 @@ class TokenClient:
         self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file, tls=cert is not None)
         # RFC 8705: (certificate file, key file) presented in the TLS handshake of each token request.
         self.cert = cert
+        self.dpop = DPoPKey(dpop_key, clock) if dpop_key is not None and dpop_key is not False else None
+        self.token_type = "DPoP" if self.dpop else "Bearer"
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
         self.session = session or requests.Session()
@@ -98,12 +106,13 @@ class TokenClient:
 
     def get_token(self, audience: str | None = None, scope: str | None = None) -> str:
         """A valid access token for (audience, scope), from the cache when fresh."""
-        return self._cached((audience, scope), token_form(audience, scope))
+        return self._cached(dpop_key((audience, scope), self.dpop is not None), token_form(audience, scope))
 
     def exchange(self, subject_token: str, audience: str | None = None, scope: str | None = None) -> str:
         """RFC 8693: `subject_token` (a token this service received, meant for it) exchanged for one meant for
         `audience`, acting for its caller; cached per (the subject token's jti, audience, scope) like any token."""
-        return self._cached(exchange_key(subject_token, audience, scope), exchange_form(subject_token, audience, scope))
+        key = dpop_key(exchange_key(subject_token, audience, scope), self.dpop is not None)
+        return self._cached(key, exchange_form(subject_token, audience, scope))
 
     def _cached(self, key: CacheKey, form: dict[str, str]) -> str:
         token = self.cache.fresh(key, self.clock())
@@ -151,26 +160,37 @@ class TokenClient:
 
     @tracing.traced("fetch token", kind="client")
     def _request(self, form: dict[str, str]) -> dict[str, Any]:
-        """POST to the token endpoint with retries on network errors, 5xx and 429."""
+        """POST to the token endpoint with retries on network errors, 5xx and 429, and once at once with a new
+        DPoP nonce the server asks for (RFC 9449 §8)."""
         tracing.annotate(client_id=self.client_id, grant_type=form.get("grant_type"), audience=form.get("audience"))
-        schedule = RetrySchedule(self.token_endpoint, self.retries, self.backoff, self.retry_budget)
+        endpoint = self.token_endpoint
+        schedule = RetrySchedule(endpoint, self.retries, self.backoff, self.retry_budget)
+        nonce_retried = False
         while True:
             fields, basic = self.client_auth()
+            headers: dict[str, str] = tracing.inject({})
+            if self.dpop is not None:
+                headers["DPoP"] = self.dpop.proof("POST", endpoint)
             try:
                 response = self.session.post(
-                    self.token_endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=tracing.inject(), cert=self.cert
+                    endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=headers, cert=self.cert
                 )
             except requests.RequestException as exc:
                 self.sleep(schedule.next_wait(exc.__class__.__name__))
                 continue
             tracing.annotate(status=response.status_code)
+            new_nonce = self.dpop is not None and self.dpop.remember_nonce(endpoint, response.headers.get("DPoP-Nonce"))
             if response.status_code == 200:
                 try:
-                    return token_response(response.json())
+                    return token_response(response.json(), self.token_type)
                 except ValueError as exc:
                     raise TokenRequestError("invalid_response", str(exc), 200) from None
             if not retryable_status(response.status_code):
-                raise token_error(response)
+                error = token_error(response)
+                if error.error == "use_dpop_nonce" and new_nonce and not nonce_retried:
+                    nonce_retried = True
+                    continue
+                raise error
             self.sleep(schedule.next_wait(f"HTTP {response.status_code}", response.headers.get("Retry-After")))
 
 
@@ -183,7 +203,8 @@ class TokenAuth(PinnedAuth[TokenClient], requests.auth.AuthBase):
     it was not obtained for: `origin` (any URL of it), or else the origin of the first request it
     authenticates. Requests to any other origin get no token from it, and its token is taken off a redirect
     to one. On a 401 `invalid_token` from its origin, it retries once with a new token when the body can be
-    sent again."""
+    sent again. With a DPoP client it sends `Authorization: DPoP` and a fresh proof for each request, and on a
+    401 `use_dpop_nonce` retries once with the nonce (RFC 9449 §7.1, §9)."""
 
     def _token(self) -> str:
         if self.subject_token is not None:
@@ -192,7 +213,7 @@ class TokenAuth(PinnedAuth[TokenClient], requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if self.pin.admits(request.url or ""):
-            request.headers["Authorization"] = f"Bearer {self._token()}"
+            self._present(request, self._token())
             tracing.inject(request.headers)
             request.register_hook("response", self._strip_before_leaving)
             request.register_hook("response", self._retry_on_invalid_token)
@@ -204,6 +225,7 @@ class TokenAuth(PinnedAuth[TokenClient], requests.auth.AuthBase):
         location = response.headers.get("Location") if response.is_redirect else None
         if location is not None and not self.pin.admits(urljoin(response.url, location)):
             response.request.headers.pop("Authorization", None)
+            response.request.headers.pop("DPoP", None)
         return response
 
     def _retry_on_invalid_token(self, response: requests.Response, **kwargs: Any) -> requests.Response:
@@ -212,15 +234,29 @@ class TokenAuth(PinnedAuth[TokenClient], requests.auth.AuthBase):
         request = response.request
         if response.status_code != 401 or request in _RETRIED or not self.pin.admits(request.url or ""):
             return response
-        if "invalid_token" not in response.headers.get("WWW-Authenticate", ""):
+        challenge = response.headers.get("WWW-Authenticate", "")
+        dpop = self.client.dpop
+        new_nonce = (
+            dpop is not None
+            and asks_for_nonce(401, challenge)
+            and dpop.remember_nonce(request.url or "", response.headers.get("DPoP-Nonce"))
+        )
+        if not new_nonce and "invalid_token" not in challenge:
             return response
         if request.body is not None and not isinstance(request.body, (bytes, str)):
             return response  # a stream cannot be replayed
-        self.client.invalidate(request.headers.get("Authorization", "")[7:])
+        token = request.headers.get("Authorization", "").partition(" ")[2]
+        if not new_nonce:
+            self.client.invalidate(token)
+            token = self._token()
         response.content  # noqa: B018 (drain, so the connection can be reused)
         response.close()
         _RETRIED.add(request)
-        request.headers["Authorization"] = f"Bearer {self._token()}"
+        self._present(request, token)
         new_response = response.connection.send(request, **kwargs)
         new_response.history.append(response)
         return self._strip_before_leaving(new_response)
+
+    def _present(self, request: requests.PreparedRequest, token: str) -> None:
+        """Put the token (and, for DPoP, a new proof for this request: never a reused one) on the request."""
+        request.headers.update(presentation(token, self.client.dpop, request.method or "GET", request.url or ""))

@@ -94,11 +94,41 @@ class ActorNotAllowed(InvalidToken):
     description = "the token's delegation chain is not accepted here"
 
 
+class InvalidDPoPProof(InvalidToken):
+    """The DPoP proof (RFC 9449 §4.3) is missing, malformed, or does not match the request or the token's key."""
+
+    error = "invalid_dpop_proof"
+    description = "a valid DPoP proof is required"
+
+
+class UseDPoPNonce(InvalidDPoPProof):
+    """The proof lacks the nonce the server asks for (RFC 9449 §8, §9); `nonce` is the one to use."""
+
+    error = "use_dpop_nonce"
+    description = "resend the request with a DPoP proof carrying the nonce in DPoP-Nonce"
+
+    def __init__(self, message: str, nonce: str):
+        super().__init__(message)
+        self.nonce = nonce
+
+
+class BoundTokenAsBearer(InvalidToken):
+    """A DPoP-bound token (RFC 9449 §6, `cnf.jkt`) was presented as a plain bearer token (§7.1 forbids it)."""
+
+    description = "this token is DPoP-bound: present it with the DPoP scheme and a proof"
+
+
 class KeySetUnavailable(InvalidToken):
     """No keys could be had from the issuer, so nothing can be verified (the token may be fine)."""
 
     status = 503
     description = "the issuer keys are unavailable, try again later"
+
+
+class ReplayCacheUnavailable(KeySetUnavailable):
+    """The shared DPoP replay cache did not answer, so no proof can be judged fresh (the request may be fine)."""
+
+    description = "the DPoP replay cache is unavailable, try again later"
 
 
 class TokenClientError(Exception):

@@ -4,7 +4,9 @@
     async def invoices(claims: dict = Depends(require_token_async(verifier, scopes=["invoices:read"]))): ...
 
 401 with `WWW-Authenticate: Bearer …` for a missing or invalid token, 403 `insufficient_scope` for a
-missing scope (RFC 6750 §3); it shows in the OpenAPI document as an HTTP bearer security scheme.
+missing scope (RFC 6750 §3); a DPoP-bound token needs the DPoP scheme and a proof for the request's method and
+URL, refusals then carry a `DPoP` challenge (RFC 9449 §7.1). It shows in the OpenAPI document as an HTTP
+bearer security scheme.
 Needs the `fastapi` extra.
 """
 
@@ -17,7 +19,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .aio import AsyncTokenVerifier
-from .bearer import challenge
+from .bearer import Presented, challenge
 from .core.certificates import from_request
 from .exceptions import InvalidToken
 
@@ -38,15 +40,27 @@ def require_token_async(
     scopes = list(scopes or [])
     no_actor = no_actor if isinstance(no_actor, (bool, str)) else tuple(no_actor)
 
-    async def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
+    # The security scheme documents the header; the request itself is read for the DPoP scheme and proof.
+    async def dependency(request: Request, _: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
+        scheme = "Bearer"
         try:
-            if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-                raise InvalidToken("a bearer token is required")
+            presented = Presented.read(request.headers.get("Authorization"), request.headers.getlist("DPoP"))
+            scheme = presented.scheme
             header = request.headers.get(client_cert_header) if client_cert_header else None
             client_cert = from_request(header, None if client_cert_header else _tls_leaf(request.scope))
-            return await verifier.verify(credentials.credentials, scopes, actor=actor, no_actor=no_actor, client_cert=client_cert)
+            return await verifier.verify(
+                presented.token,
+                scopes,
+                actor=actor,
+                no_actor=no_actor,
+                scheme=presented.scheme,
+                dpop_proof=presented.dpop_proof,
+                method=request.method,
+                url=str(request.url),
+                client_cert=client_cert,
+            )
         except InvalidToken as exc:
-            status, headers, body = challenge(exc, scopes)
+            status, headers, body = challenge(exc, scopes, scheme)
             raise HTTPException(status_code=status, detail=body, headers=headers) from None
 
     return dependency

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from .bearer import bearer_token, challenge
+from .bearer import Presented, challenge
 from .core.certificates import from_request
 from .exceptions import InvalidToken
 from .verifier import TokenVerifier
@@ -26,7 +26,9 @@ def require_token(
     client_cert_header: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: the view runs only with a valid token holding `scopes` (and the delegation chain `actor` /
-    `no_actor` ask for, as `TokenVerifier.verify`); claims in `flask.g.token_claims`.
+    `no_actor` ask for, as `TokenVerifier.verify`); claims in `flask.g.token_claims`. A DPoP-bound token needs
+    the DPoP scheme and a proof for this request's method and URL (`request.url`: behind a proxy, set up
+    ProxyFix so it is the URL the client called).
 
     A certificate-bound token (RFC 8705 §3) needs the caller's client certificate: from `client_cert_header`
     (RFC 9440 `Client-Cert` or nginx's URL-encoded PEM; name it only behind a proxy that overwrites it), else
@@ -37,15 +39,25 @@ def require_token(
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = bearer_token(request.headers.get("Authorization"))
+            scheme = "Bearer"
             try:
-                if token is None:
-                    raise InvalidToken("a bearer token is required")
+                presented = Presented.read(request.headers.get("Authorization"), request.headers.getlist("DPoP"))
+                scheme = presented.scheme
                 header = request.headers.get(client_cert_header) if client_cert_header else None
                 client_cert = from_request(header, None if client_cert_header else request.environ.get("SSL_CLIENT_CERT"))
-                g.token_claims = verifier.verify(token, scopes, actor=actor, no_actor=no_actor, client_cert=client_cert)
+                g.token_claims = verifier.verify(
+                    presented.token,
+                    scopes,
+                    actor=actor,
+                    no_actor=no_actor,
+                    scheme=presented.scheme,
+                    dpop_proof=presented.dpop_proof,
+                    method=request.method,
+                    url=request.url,
+                    client_cert=client_cert,
+                )
             except InvalidToken as exc:
-                status, headers, body = challenge(exc, scopes)
+                status, headers, body = challenge(exc, scopes, scheme)
                 response: Response = jsonify(body)
                 response.status_code = status
                 response.headers.update(headers)

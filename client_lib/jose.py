@@ -24,7 +24,9 @@ from .exceptions import (
     DisallowedAlgorithm,
     ExpiredToken,
     ImmatureToken,
+    InvalidDPoPProof,
     InvalidSignature,
+    InvalidToken,
     MalformedToken,
     MissingClaim,
     WrongAudience,
@@ -40,6 +42,10 @@ ALGS_BY_KEY: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("OKP", "Ed25519"): ("EdDSA",),
 }
 ALGORITHMS = tuple(alg for algs in ALGS_BY_KEY.values() for alg in algs)
+# RFC 9449 §4.2: a DPoP proof's `typ`, and the algorithms a proof may use (asymmetric only, §4.3 item 5): the
+# same table as every other signature here, advertised as dpop_signing_alg_values_supported.
+DPOP_TYPE = "dpop+jwt"
+DPOP_ALGORITHMS = ALGORITHMS
 # RFC 9068 §4: the `typ` of an access token, compared exactly.
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 # RFC 7523 §2.2: the client_assertion_type of a JWT client assertion.
@@ -133,6 +139,11 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
     return b64url(hashlib.sha256(canonical).digest())
+
+
+def sha256_b64url(text: str) -> str:
+    """Base64url SHA-256 of a string's UTF-8 bytes: RFC 9449 §4.2 `ath` of an access token."""
+    return b64url(hashlib.sha256(text.encode("utf-8")).digest())
 
 
 def public_jwk(public_key: Any, alg: str) -> dict[str, Any]:
@@ -260,6 +271,47 @@ def verify_signature(jws: CompactJws, key: VerificationKey) -> dict[str, Any]:
     if not _JWA[jws.alg].verify(jws.signing_input, key.key, jws.signature):
         raise InvalidSignature("signature verification failed")
     return jws.unverified_claims()
+
+
+# ---- DPoP proofs (RFC 9449 §4) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DPoPProof:
+    """A DPoP proof whose JOSE parts were checked (RFC 9449 §4.3 items 2, 4-7): its claims, not yet judged
+    against the request, and `jkt`, the RFC 7638 thumbprint of the key that signed it."""
+
+    claims: dict[str, Any]
+    jkt: str
+
+
+def parse_dpop_proof(proof: Any) -> DPoPProof:
+    """RFC 9449 §4.3: a single compact JWS (item 2) with typ dpop+jwt (4), an accepted asymmetric alg (5), a
+    `jwk` header holding a public key only (7) with which the signature verifies (6); else InvalidDPoPProof."""
+    try:
+        jws = parse_jws(proof, (DPOP_TYPE,), noun="DPoP proof")
+        jwk = jws.header.get("jwk")
+        if not isinstance(jwk, dict):
+            raise InvalidDPoPProof("DPoP proof has no jwk header")
+        if any(member in jwk for member in PRIVATE_MEMBERS):
+            raise InvalidDPoPProof("DPoP proof jwk holds private key material")
+        key = VerificationKey.from_jwk(jwk)
+        claims = verify_signature(jws, key)
+        # The thumbprint of the key as it is re-encoded here, so one key has one jkt however its JWK was written.
+        return DPoPProof(claims, public_jwk(key.key, jws.alg)["kid"])
+    except JwkError as exc:
+        raise InvalidDPoPProof(f"DPoP proof jwk is not usable: {exc}") from None
+    except InvalidDPoPProof:
+        raise
+    except InvalidToken as exc:
+        raise InvalidDPoPProof(str(exc)) from None
+
+
+def sign_dpop_proof(key: Any, alg: str, claims: dict[str, Any]) -> str:
+    """A DPoP proof (RFC 9449 §4.2) of `claims`, signed by the private `key`, with its public JWK in the header."""
+    jwk = _JWA[alg].to_jwk(key.public_key(), as_dict=True)
+    jwk = {k: v for k, v in jwk.items() if k in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    return jwt.encode(claims, key, algorithm=alg, headers={"typ": DPOP_TYPE, "jwk": jwk})
 
 
 # ---- claims -----------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ import requests
 
 from . import tracing
 from .client import DEFAULT_TIMEOUT, TokenClient
+from .core.dpop import MAX_AGE, DPoPProof, Nonces, ProofCheck, replay_key
 from .core.jwks import JwksState
 from .core.verification import Verification
 from .discovery import discover
-from .exceptions import KeySetUnavailable, RevokedToken, TokenClientError
+from .exceptions import InvalidDPoPProof, KeySetUnavailable, RevokedToken, TokenClientError
+from .proof_replay import proof_replay
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,10 @@ class TokenVerifier:
 
     Keys come from the issuer's JWKS (via discovery unless `jwks_uri` is given), cached per its
     Cache-Control and kept when a refresh fails. Verified tokens are remembered until they expire.
+
+    DPoP (RFC 9449): a proof may be at most `dpop_max_age` seconds old; each is accepted once, remembered in
+    `dpop_replay` (None: this process's memory; a redis:// URL or redis.Redis client: shared by every
+    instance); with `dpop_nonce_secret` (bytes shared by the instances) proofs must carry a nonce (§9).
 
     Inside the issuer itself, `key_source` returns its JWK Set instead of a fetch (the keys are in memory):
     it is asked on every verification, and a new set replaces the old at once, so a withdrawn key is
@@ -44,6 +50,9 @@ class TokenVerifier:
         introspect: bool = False,
         introspection_client: TokenClient | None = None,
         introspection_cache: float = 5.0,
+        dpop_max_age: float = MAX_AGE,
+        dpop_nonce_secret: bytes | None = None,
+        dpop_replay: Any = None,
         session: requests.Session | None = None,
         timeout: Any = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.time,
@@ -54,7 +63,10 @@ class TokenVerifier:
             raise ValueError("introspect=True needs introspection_client (a TokenClient to authenticate with)")
         self.issuer = issuer
         self.audience = audience
-        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, skew)
+        nonces = Nonces(lambda: dpop_nonce_secret) if dpop_nonce_secret else None
+        proofs = ProofCheck(max_age=dpop_max_age, nonces=nonces)
+        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, skew, proofs)
+        self.dpop_replay = proof_replay(dpop_replay, clock)
         self.key_source = key_source
         self._sourced: dict[str, Any] | None = None
         self.session = session or requests.Session()
@@ -89,6 +101,10 @@ class TokenVerifier:
         *,
         actor: str | None = None,
         no_actor: bool | str | Iterable[str] = False,
+        scheme: str | None = None,
+        dpop_proof: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
         client_cert: Any = None,
     ) -> dict[str, Any]:
         """The token's claims, or an InvalidToken subclass saying why it is refused.
@@ -96,6 +112,12 @@ class TokenVerifier:
         RFC 8693 delegation: `actor` requires the token's current actor (`act.sub`) to be that client;
         `no_actor=True` requires a direct call (no `act`), and `no_actor=NAME` (or names) that none of them
         appears anywhere in the chain. Refusals are ActorNotAllowed (403).
+
+        RFC 9449: `scheme` is the Authorization scheme the token came with (None: `DPoP` when `dpop_proof` is
+        given, else `Bearer`). A token bound to a key (`cnf.jkt`) is accepted only with the DPoP scheme and
+        `dpop_proof`, the request's DPoP header, valid for `method` and `url`, signed by that key, carrying the
+        token's hash and never seen before; as Bearer it is BoundTokenAsBearer. Refusals are InvalidDPoPProof
+        (UseDPoPNonce when a nonce is required).
 
         RFC 8705 §3: a token bound to a client certificate (`cnf.x5t#S256`) passes only with `client_cert`, the
         certificate the caller presented (PEM or DER bytes, or a cryptography Certificate); else CertificateMismatch."""
@@ -108,9 +130,17 @@ class TokenVerifier:
             if self.key_source is None:
                 self._refresh_for(jws.kid, now)
             claims = policy.complete(token, jws, now)
+        proof = policy.binding(claims, token, scheme, dpop_proof, method, url, now)
+        if proof is not None:
+            self._first_use(proof)
         if self.introspect:
             self._check_active(token, claims, now)
         return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
+
+    def _first_use(self, proof: DPoPProof) -> None:
+        """RFC 9449 §11.1: a proof is accepted once."""
+        if not self.dpop_replay.first_use(*replay_key(proof), self.policy.proofs.replay_until(proof)):
+            raise InvalidDPoPProof("DPoP proof was already used")
 
     def _refresh_for(self, kid: Any, now: float) -> None:
         """Fetch the JWKS when due (refresh ahead; waiting only when no usable keys are held), or for an

@@ -28,8 +28,8 @@ ES256 = get_default_algorithms()["ES256"]
 MARK = "TOKEN-TEXT"  # put into crafted fields: no challenge may repeat it
 # RFC 6750 §3: error_description and scope values are %x20-21 / %x23-5B / %x5D-7E (no quote, backslash, CR, LF).
 CHALLENGE_RE = re.compile(
-    r'Bearer error="(invalid_token|insufficient_scope)", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*"'
-    r'(, scope="[\x20\x21\x23-\x5b\x5d-\x7e]*")?'
+    r'(Bearer|DPoP) error="(invalid_token|insufficient_scope|invalid_dpop_proof)", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*"'
+    r'(, scope="[\x20\x21\x23-\x5b\x5d-\x7e]*")?(, algs="[A-Za-z0-9 ]+")?'
 )
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from client_lib import CertificateMismatch, TokenVerifier, require_token
 from client_lib.core.certificates import MAX_HEADER_LENGTH, CertificateError, PresentedCertificate, check_binding, from_header, load
 from client_lib.core.credentials import Credentials
+from client_lib.core.dpop import DPoPKey
 from tokendealer.app import create_app
 from tokendealer.clients import ClientError
 from tokendealer.config import Config, ConfigError
@@ -180,7 +181,7 @@ def test_tls_client_auth_by_subject_binds_the_token(both_paths, billing, encodin
     assert claims["cnf"] == {"x5t#S256": presented(billing).thumbprint}
     lines = [json.loads(line) for line in open(config.audit_log)]
     assert lines[-1]["event"] == "token.issued" and lines[-1]["auth_method"] == "tls_client_auth"
-    assert lines[-1]["cnf"] == claims["cnf"]
+    assert lines[-1]["x5t#S256"] == claims["cnf"]["x5t#S256"]
 
 
 def test_tls_client_auth_by_san(mtls, billing):
@@ -299,8 +300,9 @@ def test_discovery_and_openapi_advertise_mtls(mtls):
         "revocation_endpoint_auth_methods_supported",
     ):
         assert {"tls_client_auth", "self_signed_tls_client_auth"} <= set(metadata[field])
-    parameters = http.get("/openapi.json").get_json()["paths"]["/oauth/token"]["post"]["parameters"]
-    assert parameters[0]["in"] == "header" and parameters[0]["name"] == HEADER
+    paths = http.get("/openapi.json").get_json()["paths"]
+    for path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
+        assert {"in": "header", "name": HEADER} in [{"in": p["in"], "name": p["name"]} for p in paths[path]["post"]["parameters"]]
 
 
 def test_without_a_certificate_header_nothing_is_advertised_or_trusted(tmp_path, clock, billing):
@@ -349,6 +351,28 @@ def test_forwarded_for_is_used_only_from_a_listed_proxy(tmp_path, clock):
     assert attempt(PROXY, "198.51.100.2") == 401
     # From anyone else X-Forwarded-For is ignored: the peer's own address is counted.
     assert [attempt("198.51.100.50", "198.51.100.3") for _ in range(3)] == [401, 401, 429]
+
+
+def test_dpop_and_a_certificate_bind_the_token_to_both(mtls, billing, clock):
+    """A request with a DPoP proof and a certificate gets a token naming both: a resource server needs both."""
+    http, registry, config = mtls
+    registry.create("billing", scopes=["read"], audiences=[AUDIENCE], tls_subject=SUBJECT)
+    dpop_key = DPoPKey(True, clock)
+    response = token(http, billing, data={"client_id": "billing"}, headers={"DPoP": dpop_key.proof("POST", config.token_endpoint)})
+    assert response.get_json()["token_type"] == "DPoP"
+    assert claims_of(response)["cnf"] == {"jkt": dpop_key.jkt, "x5t#S256": presented(billing).thumbprint}
+    access_token = response.get_json()["access_token"]
+    verifier = TokenVerifier(config.issuer, AUDIENCE, jwks_uri=config.url("/.well-known/jwks.json"), clock=clock)
+    verifier.policy.accept_keys(http.get("/.well-known/jwks.json").get_json(), "max-age=300", clock())
+    url = "https://billing.example/invoices"
+
+    def call(client_cert: Any) -> dict[str, Any]:
+        proof = dpop_key.proof("GET", url, access_token)
+        return verifier.verify(access_token, dpop_proof=proof, method="GET", url=url, client_cert=client_cert)
+
+    assert call(billing.der)["sub"] == "billing"
+    with pytest.raises(CertificateMismatch):
+        call(None)
 
 
 # ---- client_lib: the binding check in TokenVerifier and require_token -------------------------------------

@@ -23,6 +23,7 @@ from .bearer import BearerGuard
 from .clients import ClientStore, SecretHasher
 from .config import Config
 from .discovery import openapi_document, server_metadata
+from .dpop import DPoPBinding, proof_check
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint, TokenEndpoint
 from .errors import (
     InvalidRequest,
@@ -124,6 +125,7 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         assertions.registered_keys, load_trust_anchors(config.client_ca_file) if config.client_ca_file else (), clock
     )
     authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation, certificates)
+    dpop = DPoPBinding(config.token_endpoint, proof_check(config, store.pepper), assertions.replay, clock)
     metrics = Metrics(keys, clock, engine)
     manage = Management(config, clients, IssuerStore(engine, clock), RuleStore(engine, clock), store, audit, clock)
     guard = BearerGuard(config.issuer, config.management_audience, keys, tokens, throttle, clock)
@@ -138,9 +140,9 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         authenticator=authenticator,
         token_endpoint=TokenEndpoint(
             [
-                ClientCredentialsGrant(authenticator, tokens),
-                TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth),
-                JwtBearerGrant(federation, authenticator, tokens),
+                ClientCredentialsGrant(authenticator, tokens, dpop),
+                TokenExchangeGrant(authenticator, clients, tokens, config.exchange_max_depth, dpop),
+                JwtBearerGrant(federation, authenticator, tokens, dpop),
             ],
             audit,
             metrics,

@@ -24,8 +24,15 @@ REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp")
 STRING_CLAIMS = ("jti",)
 
 
+# Built once: with DPoP every token request records a proof, and building the statements each time cost more
+# than running them.
+_RECORD = db.used_assertions.insert()
+_PURGE = db.used_assertions.delete().where(db.used_assertions.c.expires_at < sa.bindparam("before"))
+
+
 class ReplayCache:
-    """Assertion ids already used, per client, kept until the assertion expires (RFC 7523 §3 item 7)."""
+    """Assertion ids (and DPoP proof ids) already used, per client (or key), kept until the assertion expires
+    (RFC 7523 §3 item 7, RFC 9449 §11.1)."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
@@ -35,8 +42,8 @@ class ReplayCache:
         """Record the jti; False if it was seen before."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(db.used_assertions.delete().where(db.used_assertions.c.expires_at < self.clock() - db.PURGE_GRACE))
-                conn.execute(db.used_assertions.insert().values(client_id=client_id, jti=jti, expires_at=expires_at))
+                conn.execute(_PURGE, {"before": self.clock() - db.PURGE_GRACE})
+                conn.execute(_RECORD, {"client_id": client_id, "jti": jti, "expires_at": expires_at})
         except sa.exc.IntegrityError:
             return False
         return True

@@ -90,6 +90,11 @@ class Config:
     verify_token_limit: str | None = "20/second"
     # RFC 8693: how many actors a token-exchange chain may nest (act within act).
     exchange_max_depth: int = 4
+    # RFC 9449: whether token requests' DPoP proofs must carry a server nonce (§8), how old a proof may be and
+    # how far ahead of this server's clock its iat may lie (§4.3 item 11, §11.1).
+    dpop_nonce: bool = False
+    dpop_max_age: int = 60
+    dpop_max_skew: int = 5
     # The admin API (SPEC §3.2): the audience its bearer tokens must carry (default {issuer}/admin), and a
     # separate host:port serving it alone (the public listener then answers 404 under /admin/).
     admin_audience: str | None = None
@@ -191,16 +196,25 @@ class Config:
             _bad("max_token_ttl", "must be a positive number of seconds")
         if self.token_ttl > self.max_token_ttl:
             _bad("token_ttl", "must not exceed TOKENDEALER_MAX_TOKEN_TTL")
-        for name in ("jwks_max_age", "leeway", "federation_key_cooldown"):
+        for name in ("jwks_max_age", "leeway", "federation_key_cooldown", "dpop_max_skew"):
             if getattr(self, name) < 0:
                 _bad(name, "must not be negative")
-        for name in ("keyring_reload_interval", "assertion_max_lifetime", "max_body_bytes", "body_timeout", "federation_max_lifetime"):
+        for name in (
+            "keyring_reload_interval",
+            "assertion_max_lifetime",
+            "max_body_bytes",
+            "body_timeout",
+            "federation_max_lifetime",
+            "dpop_max_age",
+        ):
             if getattr(self, name) <= 0:
                 _bad(name, "must be positive")
         for name in ("auth_failure_limit", "auth_failure_limit_per_address", "ratelimit", "verify_token_limit"):
             value = getattr(self, name)
             if value is not None and not all(_LIMIT_RE.match(p) for p in value.split(";")):
                 _bad(name, "must be a rate such as 10/minute")
+        if self.dpop_max_age > 3600:
+            _bad("dpop_max_age", "must be at most 3600 seconds")
         if not 1 <= self.exchange_max_depth <= MAX_EXCHANGE_DEPTH:
             _bad("exchange_max_depth", f"must be between 1 and {MAX_EXCHANGE_DEPTH}")
         if self.keyring not in ("file", "database", "pkcs11"):

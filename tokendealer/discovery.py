@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from client_lib.jose import ALGORITHMS
+from client_lib.jose import ALGORITHMS, DPOP_ALGORITHMS
 
 from .admin_openapi import SCHEMAS as ADMIN_SCHEMAS
 from .admin_openapi import admin_paths
@@ -44,6 +44,8 @@ def server_metadata(config: Config, grant_types: list[str]) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": config.scopes_published,
+        # RFC 9449 §5.1: the algorithms a DPoP proof may use.
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         "service_documentation": config.url("/openapi.json"),
         "tls_client_certificate_bound_access_tokens": bool(config.client_cert_header),
     }
@@ -88,25 +90,24 @@ _ERRORS = {
 _GET_ERRORS = {"405": _error_response("Method not allowed")}
 
 
-def _certificate_header(config: Config) -> dict[str, Any]:
+def _certificate_header(config: Config) -> list[dict[str, Any]]:
     """The header a trusted proxy passes the client certificate in (RFC 8705, RFC 9440), when configured."""
     if not config.client_cert_header:
-        return {}
+        return []
     description = (
         "Set only by the TLS-terminating proxy (addresses in TOKENDEALER_TRUSTED_PROXIES; from anyone else it is "
         "ignored): the client's certificate as RFC 9440 :base64-DER: or nginx's URL-encoded PEM. It authenticates "
         "tls_client_auth / self_signed_tls_client_auth clients (with client_id) and binds tokens (cnf.x5t#S256)."
     )
-    return {
-        "parameters": [
-            {"in": "header", "name": config.client_cert_header, "required": False, "schema": {"type": "string"}, "description": description}
-        ]
-    }
+    return [
+        {"in": "header", "name": config.client_cert_header, "required": False, "schema": {"type": "string"}, "description": description}
+    ]
 
 
 def openapi_document(config: Config) -> dict[str, Any]:
     """An OpenAPI 3.0 document of every endpoint."""
     certificate = _certificate_header(config)
+    with_certificate = {"parameters": certificate} if certificate else {}
     claims = {"type": "object", "additionalProperties": True}
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"], "additionalProperties": True}
     return {
@@ -124,7 +125,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "access_token": {"type": "string"},
-                        "token_type": {"type": "string", "enum": ["Bearer"]},
+                        "token_type": {"type": "string", "enum": ["Bearer", "DPoP"]},
                         "expires_in": {"type": "integer"},
                         "scope": {"type": "string"},
                         "issued_token_type": {"type": "string"},
@@ -141,7 +142,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "paths": {
             "/oauth/token": {
                 "post": {
-                    **certificate,
                     "summary": "Client-credentials grant (RFC 6749 §4.4), token exchange (RFC 8693) and JWT bearer grant (RFC 7523 §2.1)",
                     "description": (
                         "grant_type=client_credentials with client authentication (a secret, private_key_jwt, or a "
@@ -151,6 +151,21 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "trusted issuer and no client authentication (the matching federation rule names the client)."
                     ),
                     "security": [{"basic": []}, {}],
+                    "parameters": [
+                        {
+                            "name": "DPoP",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": (
+                                "RFC 9449 DPoP proof (a dpop+jwt JWS with htm=POST and htu= this endpoint): the token is "
+                                "then bound to its key (cnf.jkt) and token_type is DPoP. A bad proof is 400 "
+                                "invalid_dpop_proof; with TOKENDEALER_DPOP_NONCE a proof without the current nonce is 400 "
+                                "use_dpop_nonce and the nonce comes in the DPoP-Nonce response header."
+                            ),
+                        },
+                        *certificate,
+                    ],
                     "requestBody": _form_body(
                         {
                             "grant_type": {"type": "string"},
@@ -163,12 +178,24 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         },
                         ["grant_type"],
                     ),
-                    "responses": {"200": _json_response("Access token", {"$ref": "#/components/schemas/Token"}), **_ERRORS},
+                    "responses": {
+                        "200": _json_response("Access token", {"$ref": "#/components/schemas/Token"}),
+                        **_ERRORS,
+                        "400": {
+                            **_error_response("Invalid request, or invalid_dpop_proof / use_dpop_nonce (RFC 9449 §5, §8)"),
+                            "headers": {
+                                "DPoP-Nonce": {
+                                    "description": "With use_dpop_nonce: the nonce the next proof must carry",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                    },
                 }
             },
             "/oauth/introspect": {
                 "post": {
-                    **certificate,
+                    **with_certificate,
                     "summary": "Token introspection (RFC 7662)",
                     "security": [{"basic": []}, {}],
                     "requestBody": _form_body(
@@ -190,7 +217,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             },
             "/oauth/revoke": {
                 "post": {
-                    **certificate,
+                    **with_certificate,
                     "summary": "Token revocation (RFC 7009)",
                     "security": [{"basic": []}, {}],
                     "requestBody": _form_body(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.core.certificates import THUMBPRINT
 from client_lib.jose import actors
 
 from . import tracing
@@ -17,7 +18,7 @@ from .errors import OAuthError, UnsupportedGrantType
 from .grants import Grant
 from .messages import TokenQuery, TokenRequest
 from .metrics import Metrics
-from .tokens import TokenRejected, TokenService
+from .tokens import TokenRejected, TokenService, token_type
 
 
 class TokenEndpoint:
@@ -52,8 +53,15 @@ class TokenEndpoint:
             raise
         claims = issued.claims
         tracing.annotate_request(client_id=issued.client_id)  # also for grants that authenticate no client
-        # cnf (a certificate thumbprint or key thumbprint, no secret) ties the line to the key a bound token needs.
-        self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, cnf=claims.get("cnf"), **context)
+        cnf = claims.get("cnf") or {}
+        # The thumbprints a bound token names (of a key, of a certificate: never the proof or the certificate).
+        if issued.token_type == "DPoP":
+            context["jkt"] = cnf["jkt"]
+            self.metrics.dpop_tokens.labels(issued.client_id).inc()
+        if THUMBPRINT in cnf:
+            context["x5t#S256"] = cnf[THUMBPRINT]
+            self.metrics.certificate_bound_tokens.labels(issued.client_id).inc()
+        self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, **context)
         self.metrics.tokens_issued.labels(issued.client_id).inc()
         if "federation_rule" in context:
             self.metrics.federated_tokens.labels(issued.client_id, context["issuer"], context["federation_rule"]).inc()
@@ -79,7 +87,7 @@ class IntrospectionEndpoint:
             claims = self.tokens.validate(query.required_token())
         except TokenRejected:
             return {"active": False}
-        return {"active": True, "token_type": "Bearer", **claims}
+        return {"active": True, "token_type": token_type(claims), **claims}
 
 
 class RevocationEndpoint:

@@ -67,6 +67,18 @@ class InvalidToken(OAuthError):
     error = "invalid_token"
 
 
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5: the token request's DPoP proof is missing (for a client that must send one) or not valid."""
+
+    error = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the proof must carry the nonce this answer gives in its `DPoP-Nonce` header."""
+
+    error = "use_dpop_nonce"
+
+
 class BearerTokenRequired(OAuthError):
     """RFC 6750 §3.1: the bearer token is missing or wrong (401 with `WWW-Authenticate: Bearer`)."""
 

@@ -85,6 +85,8 @@ class TokenRequest:
     actor_token: str | None = None
     actor_token_type: str | None = None
     requested_token_type: str | None = None
+    # RFC 9449 §4.1: the DPoP header as received (a server joins repeated headers with commas).
+    dpop: str | None = None
 
     @classmethod
     def parse(cls, params: Params, header: Header, address: str | None) -> TokenRequest:
@@ -105,6 +107,7 @@ class TokenRequest:
             actor_token=_single(params, "actor_token"),
             actor_token_type=_single(params, "actor_token_type"),
             requested_token_type=_single(params, "requested_token_type"),
+            dpop=header("DPoP"),
         )
 
 

@@ -34,6 +34,12 @@ EXCHANGED_FROM = "exchanged_from"
 _NOT_CARRIED = frozenset({"iss", "aud", "iat", "nbf", "exp", "jti", "scope", "cnf", ACT, "may_act", EXCHANGED_FROM})
 
 
+def token_type(claims: dict[str, Any]) -> str:
+    """RFC 9449 §5, §6.1: `DPoP` for a token bound to a DPoP key (`cnf.jkt`), else `Bearer` (RFC 6750)."""
+    cnf = claims.get("cnf")
+    return "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
+
+
 class TokenRejected(Exception):
     """A token failed a check; the message is the reason, safe to show to the caller."""
 
@@ -127,7 +133,7 @@ class TokenService:
     ) -> tuple[str, dict[str, Any]]:
         """RFC 8693 §2.2.1, §4.1: a token for the subject token's caller (its sub, client_id and extra claims),
         acted on by `actor_id` after the subject's actors, expiring no later than the subject token; `cnf` binds
-        it to the actor's key or certificate (the subject token's binding is never carried over)."""
+        it to the actor's key or certificate (the subject token's binding is the caller's, which the actor cannot prove)."""
         now = int(self.clock())
         audiences = list(audiences)
         act = {"sub": actor_id, **({ACT: subject[ACT]} if ACT in subject else {})}

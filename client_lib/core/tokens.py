@@ -72,16 +72,22 @@ def exchange_key(subject_token: str, audience: str | None, scope: str | None) ->
     return (EXCHANGE_GRANT, jti if isinstance(jti, str) else None, digest, audience, scope)
 
 
-def token_response(data: Any) -> dict[str, Any]:
-    """Check a token endpoint's 200 body (RFC 6749 §5.1) and return it."""
+def token_response(data: Any, token_type: str = "Bearer") -> dict[str, Any]:
+    """Check a token endpoint's 200 body (RFC 6749 §5.1) and return it; `token_type` is the one asked for
+    (RFC 9449 §5: DPoP when a proof went with the request, so a server that ignored it is noticed)."""
     if not isinstance(data, dict) or not isinstance(data.get("access_token"), str) or not data["access_token"]:
         raise ValueError("response has no access_token")
-    if str(data.get("token_type", "")).lower() != "bearer":
-        raise ValueError("token_type is not Bearer")
+    if str(data.get("token_type", "")).lower() != token_type.lower():
+        raise ValueError(f"token_type is not {token_type}")
     expires_in = data.get("expires_in")
     if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
         raise ValueError("expires_in is missing or not positive")
     return data
+
+
+def dpop_key(key: CacheKey, dpop: bool) -> CacheKey:
+    """The cache key of a DPoP-bound token: apart from every bearer token's."""
+    return ("DPoP", *key) if dpop else key
 
 
 def token_error(response: Any) -> TokenRequestError:

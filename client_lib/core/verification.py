@@ -3,12 +3,23 @@ verified-token cache; the sync and async verifiers only fetch keys and lock arou
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from typing import Any
 
-from ..exceptions import ActorNotAllowed, ExpiredToken, InsufficientScope, KeySetUnavailable, UnknownKey
-from ..jose import ACCESS_TOKEN_TYPES, ClaimCheck, CompactJws, actors, parse_jws, verify_signature
+from ..exceptions import (
+    ActorNotAllowed,
+    BoundTokenAsBearer,
+    ExpiredToken,
+    InsufficientScope,
+    InvalidDPoPProof,
+    InvalidToken,
+    KeySetUnavailable,
+    UnknownKey,
+)
+from ..jose import ACCESS_TOKEN_TYPES, ClaimCheck, CompactJws, DPoPProof, actors, parse_dpop_proof, parse_jws, verify_signature
 from .certificates import check_binding
+from .dpop import ProofCheck
 from .jwks import JwksState
 
 # RFC 9068 §2.2: claims every access token carries (a missing iss or aud fails as WrongIssuer/WrongAudience);
@@ -40,6 +51,13 @@ def check_scopes(claims: dict[str, Any], required: Iterable[str] | None) -> None
     missing = [s for s in required if s not in granted_set]
     if missing:
         raise InsufficientScope(f"token lacks scope {' '.join(missing)}")
+
+
+def bound_key(claims: dict[str, Any]) -> str | None:
+    """The `cnf.jkt` a token is bound to (RFC 9449 §6.1), or None."""
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    return jkt if isinstance(jkt, str) else None
 
 
 class VerifiedCache:
@@ -79,9 +97,18 @@ class Verification:
     """Everything a verifier decides, shared by the sync and async shells, which only fetch and lock."""
 
     def __init__(
-        self, issuer: str, audience: str, leeway: float, cooldown: float, stale_if_error: float, cache_size: int, skew: float = 0.0
+        self,
+        issuer: str,
+        audience: str,
+        leeway: float,
+        cooldown: float,
+        stale_if_error: float,
+        cache_size: int,
+        skew: float = 0.0,
+        proofs: ProofCheck | None = None,
     ):
         self.issuer = issuer
+        self.proofs = proofs or ProofCheck()
         self.audience = audience
         self.leeway = leeway
         self.claims = ClaimCheck(
@@ -131,6 +158,32 @@ class Verification:
         self.claims.check(claims, now)
         self.verified.put(token, claims)
         return claims
+
+    def binding(
+        self, claims: dict[str, Any], token: str, scheme: str | None, proof: str | None, method: str | None, url: str | None, now: float
+    ) -> DPoPProof | None:
+        """RFC 9449 §7: a DPoP-bound token only with the DPoP scheme and a valid proof for this method and URL,
+        signed by the bound key, carrying the token's hash; an unbound token only as Bearer. `scheme` None
+        means DPoP when a proof is given, else Bearer. The proof, for the shell's replay check, or None."""
+        scheme = (scheme or ("DPoP" if proof is not None else "Bearer")).lower()
+        jkt = bound_key(claims)
+        if scheme == "bearer":
+            if jkt is not None:
+                raise BoundTokenAsBearer("token is DPoP-bound and was presented as a bearer token")
+            return None
+        if scheme != "dpop":
+            raise InvalidToken("unsupported authorization scheme")
+        if jkt is None:
+            raise InvalidToken("token is not DPoP-bound; present it as a Bearer token")
+        if proof is None:
+            raise InvalidDPoPProof("a DPoP proof is required with a DPoP-bound token")
+        if method is None or url is None:
+            raise TypeError("verify() needs method= and url= to check a DPoP proof")
+        checked = parse_dpop_proof(proof)
+        if not hmac.compare_digest(checked.jkt, jkt):
+            raise InvalidDPoPProof("DPoP proof is not signed by the key the token is bound to")
+        self.proofs.check(checked, method.upper(), url, now, access_token=token)
+        return checked
 
     def known_active(self, jti: str, now: float) -> bool:
         return self._active.get(jti, 0) > now

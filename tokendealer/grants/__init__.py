@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from client_lib.core.certificates import binding
+
 from ..clients import SCOPE_TOKEN_RE, Client
+from ..dpop import DPoPBinding
 from ..errors import InvalidRequest, InvalidScope, InvalidTarget
 from ..messages import TokenRequest
+from ..tokens import token_type
 
 MAX_RESOURCES = 16
 
@@ -23,10 +27,13 @@ class Issued:
     claims: dict[str, Any]
     client_id: str
     auth_method: str
-    token_type: str = "Bearer"
     # The audit event of the issue, and extra members of the token response (RFC 8693 issued_token_type).
     event: str = "token.issued"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token_type(self) -> str:
+        return token_type(self.claims)
 
 
 class Grant(Protocol):
@@ -36,6 +43,13 @@ class Grant(Protocol):
     grant_type: str
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued: ...
+
+
+def confirmation(dpop: DPoPBinding, request: TokenRequest, client: Client) -> dict[str, str] | None:
+    """The issued token's `cnf`: the DPoP proof's key (RFC 9449 §6, `jkt`) and the certificate the request came
+    with (RFC 8705 §3.1, `x5t#S256`). A request with both gets a token bound to both: accepted only with both."""
+    cnf = {**(dpop.confirmation(request, client) or {}), **(binding(request.auth.certificate) or {})}
+    return cnf or None
 
 
 def resolve_scopes(client: Client, requested: str | None) -> list[str]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from client_lib.core.certificates import binding
-
 from ..authentication import ClientAuthenticator
+from ..dpop import DPoPBinding
 from ..messages import TokenRequest
 from ..tokens import TokenService
-from . import Issued, resolve_audiences, resolve_scopes
+from . import Issued, confirmation, resolve_audiences, resolve_scopes
 
 
 class ClientCredentialsGrant:
@@ -18,9 +17,10 @@ class ClientCredentialsGrant:
 
     grant_type = "client_credentials"
 
-    def __init__(self, authenticator: ClientAuthenticator, tokens: TokenService):
+    def __init__(self, authenticator: ClientAuthenticator, tokens: TokenService, dpop: DPoPBinding):
         self.authenticator = authenticator
         self.tokens = tokens
+        self.dpop = dpop
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued:
         client, creds = self.authenticator.authenticate(request.auth)
@@ -28,5 +28,5 @@ class ClientCredentialsGrant:
         scopes = resolve_scopes(client, request.scope)
         audiences = resolve_audiences(client, request.audience, request.resources)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.issue(client, audiences, scopes, binding(request.auth.certificate))
+        token, claims = self.tokens.issue(client, audiences, scopes, confirmation(self.dpop, request, client))
         return Issued(token, claims, client.client_id, creds.method)

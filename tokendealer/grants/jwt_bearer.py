@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from client_lib.core.certificates import binding
-
 from ..authentication import ClientAuthenticator
+from ..dpop import DPoPBinding
 from ..errors import InvalidGrant, InvalidRequest
 from ..federation import FederationRefused, FederationVerifier
 from ..messages import TokenRequest
 from ..tokens import TokenService
-from . import Issued, resolve_audiences, resolve_scopes
+from . import Issued, confirmation, resolve_audiences, resolve_scopes
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
@@ -23,10 +22,11 @@ class JwtBearerGrant:
 
     grant_type = GRANT_TYPE
 
-    def __init__(self, federation: FederationVerifier, authenticator: ClientAuthenticator, tokens: TokenService):
+    def __init__(self, federation: FederationVerifier, authenticator: ClientAuthenticator, tokens: TokenService, dpop: DPoPBinding):
         self.federation = federation
         self.authenticator = authenticator
         self.tokens = tokens
+        self.dpop = dpop
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued:
         auth = request.auth
@@ -45,5 +45,5 @@ class JwtBearerGrant:
         scopes = resolve_scopes(client, request.scope)
         audiences = resolve_audiences(client, request.audience, request.resources)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.issue(client, audiences, scopes, binding(request.auth.certificate))
+        token, claims = self.tokens.issue(client, audiences, scopes, confirmation(self.dpop, request, client))
         return Issued(token, claims, client.client_id, "federated")

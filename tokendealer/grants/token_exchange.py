@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from client_lib.core.certificates import binding
 from client_lib.jose import actors
 
 from ..authentication import ClientAuthenticator
 from ..clients import Client, ClientStore
+from ..dpop import DPoPBinding
 from ..errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
 from ..messages import TokenRequest
 from ..tokens import TokenRejected, TokenService
-from . import Issued, requested_scopes, requested_targets
+from . import Issued, confirmation, requested_scopes, requested_targets
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -32,11 +32,12 @@ class TokenExchangeGrant:
 
     grant_type = GRANT_TYPE
 
-    def __init__(self, authenticator: ClientAuthenticator, clients: ClientStore, tokens: TokenService, max_depth: int):
+    def __init__(self, authenticator: ClientAuthenticator, clients: ClientStore, tokens: TokenService, max_depth: int, dpop: DPoPBinding):
         self.authenticator = authenticator
         self.clients = clients
         self.tokens = tokens
         self.max_depth = max_depth
+        self.dpop = dpop
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued:
         client, creds = self.authenticator.authenticate(request.auth)
@@ -57,9 +58,10 @@ class TokenExchangeGrant:
             raise InvalidGrant("subject_token's client is unknown or disabled")
         scopes = _scopes(subject, subject_client, request.scope)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.exchange(
-            subject, subject_client, client.client_id, audiences, scopes, binding(request.auth.certificate)
-        )
+        # RFC 9449 §5 and RFC 8705 §3 with RFC 8693: the new token is the actor's, so it is bound to the actor's
+        # own proof and certificate.
+        cnf = confirmation(self.dpop, request, client)
+        token, claims = self.tokens.exchange(subject, subject_client, client.client_id, audiences, scopes, cnf)
         return Issued(
             token, claims, client.client_id, creds.method, event="token.exchanged", extra={"issued_token_type": ACCESS_TOKEN_TYPE}
         )
