@@ -182,6 +182,8 @@ def test_tls_client_auth_by_subject_binds_the_token(both_paths, billing, encodin
     lines = [json.loads(line) for line in open(config.audit_log)]
     assert lines[-1]["event"] == "token.issued" and lines[-1]["auth_method"] == "tls_client_auth"
     assert lines[-1]["x5t#S256"] == claims["cnf"]["x5t#S256"]
+    metrics = http.get("/metrics").get_data()
+    assert b'tokendealer_certificate_bound_tokens_issued_total{client_id="billing"} 1.0' in metrics
 
 
 def test_tls_client_auth_by_san(mtls, billing):
