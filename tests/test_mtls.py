@@ -522,18 +522,26 @@ def _near_misses(billing) -> list[str]:
     ]
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+def _refused(http, header: str) -> None:
+    try:
+        response = http.post(
+            "/oauth/token", data={**GRANT, "client_id": "billing"}, headers={HEADER: header}, environ_base={"REMOTE_ADDR": PROXY}
+        )
+    except ValueError:
+        return  # a value the test client itself cannot put in a header (CR, LF, NUL)
+    assert response.status_code in (400, 401, 429), (header, response.get_json())  # 429: failures past the limit
+
+
+def test_near_miss_certificate_headers_are_refused(fuzz_app):
+    http, near_misses = fuzz_app
+    for header in near_misses:
+        _refused(http, header)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 @given(value=st.one_of(st.text(max_size=300), st.binary(max_size=300).map(lambda b: ":" + base64.b64encode(b).decode() + ":")))
 def test_fuzzed_certificate_headers_are_refused_never_500(fuzz_app, value):
-    http, near_misses = fuzz_app
-    for header in (value, *near_misses):
-        try:
-            response = http.post(
-                "/oauth/token", data={**GRANT, "client_id": "billing"}, headers={HEADER: header}, environ_base={"REMOTE_ADDR": PROXY}
-            )
-        except ValueError:
-            continue  # a value the test client itself cannot put in a header (CR, LF, NUL)
-        assert response.status_code in (400, 401, 429), (header, response.get_json())  # 429: failures past the limit
+    _refused(fuzz_app[0], value)
 
 
 @pytest.fixture(scope="module")
