@@ -97,6 +97,7 @@ class TokenVerifier:
         dpop_proof: str | None = None,
         method: str | None = None,
         url: str | None = None,
+        client_cert: Any = None,
     ) -> dict[str, Any]:
         """The token's claims, or an InvalidToken subclass saying why it is refused.
 
@@ -108,7 +109,10 @@ class TokenVerifier:
         given, else `Bearer`). A token bound to a key (`cnf.jkt`) is accepted only with the DPoP scheme and
         `dpop_proof`, the request's DPoP header, valid for `method` and `url`, signed by that key, carrying the
         token's hash and never seen before; as Bearer it is BoundTokenAsBearer. Refusals are InvalidDPoPProof
-        (UseDPoPNonce when a nonce is required)."""
+        (UseDPoPNonce when a nonce is required).
+
+        RFC 8705 §3: a token bound to a client certificate (`cnf.x5t#S256`) passes only with `client_cert`, the
+        certificate the caller presented (PEM or DER bytes, or a cryptography Certificate); else CertificateMismatch."""
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
@@ -120,7 +124,7 @@ class TokenVerifier:
             self._first_use(proof)
         if self.introspect:
             self._check_active(token, claims, now)
-        return policy.result(claims, scopes, actor, no_actor)
+        return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
 
     def _first_use(self, proof: DPoPProof) -> None:
         """RFC 9449 §11.1: a proof is accepted once."""

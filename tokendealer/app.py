@@ -13,7 +13,6 @@ from flask import Flask, Response, g, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db, tracing
 from .admin import ListenerGate, register_admin_views, register_registration_views
@@ -48,6 +47,7 @@ from .management import Management
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
+from .mtls import CertificateAuthenticator, ProxyHeaders, load_trust_anchors
 from .ratelimits import AddressRateLimit
 from .registration import Registrar
 from .tokens import RevocationList, TokenRejected, TokenService
@@ -121,7 +121,10 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         leeway=config.leeway,
         clock=clock,
     )
-    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
+    certificates = CertificateAuthenticator(
+        assertions.registered_keys, load_trust_anchors(config.client_ca_file) if config.client_ca_file else (), clock
+    )
+    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation, certificates)
     dpop = DPoPBinding(config.token_endpoint, proof_check(config, store.pepper), assertions.replay, clock)
     metrics = Metrics(keys, clock, engine)
     manage = Management(config, clients, IssuerStore(engine, clock), RuleStore(engine, clock), store, audit, clock)
@@ -198,8 +201,7 @@ def create_app(
         app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)  # type: ignore[method-assign]
     if listener != "all":
         app.wsgi_app = ListenerGate(app.wsgi_app, admin=listener == "admin")  # type: ignore[method-assign]
-    if config.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)  # type: ignore[method-assign]
+    app.wsgi_app = ProxyHeaders(app.wsgi_app, config.proxy_hops, config.proxy_networks, config.client_cert_header)  # type: ignore[method-assign]
     tracing.instrument(app, services.engine)
     return app
 
