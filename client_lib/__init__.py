@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import (
     ActorNotAllowed,
     BoundTokenAsBearer,
+    CertificateMismatch,
     DisallowedAlgorithm,
     DiscoveryError,
     ExpiredToken,
@@ -80,6 +81,7 @@ __all__ = [
     "actors",
     "AsyncTokenClient",
     "AsyncTokenVerifier",
+    "CertificateMismatch",
     "HttpxTokenAuth",
     "require_token_async",
     "DisallowedAlgorithm",

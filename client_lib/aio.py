@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,6 +33,15 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
 def _basic_auth(basic: tuple[str, str] | None) -> dict[str, Any]:
     """httpx's `auth=` for an HTTP Basic pair; none at all (not `auth=None`) without one."""
     return {"auth": basic} if basic is not None else {}
+
+
+def _tls_context(cert: tuple[str, str] | None) -> ssl.SSLContext | bool:
+    """httpx's default verification, presenting `cert` (certificate file, key file) when given (RFC 8705)."""
+    if cert is None:
+        return True
+    context = httpx.create_ssl_context()
+    context.load_cert_chain(*cert)
+    return context
 
 
 class _LoopLocks:
@@ -64,6 +74,7 @@ class AsyncTokenClient:
         key_id: str | None = None,
         federated_token_file: str | os.PathLike[str] | None = None,
         dpop_key: Any = None,
+        cert: tuple[str, str] | None = None,
         token_endpoint: str | None = None,
         http: httpx.AsyncClient | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
@@ -75,12 +86,13 @@ class AsyncTokenClient:
     ):
         self.issuer = issuer
         self.client_id = client_id
-        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file)
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file, tls=cert is not None)
         self.dpop = DPoPKey(dpop_key, clock) if dpop_key is not None and dpop_key is not False else None
         self.token_type = "DPoP" if self.dpop else "Bearer"
         self._token_endpoint = token_endpoint
         self._metadata: dict[str, Any] | None = None
-        self.http = http or httpx.AsyncClient(timeout=timeout)
+        # httpx presents a client certificate per client, not per request: a given `http` must carry `cert` itself.
+        self.http = http or httpx.AsyncClient(timeout=timeout, verify=_tls_context(cert))
         self.retries = retries
         self.backoff = backoff
         self.retry_budget = retry_budget
@@ -235,9 +247,10 @@ class AsyncTokenVerifier:
         dpop_proof: str | None = None,
         method: str | None = None,
         url: str | None = None,
+        client_cert: Any = None,
     ) -> dict[str, Any]:
-        """The token's claims, or an InvalidToken subclass saying why it is refused; `actor` / `no_actor` and
-        the DPoP arguments (`scheme`, `dpop_proof`, `method`, `url`) as `TokenVerifier.verify`."""
+        """The token's claims, or an InvalidToken subclass saying why it is refused; `actor` / `no_actor`, the
+        DPoP arguments (`scheme`, `dpop_proof`, `method`, `url`) and `client_cert` as `TokenVerifier.verify`."""
         policy, now = self.policy, self.clock()
         claims = policy.cached(token, now)
         if claims is None:
@@ -260,7 +273,7 @@ class AsyncTokenVerifier:
             await self._first_use(proof)
         if self.introspect:
             await self._check_active(token, claims, now)
-        return policy.result(claims, scopes, actor, no_actor)
+        return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
 
     async def _first_use(self, proof: DPoPProof) -> None:
         """RFC 9449 §11.1: a proof is accepted once; a shared (Redis) cache is asked off the event loop."""

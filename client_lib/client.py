@@ -48,6 +48,7 @@ class TokenClient:
         key_id: str | None = None,
         federated_token_file: str | os.PathLike[str] | None = None,
         dpop_key: Any = None,
+        cert: tuple[str, str] | None = None,
         token_endpoint: str | None = None,
         session: requests.Session | None = None,
         timeout: Any = DEFAULT_TIMEOUT,
@@ -59,7 +60,9 @@ class TokenClient:
     ):
         self.issuer = issuer
         self.client_id = client_id
-        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file)
+        self.credentials = Credentials(client_id, client_secret, private_key, key_id, clock, federated_token_file, tls=cert is not None)
+        # RFC 8705: (certificate file, key file) presented in the TLS handshake of each token request.
+        self.cert = cert
         self.dpop = DPoPKey(dpop_key, clock) if dpop_key is not None and dpop_key is not False else None
         self.token_type = "DPoP" if self.dpop else "Bearer"
         self._token_endpoint = token_endpoint
@@ -169,7 +172,9 @@ class TokenClient:
             if self.dpop is not None:
                 headers["DPoP"] = self.dpop.proof("POST", endpoint)
             try:
-                response = self.session.post(endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=headers)
+                response = self.session.post(
+                    endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=headers, cert=self.cert
+                )
             except requests.RequestException as exc:
                 self.sleep(schedule.next_wait(exc.__class__.__name__))
                 continue

@@ -155,3 +155,9 @@ class TokenRequestError(TokenClientError):
         self.error = error
         self.error_description = description
         self.status = status
+
+
+class CertificateMismatch(InvalidToken):
+    """The token is bound to a client certificate (RFC 8705 §3) that was not presented, or another one was."""
+
+    description = "the token is bound to a client certificate that was not presented"

@@ -31,10 +31,6 @@ class TokenVerifier:
     DPoP (RFC 9449): a proof may be at most `dpop_max_age` seconds old; each is accepted once, remembered in
     `dpop_replay` (None: this process's memory; a redis:// URL or redis.Redis client: shared by every
     instance); with `dpop_nonce_secret` (bytes shared by the instances) proofs must carry a nonce (§9).
-
-    Inside the issuer itself, `key_source` returns its JWK Set instead of a fetch (the keys are in memory):
-    it is asked on every verification, and a new set replaces the old at once, so a withdrawn key is
-    refused at once; with it, `skew` (not `leeway`) may allow for sibling instances' clocks on nbf/iat only.
     """
 
     def __init__(
@@ -56,8 +52,6 @@ class TokenVerifier:
         session: requests.Session | None = None,
         timeout: Any = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.time,
-        key_source: Callable[[], dict[str, Any]] | None = None,
-        skew: float = 0.0,
     ):
         if introspect and introspection_client is None:
             raise ValueError("introspect=True needs introspection_client (a TokenClient to authenticate with)")
@@ -65,10 +59,8 @@ class TokenVerifier:
         self.audience = audience
         nonces = Nonces(lambda: dpop_nonce_secret) if dpop_nonce_secret else None
         proofs = ProofCheck(max_age=dpop_max_age, nonces=nonces)
-        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, skew, proofs)
+        self.policy = Verification(issuer, audience, leeway, cooldown, stale_if_error, cache_size, proofs=proofs)
         self.dpop_replay = proof_replay(dpop_replay, clock)
-        self.key_source = key_source
-        self._sourced: dict[str, Any] | None = None
         self.session = session or requests.Session()
         self.timeout = timeout
         self.clock = clock
@@ -105,6 +97,7 @@ class TokenVerifier:
         dpop_proof: str | None = None,
         method: str | None = None,
         url: str | None = None,
+        client_cert: Any = None,
     ) -> dict[str, Any]:
         """The token's claims, or an InvalidToken subclass saying why it is refused.
 
@@ -116,22 +109,22 @@ class TokenVerifier:
         given, else `Bearer`). A token bound to a key (`cnf.jkt`) is accepted only with the DPoP scheme and
         `dpop_proof`, the request's DPoP header, valid for `method` and `url`, signed by that key, carrying the
         token's hash and never seen before; as Bearer it is BoundTokenAsBearer. Refusals are InvalidDPoPProof
-        (UseDPoPNonce when a nonce is required)."""
+        (UseDPoPNonce when a nonce is required).
+
+        RFC 8705 §3: a token bound to a client certificate (`cnf.x5t#S256`) passes only with `client_cert`, the
+        certificate the caller presented (PEM or DER bytes, or a cryptography Certificate); else CertificateMismatch."""
         policy, now = self.policy, self.clock()
-        if self.key_source is not None:
-            self._take_sourced_keys(now)
         claims = policy.cached(token, now)
         if claims is None:
             jws = policy.parse(token)
-            if self.key_source is None:
-                self._refresh_for(jws.kid, now)
+            self._refresh_for(jws.kid, now)
             claims = policy.complete(token, jws, now)
         proof = policy.binding(claims, token, scheme, dpop_proof, method, url, now)
         if proof is not None:
             self._first_use(proof)
         if self.introspect:
             self._check_active(token, claims, now)
-        return policy.result(claims, scopes, actor, no_actor)
+        return policy.result(claims, scopes, actor, no_actor, client_cert=client_cert)
 
     def _first_use(self, proof: DPoPProof) -> None:
         """RFC 9449 §11.1: a proof is accepted once."""
@@ -154,14 +147,6 @@ class TokenVerifier:
                     policy.jwks.forced(now)
                     self._fetch(now)
                     policy.fetched_for(kid, now)
-
-    def _take_sourced_keys(self, now: float) -> None:
-        """The key source's set, taken when it is a new one (or the held one is due a refresh)."""
-        jwks = self.key_source() if self.key_source else None
-        if jwks is not None and (jwks is not self._sourced or self.policy.jwks.needs_refresh(now)):
-            with self._fetch_lock:
-                self.policy.accept_keys(jwks, None, now)
-                self._sourced = jwks
 
     @tracing.traced("fetch JWKS", kind="client")
     def _fetch(self, now: float) -> None:

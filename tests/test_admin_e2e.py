@@ -11,7 +11,9 @@ import time
 import jwt
 import requests
 
-from .conftest import run_cli
+from client_lib import TokenAuth, TokenClient
+
+from .conftest import free_port, run_cli
 
 ADMIN_AUDIENCE = "https://tokendealer.test/admin"
 SERVICE = "https://orders.example"
@@ -106,3 +108,30 @@ def test_managed_over_http_from_a_bootstrap_admin_token(live_factory, tmp_path):
     issued = {e[1] for e in events if e[0] == "token.issued"}
     assert {"bootstrap-admin", "billing", dcr["client_id"]} <= issued
     assert any(e[0] == "token.refused" and e[1] == "billing" for e in events)
+
+
+def test_admin_listen_serves_the_admin_api_on_its_own_port_only(live_factory):
+    admin_port = free_port()
+    server = live_factory(workers=1, TOKENDEALER_ADMIN_LISTEN=f"127.0.0.1:{admin_port}", TOKENDEALER_ADMIN_AUDIENCE=ADMIN_AUDIENCE)
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    created = run_cli("client", "create", "ops", "--scope", "tokendealer:read", "--audience", ADMIN_AUDIENCE, env=server.env)
+    answer = token_for(server.url, "ops", json.loads(created.stdout)["client_secret"])
+    headers = {"Authorization": "Bearer " + answer.json()["access_token"]}
+
+    def admin_up() -> bool:
+        try:
+            return requests.get(admin_url + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    assert poll(admin_up, 30)
+    listed = requests.get(admin_url + "/admin/clients", headers=headers, timeout=5)
+    assert listed.status_code == 200 and [c["client_id"] for c in listed.json()["clients"]] == ["ops"]
+    # What automation (`apply --server`) does: client_lib fetches, caches and sends the admin token.
+    client = TokenClient(server.url, "ops", json.loads(created.stdout)["client_secret"])
+    with_lib = requests.get(admin_url + "/admin/keys", auth=TokenAuth(client, audience=ADMIN_AUDIENCE, origin=admin_url), timeout=5)
+    assert with_lib.status_code == 200 and {k["state"] for k in with_lib.json()["keys"]} == {"active", "next"}
+    assert requests.get(server.url + "/admin/clients", headers=headers, timeout=5).status_code == 404
+    assert requests.post(admin_url + "/oauth/token", data={"grant_type": "client_credentials"}, timeout=5).status_code == 404
+    server.stop()
+    assert not admin_up()  # the admin listener stops with the instance

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tokendealer.audit import AuditLog
 from tokendealer.cli import main
-from tokendealer.management import Conflict, Invalid, Management, Missing, Stale, client_fields, domain_errors, etag
+from tokendealer.management import READ_ONLY, WRITABLE, Conflict, Invalid, Management, Missing, Stale, client_fields, domain_errors, etag
 
 from .conftest import both_databases
 
@@ -160,3 +160,9 @@ def test_cli_changes_are_audited_as_the_os_user(manage, config):
     assert result.exit_code == 0, result.output
     created = [line for line in audit_lines(config) if line["event"] == "client.created"]
     assert created[-1]["actor"].startswith("cli") and created[-1]["via"] == "cli"
+
+
+def test_every_shown_field_is_either_writable_or_read_only(manage):
+    """A field added to Client is read-only for the API until made writable, so GET-then-PATCH keeps working."""
+    client, _ = manage.create_client("me", "cli", "svc", scopes=["a"], audiences=[AUDIENCE])
+    assert set(client.public_view()) == WRITABLE | READ_ONLY | {"client_id"}

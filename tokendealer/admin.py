@@ -10,23 +10,58 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, request
 
-from .bearer import ADMIN_SCOPE, READ_SCOPE, REGISTER_SCOPE, BearerGuard, Caller, bearer_token
+from .bearer import BearerGuard, Caller, bearer_token
 from .clients import CLIENT_ID_RE
 from .errors import AlreadyExists, InvalidClientMetadata, InvalidRequest, NotFound, OAuthError, PreconditionFailed, PreconditionRequired
-from .http import NO_STORE, dumps
-from .management import Conflict, Invalid, Management, ManagementError, Missing, Stale, client_fields, etag
-from .registration import Registrar, RegistrationTokenRejected
+from .http import NO_STORE, dumps, error_parts
+from .management import (
+    ADMIN_SCOPE,
+    READ_SCOPE,
+    REGISTER_SCOPE,
+    Conflict,
+    Invalid,
+    Management,
+    ManagementError,
+    Missing,
+    Stale,
+    client_fields,
+    etag,
+)
+from .registration import Registrar, Registration, RegistrationTokenRejected
 
 VIA = "admin_api"
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 JSON_TYPES = ("application/json", "application/merge-patch+json")
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# What the admin listener serves besides /admin/: its own health probes.
+ADMIN_LISTENER_ALSO = frozenset({"/healthz", "/readyz"})
+
+
+class ListenerGate:
+    """WSGI middleware for TOKENDEALER_ADMIN_LISTEN: the public listener answers 404 under /admin/, and the
+    admin listener answers 404 to everything else (but its health probes)."""
+
+    def __init__(self, app: WSGIApp, admin: bool):
+        self.app = app
+        self.admin = admin
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        is_admin = path.startswith("/admin/") or path == "/admin"
+        if is_admin == self.admin or (self.admin and path in ADMIN_LISTENER_ALSO):
+            return self.app(environ, start_response)
+        status, headers, body = error_parts(NotFound("no such endpoint"), path)
+        start_response(f"{status} Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers.items()])
+        return [body]
 
 
 def http_error(exc: ManagementError, invalid: type[OAuthError] = InvalidRequest) -> OAuthError:
@@ -135,7 +170,7 @@ def register_registration_views(app: Flask, registrar: Registrar, guard: BearerG
         answer = registrar.register(caller.client_id, caller.claims, json_body())
         return json_answer(answer, 201, {"Location": answer["registration_client_uri"]})
 
-    def registration(client_id: str) -> Any:
+    def registration(client_id: str) -> Registration:
         try:
             return registrar.authorised(client_id, bearer_token(request.headers.get("Authorization")))
         except RegistrationTokenRejected as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from client_lib.jose import ALGORITHMS
 
-from .bearer import ADMIN_SCOPE, READ_SCOPE, REGISTER_SCOPE
+from .management import ADMIN_SCOPE, READ_SCOPE, REGISTER_SCOPE
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _NULLABLE_STRING = {"type": "string", "nullable": True}

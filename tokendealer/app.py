@@ -13,10 +13,9 @@ from flask import Flask, Response, g, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db, tracing
-from .admin import register_admin_views, register_registration_views
+from .admin import ListenerGate, register_admin_views, register_registration_views
 from .assertions import AssertionVerifier, RedisReplayCache, ReplayCache
 from .audit import AuditLog
 from .authentication import ClientAuthenticator, FailureThrottle
@@ -48,6 +47,7 @@ from .management import Management
 from .messages import ClientAuth, Params, TokenQuery, TokenRequest
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, ScrapeGuard
+from .mtls import CertificateAuthenticator, ProxyHeaders, load_trust_anchors
 from .ratelimits import AddressRateLimit
 from .registration import Registrar
 from .tokens import RevocationList, TokenRejected, TokenService
@@ -121,7 +121,10 @@ def build_services(config: Config, clock: Callable[[], float] = time.time, proce
         leeway=config.leeway,
         clock=clock,
     )
-    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation)
+    certificates = CertificateAuthenticator(
+        assertions.registered_keys, load_trust_anchors(config.client_ca_file) if config.client_ca_file else (), clock
+    )
+    authenticator = ClientAuthenticator(clients, hasher, assertions, throttle, clock, federation, certificates)
     dpop = DPoPBinding(config.token_endpoint, proof_check(config, store.pepper), assertions.replay, clock)
     metrics = Metrics(keys, clock, engine)
     manage = Management(config, clients, IssuerStore(engine, clock), RuleStore(engine, clock), store, audit, clock)
@@ -173,9 +176,12 @@ def _verify_token_body() -> dict[str, Any]:
     return data
 
 
-def create_app(config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1, serving: bool = False) -> Flask:
+def create_app(
+    config: Config | None = None, clock: Callable[[], float] = time.time, processes: int = 1, serving: bool = False, listener: str = "all"
+) -> Flask:
     """Build a fresh application; `config` defaults to the environment; `processes` is the number of
-    worker processes of this instance; `serving` as in `build_services`."""
+    worker processes of this instance; `serving` as in `build_services`; `listener` what this listener serves:
+    `all`, `public` (no /admin/) or `admin` (/admin/ and the health probes only; TOKENDEALER_ADMIN_LISTEN)."""
     config = config or Config.load()
     services = build_services(config, clock, processes, serving)
     app = Flask("tokendealer")
@@ -193,8 +199,9 @@ def create_app(config: Config | None = None, clock: Callable[[], float] = time.t
     else:
         # Flask's documented way to wrap the WSGI application, which its type stubs call a method.
         app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)  # type: ignore[method-assign]
-    if config.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies, x_proto=config.trusted_proxies)  # type: ignore[method-assign]
+    if listener != "all":
+        app.wsgi_app = ListenerGate(app.wsgi_app, admin=listener == "admin")  # type: ignore[method-assign]
+    app.wsgi_app = ProxyHeaders(app.wsgi_app, config.proxy_hops, config.proxy_networks, config.client_cert_header)  # type: ignore[method-assign]
     tracing.instrument(app, services.engine)
     return app
 

@@ -117,13 +117,17 @@ class AssertionVerifier:
         """How long a jti must be remembered: while an assertion with this `exp` could still be accepted."""
         return exp + self.leeway
 
+    def registered_keys(self, client: Client, force: bool = False) -> dict[str, Any] | None:
+        """The client's JWK Set: registered, or from its jwks_uri through the hardened fetcher."""
+        if client.jwks or not client.jwks_uri:
+            return client.jwks
+        try:
+            return self.fetcher.get(client.jwks_uri, force)
+        except FetchError:
+            raise InvalidClient("the client's jwks_uri could not be fetched") from None
+
     def _candidate_keys(self, client: Client, jws: CompactJws, force: bool) -> list[dict[str, Any]]:
-        jwks = client.jwks
-        if not jwks and client.jwks_uri:
-            try:
-                jwks = self.fetcher.get(client.jwks_uri, force)
-            except FetchError:
-                raise InvalidClient("the client's jwks_uri could not be fetched") from None
+        jwks = self.registered_keys(client, force)
         if not jwks:
             raise InvalidClient("client has no registered keys for private_key_jwt")
         kid = jws.kid

@@ -24,6 +24,7 @@ from .clients import Client, ClientStore, SecretHasher
 from .errors import InvalidClient, InvalidRequest, OAuthError, TooManyRequests
 from .federation import Admission, FederationRefused, FederationVerifier, WorkloadToken
 from .messages import ClientAuth
+from .mtls import CertificateAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class Credentials:
     """What a request presents: the claimed client id and how it proves it."""
 
     client_id: str
-    method: str  # client_secret_basic | client_secret_post | private_key_jwt | federated
+    # client_secret_basic | client_secret_post | private_key_jwt | federated | tls_client_auth (or, once the
+    # client's registration says so, self_signed_tls_client_auth)
+    method: str
     secret: str | None = None
     assertion: str | None = None
     # A federated assertion as parsed once; once verified, the issuer and rule that admitted it.
@@ -170,6 +173,7 @@ class ClientAuthenticator:
         throttle: FailureThrottle | None,
         clock: Callable[[], float] = time.time,
         federation: FederationVerifier | None = None,
+        certificates: CertificateAuthenticator | None = None,
     ):
         self.clients = clients
         self.hasher = hasher
@@ -177,6 +181,7 @@ class ClientAuthenticator:
         self.throttle = throttle
         self.clock = clock
         self.federation = federation
+        self.certificates = certificates
 
     def credentials(self, auth: ClientAuth) -> Credentials:
         """The credentials a request carries, or InvalidRequest/InvalidClient if they are absent or mixed."""
@@ -208,6 +213,10 @@ class ClientAuthenticator:
             if auth.client_id is not None and auth.client_id != client_id:
                 raise InvalidClient("client_id differs from the client_assertion subject")
             return Credentials(client_id[:MAX_CLIENT_ID], "private_key_jwt", assertion=auth.assertion)
+        if auth.certificate is not None and auth.client_id:
+            # RFC 8705 §2: with no other proof, the certificate is the proof and client_id names the client.
+            # With another proof it only binds the tokens (§3).
+            return Credentials(auth.client_id[:MAX_CLIENT_ID], "tls_client_auth")
         raise InvalidClient("client authentication is required", headers={"WWW-Authenticate": 'Basic realm="tokendealer"'})
 
     def claimed_client_id(self, auth: ClientAuth) -> str | None:
@@ -227,6 +236,8 @@ class ClientAuthenticator:
             tracing.annotate_request(client_id=creds.client_id, auth_method=creds.method)
             if creds.method == "federated":
                 return self._federated(creds)
+            if creds.method == "tls_client_auth":
+                return self._certificate(creds, auth)
             return self._verify(creds), creds
         except InvalidClient as exc:
             # Only a failed proof counts; an outage (503) during the check is not the caller's failure.
@@ -250,6 +261,16 @@ class ClientAuthenticator:
         except FederationRefused as exc:
             raise InvalidClient(str(exc)) from None
         return admission.client, Credentials(creds.client_id, creds.method, admission=admission)
+
+    def _certificate(self, creds: Credentials, auth: ClientAuth) -> tuple[Client, Credentials]:
+        """RFC 8705 §2.1 / §2.2: the presented certificate authenticates a client registered without a secret."""
+        client = self.clients.get(creds.client_id)
+        if self.certificates is None or auth.certificate is None:
+            raise InvalidClient("certificate client authentication is not enabled")
+        if client is None or not client.enabled or client.secret_hash:
+            raise InvalidClient("client is unknown, disabled, or not registered for certificate authentication")
+        method = self.certificates.authenticate(client, auth.certificate)
+        return client, Credentials(creds.client_id, method)
 
     def _verify(self, creds: Credentials) -> Client:
         headers = {"WWW-Authenticate": 'Basic realm="tokendealer"'} if creds.method == "client_secret_basic" else {}

@@ -1,6 +1,7 @@
 """Bearer access tokens presented to this server's own management endpoints (RFC 6750): the admin API and
-dynamic registration accept tokens this server issued, checked by client_lib's `TokenVerifier` (the server
-eats its own dog food) against the in-memory keyring, then against the server's own state."""
+dynamic registration accept tokens this server issued, checked by the rules of client_lib's `TokenVerifier`
+(its I/O-free core, `Verification`: the server eats its own dog food without loading an HTTP client into its
+workers) against the in-memory keyring, then against the server's own state."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from client_lib import TokenVerifier
+from client_lib.core.verification import Verification
 from client_lib.exceptions import InvalidToken as ClientLibInvalidToken
 
 from .authentication import FailureThrottle
@@ -17,9 +18,6 @@ from .errors import BearerTokenRequired, InsufficientScope, TemporarilyUnavailab
 from .keyring import KeyringSource
 from .tokens import INSTANCE_SKEW, TokenRejected, TokenService
 
-ADMIN_SCOPE = "tokendealer:admin"
-READ_SCOPE = "tokendealer:read"
-REGISTER_SCOPE = "tokendealer:register"
 REALM = "tokendealer"
 
 
@@ -73,19 +71,31 @@ class BearerGuard:
         self.tokens = tokens
         self.throttle = throttle
         self.clock = clock
-        self._jwks: tuple[tuple[str, ...], dict[str, Any]] = ((), {"keys": []})
-        self.verifier = TokenVerifier(issuer, audience, leeway=0.0, skew=INSTANCE_SKEW, clock=clock, key_source=self._published)
+        self._kids: tuple[str, ...] = ()
+        # Our own tokens by our own clock (no leeway); `skew` allows only for sibling instances' clocks on nbf/iat.
+        self.policy = Verification(issuer, audience, leeway=0.0, cooldown=0.0, stale_if_error=0.0, cache_size=10000, skew=INSTANCE_SKEW)
 
-    def _published(self) -> dict[str, Any]:
-        """The keyring's published keys as a JWK Set: the same object until the set changes."""
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token this server issued for the audience, by TokenVerifier's rules; a key-bound
+        token is refused, since these endpoints take Bearer tokens only."""
+        now = self.clock()
+        self._take_published_keys(now)
+        claims = self.policy.cached(token, now)
+        if claims is None:
+            claims = self.policy.complete(token, self.policy.parse(token), now)
+        self.policy.binding(claims, token, "Bearer", None, None, None, now)
+        return self.policy.result(claims, None)
+
+    def _take_published_keys(self, now: float) -> None:
+        """The keyring's published keys, taken whenever the set changes (a withdrawn key is refused at once)."""
         keyring = self.keys.current(check=True)
         if keyring is None:
             raise TemporarilyUnavailable("no keyring is loaded", headers={"Retry-After": "5"})
-        published = keyring.published(self.clock(), self.tokens.max_token_lifetime)
+        published = keyring.published(now, self.tokens.max_token_lifetime)
         kids = tuple(r.kid for r in published)
-        if kids != self._jwks[0]:
-            self._jwks = (kids, {"keys": [r.jwk for r in published]})
-        return self._jwks[1]
+        if kids != self._kids or self.policy.jwks.needs_refresh(now):
+            self.policy.accept_keys({"keys": [r.jwk for r in published]}, None, now)
+            self._kids = kids
 
     def caller(self, authorization: str | None, address: str | None, any_of: Iterable[str]) -> Caller:
         """The caller, when its token is valid and carries one of the scopes `any_of`; else raise 401
@@ -95,13 +105,24 @@ class BearerGuard:
         if token is None:
             self.refuse(address, None)
         try:
-            claims = self.verifier.verify(token)
+            claims = self.verify(token)
             self.tokens.check_state(claims)
         except (ClientLibInvalidToken, TokenRejected) as exc:
             self.refuse(address, str(exc))
+        if "cnf" in claims:
+            # TokenVerifier refuses a DPoP-bound token sent as Bearer; any other binding (an RFC 8705 certificate)
+            # is one these endpoints cannot check, and a bound token used without its binding is refused.
+            self.refuse(address, "a sender-constrained token cannot be used as a Bearer token here")
+        if claims["aud"] not in (self.audience, [self.audience]):
+            # A token also meant for a service (RFC 8707 lets one name several) would let that service, or
+            # anyone it leaks to, manage the server: management tokens are for the management audience alone.
+            self.refuse(address, "token must be for the admin audience alone")
         granted = str(claims.get("scope", "")).split()
         if not set(granted) & set(wanted):
             needed = " or ".join(wanted)
+            # A valid client reaching for what it may not do is worth a line (its attempts are authenticated,
+            # so they are its own to answer for; unauthenticated ones are bounded by the throttle instead).
+            self.throttle.audit.emit("admin.refused", outcome="refused", client_id=claims["client_id"], needed=needed, remote_addr=address)
             raise InsufficientScope(
                 f"the token lacks the {needed} scope", headers=challenge("insufficient_scope", f"{needed} scope required", wanted[0])
             )

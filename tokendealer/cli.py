@@ -651,6 +651,8 @@ def _apply_report(plan: reconcile.Plan, outcome: reconcile.Outcome | None, writt
 @click.option("--client-secret-file", type=click.Path(exists=True, dir_okay=False), help="Read the secret from this file.")
 @click.option("--private-key", type=click.Path(dir_okay=False), help="PEM key for private_key_jwt instead of a secret.")
 @click.option("--key-id", help="kid of the private key.")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM TLS client certificate (RFC 8705 mTLS); with --cert-key.")
+@click.option("--cert-key", type=click.Path(exists=True, dir_okay=False), help="The PEM private key of --cert.")
 @click.option("--audience", help="Audience of the token.")
 @click.option("--scope", help="Space-separated scopes.")
 @click.option("--url", envvar="TOKENDEALER_URL", help="Server base URL (default: the issuer).")
@@ -663,25 +665,41 @@ def token(
     client_secret_file: str | None,
     private_key: str | None,
     key_id: str | None,
+    cert: str | None,
+    cert_key: str | None,
     audience: str | None,
     scope: str | None,
     url: str | None,
     as_json: bool,
 ) -> None:
-    """Fetch an access token as a client and print it."""
+    """Fetch an access token as a client and print it. With --cert and --cert-key the request presents that TLS
+    client certificate (to a proxy terminating mutual TLS): alone, it authenticates the client; with a secret
+    or key, it binds the token."""
     from client_lib import TokenClient, TokenClientError  # noqa: PLC0415
 
     state = ctx.obj
     client_secret = _client_secret(ctx, client_secret, client_secret_file)
-    if bool(client_secret) == bool(private_key):
+    if bool(cert) != bool(cert_key):
+        raise click.UsageError("give --cert and --cert-key together")
+    if (client_secret and private_key) or not (client_secret or private_key or cert):
         raise click.UsageError(
-            "give exactly one of a client secret (--client-secret, --client-secret-file or TOKENDEALER_CLIENT_SECRET) and --private-key"
+            "give exactly one of a client secret (--client-secret, --client-secret-file or TOKENDEALER_CLIENT_SECRET) and --private-key,"
+            " or only --cert and --cert-key"
         )
     issuer = state.config.issuer
     # With --url the server is reached at another address than its issuer: skip discovery.
     endpoint = url.rstrip("/") + "/oauth/token" if url else None
     try:
-        client = TokenClient(issuer, client_id, client_secret, private_key=private_key, key_id=key_id, token_endpoint=endpoint, retries=0)
+        client = TokenClient(
+            issuer,
+            client_id,
+            client_secret,
+            private_key=private_key,
+            key_id=key_id,
+            cert=(cert, cert_key) if cert and cert_key else None,
+            token_endpoint=endpoint,
+            retries=0,
+        )
         response = client.fetch_token_response(audience=audience, scope=scope)
     except TokenClientError as exc:
         raise Refused(str(exc)) from None

@@ -444,6 +444,13 @@ class ClientStore:
         for name, value in (("--tls-subject", client.tls_subject), ("--tls-san", client.tls_san)):
             if value is not None and (not value.strip() or len(value) > 2048 or not value.isprintable()):
                 raise ClientError(f"{name} must be a non-empty printable string")
+        if client.tls_subject:
+            from .mtls import parse_dn  # noqa: PLC0415 (mtls reaches clients through http and tokens)
+
+            try:
+                parse_dn(client.tls_subject)
+            except ValueError as exc:
+                raise ClientError(f"--tls-subject {exc}") from None
         bad = RESERVED_CLAIMS & set(client.claims)
         if bad:
             raise ClientError(f"claim {sorted(bad)[0]!r} is set by the server and cannot be registered")

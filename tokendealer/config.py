@@ -23,6 +23,7 @@ PREFIX = "TOKENDEALER_"
 # The hard bound on TOKENDEALER_EXCHANGE_MAX_DEPTH: it also bounds the work of checking a presented chain.
 MAX_EXCHANGE_DEPTH = 16
 _METRICS_TOKEN_RE = re.compile(r"[!-~]{16,}")
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _LIMIT_RE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day|month|year)s?\s*$", re.I)
 
 
@@ -68,7 +69,13 @@ class Config:
     max_body_bytes: int = 65536
     # Seconds a request's whole body may take to arrive (`tokendealer serve`); past it, 408 and the connection closes.
     body_timeout: float = 10.0
-    trusted_proxies: int = 0
+    # A count of X-Forwarded-For hops trusted from any peer, or the proxies' addresses (comma-separated IPs or
+    # CIDRs): then one hop, and the client-certificate header, only from them.
+    trusted_proxies: str | None = None
+    # RFC 8705 / RFC 9440: the header in which a trusted proxy passes the client's TLS certificate, and the CA
+    # certificates (PEM) that must have issued a tls_client_auth client's certificate (when set).
+    client_cert_header: str | None = None
+    client_ca_file: str | None = None
     # How long a process may serve a cached client record before re-reading it.
     client_cache_seconds: float = 2.0
     audit_log: str | None = None
@@ -119,6 +126,18 @@ class Config:
     def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """TOKENDEALER_METRICS_ALLOW as networks."""
         return _networks(self.metrics_allow)
+
+    @property
+    def proxy_hops(self) -> int:
+        """TOKENDEALER_TRUSTED_PROXIES given as a count of X-Forwarded-For hops, else 0."""
+        text = (self.trusted_proxies or "0").strip()
+        return int(text) if text.isdigit() else 0
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """TOKENDEALER_TRUSTED_PROXIES given as addresses, else none."""
+        text = (self.trusted_proxies or "0").strip()
+        return () if text.isdigit() else _networks(text)
 
     @property
     def plain_http_off_loopback(self) -> bool:
@@ -177,7 +196,7 @@ class Config:
             _bad("max_token_ttl", "must be a positive number of seconds")
         if self.token_ttl > self.max_token_ttl:
             _bad("token_ttl", "must not exceed TOKENDEALER_MAX_TOKEN_TTL")
-        for name in ("jwks_max_age", "leeway", "trusted_proxies", "federation_key_cooldown", "dpop_max_skew"):
+        for name in ("jwks_max_age", "leeway", "federation_key_cooldown", "dpop_max_skew"):
             if getattr(self, name) < 0:
                 _bad(name, "must not be negative")
         for name in (
@@ -217,6 +236,7 @@ class Config:
             _networks(self.metrics_allow)
         except ValueError:
             _bad("metrics_allow", "must be comma-separated networks such as 127.0.0.0/8,::1")
+        self._validate_proxies()
         if self.metrics_token is not None and not _METRICS_TOKEN_RE.fullmatch(self.metrics_token):
             _bad("metrics_token", "must be at least 16 printable characters without spaces")
         if self.admin_audience is not None and (
@@ -236,6 +256,24 @@ class Config:
         if self.keys_dir.is_dir() and not os.access(self.keys_dir, os.R_OK | os.X_OK):
             _bad("keys_dir", f"{self.keys_dir} is not readable")
         return self
+
+    def _validate_proxies(self) -> None:
+        try:
+            networks = self.proxy_networks
+        except ValueError:
+            _bad("trusted_proxies", "must be a number of proxy hops or comma-separated addresses such as 10.0.0.5,10.1.0.0/16")
+        if self.client_cert_header is not None:
+            if not _HEADER_NAME_RE.fullmatch(self.client_cert_header):
+                _bad("client_cert_header", "must be an HTTP header name such as Client-Cert")
+            if not networks:
+                _bad("client_cert_header", "needs TOKENDEALER_TRUSTED_PROXIES to list the addresses of the proxies that set it")
+        if self.client_ca_file is not None:
+            from .mtls import load_trust_anchors  # noqa: PLC0415 (mtls imports http, tokens and so config)
+
+            try:
+                load_trust_anchors(self.client_ca_file)
+            except ValueError as exc:
+                _bad("client_ca_file", str(exc))
 
     def key_encryption_key_bytes(self) -> bytes:
         """The 32-byte key-encryption key of the database keyring (base64url, in the variable or a file)."""

@@ -6,9 +6,8 @@ from __future__ import annotations
 import sys
 
 from .audit import AuditLog
-from .bearer import ADMIN_SCOPE, READ_SCOPE
 from .config import Config, ConfigError
-from .management import Management, Missing, cli_actor
+from .management import ADMIN_SCOPE, READ_SCOPE, Management, Missing, cli_actor
 
 DEMO_ID = "demo"
 DEMO_AUDIENCE = "https://api.example.com"

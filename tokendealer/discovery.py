@@ -11,11 +11,20 @@ from .admin_openapi import admin_paths
 from .config import Config
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+# RFC 8705 §2: offered only when a trusted proxy passes client certificates (TOKENDEALER_CLIENT_CERT_HEADER).
+TLS_AUTH_METHODS = ["tls_client_auth", "self_signed_tls_client_auth"]
+
+
+def _auth_methods(config: Config) -> list[str]:
+    return AUTH_METHODS + TLS_AUTH_METHODS if config.client_cert_header else AUTH_METHODS
 
 
 def server_metadata(config: Config, grant_types: list[str]) -> dict[str, Any]:
     """RFC 8414 §2 authorization server metadata; `scopes_supported` names only the public scopes, as §2
-    allows ("servers MAY choose not to advertise some supported scope values")."""
+    allows ("servers MAY choose not to advertise some supported scope values"). RFC 8705 §3.3 and §5:
+    certificate-bound tokens are advertised when certificates reach the server; no `mtls_endpoint_aliases`,
+    because the proxy terminating mutual TLS serves the very endpoint URLs named here."""
+    methods = _auth_methods(config)
     return {
         "issuer": config.issuer,
         "token_endpoint": config.token_endpoint,
@@ -28,16 +37,17 @@ def server_metadata(config: Config, grant_types: list[str]) -> dict[str, Any]:
         # REQUIRED by RFC 8414 §2; there is no authorization endpoint, and strict validators (Authlib)
         # refuse an empty list, so only the registered "none" type is named.
         "response_types_supported": ["none"],
-        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": methods,
         "introspection_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": config.scopes_published,
         # RFC 9449 §5.1: the algorithms a DPoP proof may use.
         "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         "service_documentation": config.url("/openapi.json"),
+        "tls_client_certificate_bound_access_tokens": bool(config.client_cert_header),
     }
 
 
@@ -80,8 +90,24 @@ _ERRORS = {
 _GET_ERRORS = {"405": _error_response("Method not allowed")}
 
 
+def _certificate_header(config: Config) -> list[dict[str, Any]]:
+    """The header a trusted proxy passes the client certificate in (RFC 8705, RFC 9440), when configured."""
+    if not config.client_cert_header:
+        return []
+    description = (
+        "Set only by the TLS-terminating proxy (addresses in TOKENDEALER_TRUSTED_PROXIES; from anyone else it is "
+        "ignored): the client's certificate as RFC 9440 :base64-DER: or nginx's URL-encoded PEM. It authenticates "
+        "tls_client_auth / self_signed_tls_client_auth clients (with client_id) and binds tokens (cnf.x5t#S256)."
+    )
+    return [
+        {"in": "header", "name": config.client_cert_header, "required": False, "schema": {"type": "string"}, "description": description}
+    ]
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     """An OpenAPI 3.0 document of every endpoint."""
+    certificate = _certificate_header(config)
+    with_certificate = {"parameters": certificate} if certificate else {}
     claims = {"type": "object", "additionalProperties": True}
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"], "additionalProperties": True}
     return {
@@ -137,7 +163,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                                 "invalid_dpop_proof; with TOKENDEALER_DPOP_NONCE a proof without the current nonce is 400 "
                                 "use_dpop_nonce and the nonce comes in the DPoP-Nonce response header."
                             ),
-                        }
+                        },
+                        *certificate,
                     ],
                     "requestBody": _form_body(
                         {
@@ -168,6 +195,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             },
             "/oauth/introspect": {
                 "post": {
+                    **with_certificate,
                     "summary": "Token introspection (RFC 7662)",
                     "security": [{"basic": []}, {}],
                     "requestBody": _form_body(
@@ -189,6 +217,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             },
             "/oauth/revoke": {
                 "post": {
+                    **with_certificate,
                     "summary": "Token revocation (RFC 7009)",
                     "security": [{"basic": []}, {}],
                     "requestBody": _form_body(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from client_lib.core.certificates import THUMBPRINT
 from client_lib.jose import actors
 
 from . import tracing
@@ -52,9 +53,14 @@ class TokenEndpoint:
             raise
         claims = issued.claims
         tracing.annotate_request(client_id=issued.client_id)  # also for grants that authenticate no client
+        cnf = claims.get("cnf") or {}
+        # The thumbprints a bound token names (of a key, of a certificate: never the proof or the certificate).
         if issued.token_type == "DPoP":
-            context["jkt"] = claims["cnf"]["jkt"]  # the key's thumbprint, never the proof
+            context["jkt"] = cnf["jkt"]
             self.metrics.dpop_tokens.labels(issued.client_id).inc()
+        if THUMBPRINT in cnf:
+            context["x5t#S256"] = cnf[THUMBPRINT]
+            self.metrics.certificate_bound_tokens.labels(issued.client_id).inc()
         self.audit.emit(issued.event, outcome="issued", jti=claims["jti"], auth_method=issued.auth_method, **context)
         self.metrics.tokens_issued.labels(issued.client_id).inc()
         if "federation_rule" in context:

@@ -14,16 +14,11 @@ from typing import Any
 
 from .endpoints import TokenEndpoint
 from .errors import InvalidRequest, RequestTooLarge
-from .http import NO_STORE, as_oauth_error, dumps, error_parts, parse_form, request_id
+from .http import NO_STORE, as_oauth_error, cgi_name, dumps, error_parts, parse_form, request_id
 from .messages import TokenRequest
 from .metrics import Metrics
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-def _cgi_name(header: str) -> str:
-    """PEP 3333: `X-Foo` arrives as `HTTP_X_FOO`."""
-    return "HTTP_" + header.upper().replace("-", "_")
 
 
 class TokenFastPath:
@@ -43,7 +38,7 @@ class TokenFastPath:
         try:
             params = parse_form(environ.get("CONTENT_TYPE"), self._body(environ))
             result = self.endpoint.create_token_response(
-                TokenRequest.parse(params, lambda name: environ.get(_cgi_name(name)), environ.get("REMOTE_ADDR"))
+                TokenRequest.parse(params, lambda name: environ.get(cgi_name(name)), environ.get("REMOTE_ADDR"))
             )
             status, headers, body = 200, NO_STORE, dumps(result).encode()
         except Exception as exc:  # every failure becomes a JSON error answer

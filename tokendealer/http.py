@@ -71,3 +71,8 @@ def error_parts(exc: OAuthError, path: str) -> tuple[int, dict[str, str], bytes]
     if path in OAUTH_PATHS:
         headers.update(NO_STORE)
     return exc.status, headers, dumps(exc.body()).encode()
+
+
+def cgi_name(header: str) -> str:
+    """PEP 3333: `X-Foo` arrives as `HTTP_X_FOO`."""
+    return "HTTP_" + header.upper().replace("-", "_")

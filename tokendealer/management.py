@@ -10,6 +10,7 @@ longer matches, or a record changed between read and write).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -24,13 +25,17 @@ from client_lib.jose import ALGORITHMS
 
 from . import db
 from .audit import AuditLog
-from .bearer import ADMIN_SCOPE, READ_SCOPE
 from .clients import Client, ClientChanged, ClientError, ClientExists, ClientNotFound, ClientStore, SecretHasher
 from .config import Config
 from .federation import FederationRule, RuleStore
 from .issuers import IssuerError, IssuerNotFound, IssuerStore, TrustedIssuer
 from .keyring import KeyStore
 from .keystores import make_key_store
+
+# The scopes of admin API tokens (SPEC §3.2) and of RFC 7591 initial access tokens.
+ADMIN_SCOPE = "tokendealer:admin"
+READ_SCOPE = "tokendealer:read"
+REGISTER_SCOPE = "tokendealer:register"
 
 
 class ManagementError(Exception):
@@ -108,7 +113,17 @@ _OPTIONAL_STRINGS = ("default_audience", "jwks_uri", "tls_subject", "tls_san")
 WRITABLE = frozenset(
     {*_LISTS, *_OPTIONAL_STRINGS, "default_scopes", "token_ttl", "claims", "jwks", "require_dpop"},
 )
-READ_ONLY = frozenset({"auth_method", "enabled", "created_at", "updated_at", "tokens_not_before", "previous_secret_expires_at"})
+# Every other field `client show --json` prints is set by the server (a field added to Client is read-only
+# here until it is made writable above).
+READ_ONLY = (
+    frozenset({f.name for f in dataclasses.fields(Client)} | {"auth_method"})
+    - WRITABLE
+    - {
+        "client_id",
+        "secret_hash",
+        "previous_secret_hash",
+    }
+)
 
 
 def _string_list(name: str, value: Any) -> tuple[str, ...]:

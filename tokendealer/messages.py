@@ -6,11 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from client_lib.core.certificates import CertificateError, PresentedCertificate, from_header
+
 from .errors import InvalidRequest
 
 Params = Mapping[str, list[str]]
 # A request header by name (case-insensitive), or None: the one view of headers both HTTP paths give.
 Header = Callable[[str], "str | None"]
+# RFC 9440: the header every layer after mtls.ProxyHeaders reads the client certificate from, whatever the
+# proxy in front calls it.
+CERT_HEADER = "Client-Cert"
 # RFC 8707 §2: `resource` may be repeated; no other parameter may (RFC 6749 §3.1).
 REPEATABLE = frozenset({"resource"})
 
@@ -36,6 +41,8 @@ class ClientAuth:
     assertion: str | None = None
     assertion_type: str | None = None
     address: str | None = None
+    # RFC 8705: the TLS client certificate a trusted proxy passed on (mtls.ProxyHeaders drops anyone else's).
+    certificate: PresentedCertificate | None = None
 
     @classmethod
     def parse(cls, params: Params, header: Header, address: str | None) -> ClientAuth:
@@ -46,7 +53,19 @@ class ClientAuth:
             assertion=_single(params, "client_assertion"),
             assertion_type=_single(params, "client_assertion_type"),
             address=address,
+            certificate=_certificate(header(CERT_HEADER)),
         )
+
+
+def _certificate(value: str | None) -> PresentedCertificate | None:
+    if value is None:
+        return None
+    try:
+        presented = from_header(value)
+        presented.certificate  # noqa: B018 (parsed now, so a malformed one is this request's error)
+        return presented
+    except CertificateError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 @dataclass(frozen=True)

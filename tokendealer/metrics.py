@@ -243,6 +243,9 @@ class Metrics:
         self.dpop_tokens = TallyCounter(
             self.tally, "tokendealer_dpop_tokens_issued", "DPoP-bound access tokens issued (RFC 9449)", ["client_id"]
         )
+        self.certificate_bound_tokens = TallyCounter(
+            self.tally, "tokendealer_certificate_bound_tokens_issued", "Certificate-bound access tokens issued (RFC 8705)", ["client_id"]
+        )
         self.rate_limited = TallyCounter(self.tally, "tokendealer_rate_limit_refusals", "Requests refused with 429", ["endpoint"])
         self.latency = TallyHistogram(
             self.tally,
@@ -258,7 +261,16 @@ class Metrics:
         if self.readiness:
             self.registry.register(self.readiness)
         self.tallied = _TallyCollector(
-            self.tally, (self.rate_limited, self.tokens_refused, self.latency, self.tokens_issued, self.federated_tokens, self.dpop_tokens)
+            self.tally,
+            (
+                self.rate_limited,
+                self.tokens_refused,
+                self.latency,
+                self.tokens_issued,
+                self.federated_tokens,
+                self.dpop_tokens,
+                self.certificate_bound_tokens,
+            ),
         )
         self.registry.register(self.tallied)
 

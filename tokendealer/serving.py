@@ -7,6 +7,11 @@ slow or stalled client holds no thread (granian's WSGI interface reads a body in
 deadline, whatever the thread count). uvloop measured 1.2-1.4x asyncio's loop; granian's Rust tasks were
 slower. One worker per core. SIGHUP respawns the workers (graceful restart); a crashed worker is respawned.
 
+With TOKENDEALER_ADMIN_LISTEN a second granian master (one worker) serves the same application on that
+address with only `/admin/` (and the health probes) reachable, while the public listener answers 404 under
+`/admin/`: the admin API can then be firewalled apart. The supervisor runs both masters and stops both
+when either exits.
+
 Shutdown always finishes: granian's master runs in its own session, so a signal to `tokendealer serve`'s
 process group (Ctrl-C, `kill -- -PGID`, systemd's KillMode=control-group) reaches only this supervising
 process, which asks the master for a graceful stop (in-flight requests answered, logs flushed) and kills
@@ -43,14 +48,25 @@ def default_workers() -> int:
 
 
 def worker_app() -> Any:
-    """Application factory each worker calls: the same configuration the `serve` command validated, served
-    through the edge (bodies read with a deadline), with the access log on standard output."""
+    """Application factory each public worker calls: the same configuration the `serve` command validated,
+    served through the edge (bodies read with a deadline), with the access log on standard output."""
+    return _worker(admin=False)
+
+
+def admin_worker_app() -> Any:
+    """Application factory of the admin listener's worker (TOKENDEALER_ADMIN_LISTEN)."""
+    return _worker(admin=True)
+
+
+def _worker(admin: bool) -> Any:
     from .app import create_app  # noqa: PLC0415 (imported in the worker, after the metrics set-up)
     from .edge import Edge  # noqa: PLC0415
 
     config = Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None)
     configure_logging(config.log_json)  # granian's master is a new interpreter: `run`'s set-up is not inherited
-    app = create_app(config, processes=int(os.environ.get(WORKERS_ENV, "1")), serving=True)
+    listener = "admin" if admin else "public" if config.admin_address else "all"
+    processes = 1 if admin else int(os.environ.get(WORKERS_ENV, "1"))
+    app = create_app(config, processes=processes, serving=True, listener=listener)
     services = app.extensions["tokendealer"]
     return Edge(
         app,
@@ -68,7 +84,8 @@ def run(config: Config, host: str, port: int, workers: int | None, dev: bool, co
     if dev:
         from .app import create_app  # noqa: PLC0415
 
-        create_app(config).run(host=host, port=port, debug=False, threaded=True)
+        # Flask's server has one listener: with TOKENDEALER_ADMIN_LISTEN the admin API is then not served at all.
+        create_app(config, listener="public" if config.admin_address else "all").run(host=host, port=port, debug=False, threaded=True)
         return
     # prometheus_client must see this directory before it is first imported, in every worker.
     metrics_dir = tempfile.mkdtemp(prefix="tokendealer-metrics-")
@@ -78,52 +95,76 @@ def run(config: Config, host: str, port: int, workers: int | None, dev: bool, co
     workers = workers or default_workers()
     os.environ[WORKERS_ENV] = str(workers)
     try:
-        _granian(host, port, workers)
+        _granian(host, port, workers, config.admin_address)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _granian(host: str, port: int, workers: int) -> None:
-    """Run granian's master in its own session and supervise it until it exits (see the module docstring)."""
-    master = subprocess.Popen(
-        [sys.executable, "-c", f"from tokendealer.serving import granian_master; granian_master({host!r}, {port}, {workers})"],
-        start_new_session=True,
-        preexec_fn=_stop_with_parent,
-    )
-    stopping: list[float] = []
+def _master(host: str, port: int, workers: int, target: str) -> subprocess.Popen:
+    """granian's master for `target`, in its own session."""
+    code = f"from tokendealer.serving import granian_master; granian_master({host!r}, {port}, {workers}, {target!r})"
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True, preexec_fn=_stop_with_parent)
+
+
+def _granian(host: str, port: int, workers: int, admin: tuple[str, int] | None = None) -> None:
+    """Run granian's master (and the admin listener's, when `admin` is an address) each in its own session,
+    and supervise them until one exits (see the module docstring)."""
+    masters = [_master(host, port, workers, "worker_app")]
+    if admin:
+        masters.append(_master(admin[0], admin[1], 1, "admin_worker_app"))
+    asked: list[float] = []  # when a signal asked to stop
+    lost: list[subprocess.Popen] = []  # a master that exited unasked (then the other is stopped too)
+
+    def stop_all() -> None:
+        for master in masters:
+            _signal(master, signal.SIGTERM)
+
+    def kill_all() -> None:
+        for master in masters:
+            _kill_session(master)
 
     def stop(signum: int, frame: Any) -> None:
-        if stopping:  # a second Ctrl-C: no more waiting
-            _kill_session(master)
+        if asked:  # a second Ctrl-C: no more waiting
+            kill_all()
             return
-        stopping.append(time.monotonic())
-        _signal(master, signal.SIGTERM)
+        asked.append(time.monotonic())
+        stop_all()
 
     def reload(signum: int, frame: Any) -> None:
-        _signal(master, signal.SIGHUP)
+        for master in masters:
+            _signal(master, signal.SIGHUP)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
-    while master.poll() is None:
-        try:
-            master.wait(0.2)
-        except subprocess.TimeoutExpired:
-            if stopping and time.monotonic() - stopping[0] > STOP_GRACE:
-                _kill_session(master)
-    _kill_session(master)  # workers the master may have left behind
-    if master.returncode not in (0, -signal.SIGTERM) and not stopping:
-        raise SystemExit(master.returncode or 1)
+    stopping_since: float | None = None
+    while any(master.poll() is None for master in masters):
+        if not asked and not lost:
+            lost = [master for master in masters if master.poll() is not None]
+            if lost:  # one listener is gone: the instance stops rather than serve half
+                stop_all()
+        if stopping_since is None and (asked or lost):
+            stopping_since = asked[0] if asked else time.monotonic()
+        time.sleep(0.2)
+        if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE:
+            kill_all()
+    kill_all()  # workers a master may have left behind
+    if not asked and lost:
+        code = lost[0].returncode
+        if code not in (0, -signal.SIGTERM):
+            raise SystemExit(code)
+        if len(masters) > 1:
+            raise SystemExit(1)  # half the instance ended on its own
 
 
-def granian_master(host: str, port: int, workers: int) -> None:
+def granian_master(host: str, port: int, workers: int, target: str = "worker_app") -> None:
     """granian's master process: forks the workers, respawns a crashed one, restarts them on SIGHUP."""
     from granian import Granian  # noqa: PLC0415
     from granian.constants import Interfaces, Loops  # noqa: PLC0415
     from granian.http import HTTP1Settings  # noqa: PLC0415
 
     Granian(
-        "tokendealer.serving:worker_app",
+        f"tokendealer.serving:{target}",
         address=host,
         port=port,
         interface=Interfaces.RSGI,

@@ -133,7 +133,7 @@ class TokenService:
     ) -> tuple[str, dict[str, Any]]:
         """RFC 8693 §2.2.1, §4.1: a token for the subject token's caller (its sub, client_id and extra claims),
         acted on by `actor_id` after the subject's actors, expiring no later than the subject token; `cnf` binds
-        it to the actor's key (the subject token's binding is the caller's, which the actor cannot prove)."""
+        it to the actor's key or certificate (the subject token's binding is the caller's, which the actor cannot prove)."""
         now = int(self.clock())
         audiences = list(audiences)
         act = {"sub": actor_id, **({ACT: subject[ACT]} if ACT in subject else {})}

@@ -64,8 +64,9 @@ def read_federated_token(path: str | os.PathLike[str], now: float) -> str:
 
 
 class Credentials:
-    """How a client proves itself: a secret (HTTP Basic, RFC 6749 §2.3.1), a private key (RFC 7523 §2.2), or a
-    workload token of a trusted issuer read from a file (federated client authentication, RFC 7523 §2.2)."""
+    """How a client proves itself: a secret (HTTP Basic, RFC 6749 §2.3.1), a private key (RFC 7523 §2.2), a
+    workload token of a trusted issuer read from a file (federated client authentication, RFC 7523 §2.2), or
+    only its TLS client certificate (`tls`: RFC 8705 §2, the shell presents it; it also binds the tokens)."""
 
     def __init__(
         self,
@@ -75,9 +76,11 @@ class Credentials:
         key_id: str | None,
         clock: Callable[[], float],
         federated_token_file: str | os.PathLike[str] | None = None,
+        tls: bool = False,
     ):
-        if [client_secret, private_key, federated_token_file].count(None) != 2:
-            raise ValueError("give exactly one of client_secret, private_key and federated_token_file")
+        given = 3 - [client_secret, private_key, federated_token_file].count(None)
+        if given > 1 or (given == 0 and not tls):
+            raise ValueError("give exactly one of client_secret, private_key, federated_token_file (or only a cert)")
         self.client_id = client_id
         self._secret = client_secret
         self._key = load_private_key(private_key) if private_key is not None else None
@@ -94,4 +97,7 @@ class Credentials:
         if self._key is not None and self._alg is not None:
             assertion = client_assertion(self.client_id, audience, self._key, self._alg, self.key_id, self.clock())
             return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}, None
-        return {}, (quote_plus(self.client_id), quote_plus(self._secret or ""))
+        if self._secret is None:
+            # RFC 8705 §2: the certificate is the proof; client_id names the client.
+            return {"client_id": self.client_id}, None
+        return {}, (quote_plus(self.client_id), quote_plus(self._secret))

@@ -18,6 +18,7 @@ from ..exceptions import (
     UnknownKey,
 )
 from ..jose import ACCESS_TOKEN_TYPES, ClaimCheck, CompactJws, DPoPProof, actors, parse_dpop_proof, parse_jws, verify_signature
+from .certificates import check_binding
 from .dpop import ProofCheck
 from .jwks import JwksState
 
@@ -194,8 +195,16 @@ class Verification:
 
     @staticmethod
     def result(
-        claims: dict[str, Any], scopes: Iterable[str] | None, actor: str | None = None, no_actor: bool | str | Iterable[str] = False
+        claims: dict[str, Any],
+        scopes: Iterable[str] | None,
+        actor: str | None = None,
+        no_actor: bool | str | Iterable[str] = False,
+        *,
+        client_cert: Any = None,
     ) -> dict[str, Any]:
+        """The claims to hand out, once the token's binding (on every call: a cached token too), scopes and
+        delegation chain are accepted."""
+        check_binding(claims, client_cert)
         check_scopes(claims, scopes)
         check_actors(claims, actor, no_actor)
         return dict(claims)

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from client_lib.core.certificates import binding
+
 from ..clients import SCOPE_TOKEN_RE, Client
+from ..dpop import DPoPBinding
 from ..errors import InvalidRequest, InvalidScope, InvalidTarget
 from ..messages import TokenRequest
 from ..tokens import token_type
@@ -40,6 +43,13 @@ class Grant(Protocol):
     grant_type: str
 
     def issue(self, request: TokenRequest, context: dict[str, Any]) -> Issued: ...
+
+
+def confirmation(dpop: DPoPBinding, request: TokenRequest, client: Client) -> dict[str, str] | None:
+    """The issued token's `cnf`: the DPoP proof's key (RFC 9449 §6, `jkt`) and the certificate the request came
+    with (RFC 8705 §3.1, `x5t#S256`). A request with both gets a token bound to both: accepted only with both."""
+    cnf = {**(dpop.confirmation(request, client) or {}), **(binding(request.auth.certificate) or {})}
+    return cnf or None
 
 
 def resolve_scopes(client: Client, requested: str | None) -> list[str]:

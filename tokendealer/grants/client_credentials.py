@@ -8,7 +8,7 @@ from ..authentication import ClientAuthenticator
 from ..dpop import DPoPBinding
 from ..messages import TokenRequest
 from ..tokens import TokenService
-from . import Issued, resolve_audiences, resolve_scopes
+from . import Issued, confirmation, resolve_audiences, resolve_scopes
 
 
 class ClientCredentialsGrant:
@@ -28,5 +28,5 @@ class ClientCredentialsGrant:
         scopes = resolve_scopes(client, request.scope)
         audiences = resolve_audiences(client, request.audience, request.resources)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.issue(client, audiences, scopes, self.dpop.confirmation(request, client))
+        token, claims = self.tokens.issue(client, audiences, scopes, confirmation(self.dpop, request, client))
         return Issued(token, claims, client.client_id, creds.method)

@@ -10,7 +10,7 @@ from ..errors import InvalidGrant, InvalidRequest
 from ..federation import FederationRefused, FederationVerifier
 from ..messages import TokenRequest
 from ..tokens import TokenService
-from . import Issued, resolve_audiences, resolve_scopes
+from . import Issued, confirmation, resolve_audiences, resolve_scopes
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
@@ -45,5 +45,5 @@ class JwtBearerGrant:
         scopes = resolve_scopes(client, request.scope)
         audiences = resolve_audiences(client, request.audience, request.resources)
         context.update(scope=" ".join(scopes), audience=audiences)
-        token, claims = self.tokens.issue(client, audiences, scopes, self.dpop.confirmation(request, client))
+        token, claims = self.tokens.issue(client, audiences, scopes, confirmation(self.dpop, request, client))
         return Issued(token, claims, client.client_id, "federated")

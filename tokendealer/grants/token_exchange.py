@@ -12,7 +12,7 @@ from ..dpop import DPoPBinding
 from ..errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
 from ..messages import TokenRequest
 from ..tokens import TokenRejected, TokenService
-from . import Issued, requested_scopes, requested_targets
+from . import Issued, confirmation, requested_scopes, requested_targets
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -58,8 +58,9 @@ class TokenExchangeGrant:
             raise InvalidGrant("subject_token's client is unknown or disabled")
         scopes = _scopes(subject, subject_client, request.scope)
         context.update(scope=" ".join(scopes), audience=audiences)
-        # RFC 9449 §5 with RFC 8693: the new token is the actor's, so it is bound to the actor's own proof.
-        cnf = self.dpop.confirmation(request, client)
+        # RFC 9449 §5 and RFC 8705 §3 with RFC 8693: the new token is the actor's, so it is bound to the actor's
+        # own proof and certificate.
+        cnf = confirmation(self.dpop, request, client)
         token, claims = self.tokens.exchange(subject, subject_client, client.client_id, audiences, scopes, cnf)
         return Issued(
             token, claims, client.client_id, creds.method, event="token.exchanged", extra={"issued_token_type": ACCESS_TOKEN_TYPE}
