@@ -467,7 +467,7 @@ ENTRIES = st.dictionaries(FIELDS, JSON_VALUES, max_size=5).flatmap(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ENTRIES, max_size=3), st.one_of(st.none(), JSON_VALUES))
 def test_any_document_is_a_manifest_or_one_manifest_error(entries, issuers):
     document: dict = {"clients": entries}

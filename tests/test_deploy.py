@@ -72,8 +72,10 @@ def by_name(resources: list[dict[str, Any]], kind: str, name: str) -> dict[str, 
     return found
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: p.name)
+# The overlay against the newest schemas only: it changes names, not shapes.
+@pytest.mark.parametrize(
+    ("kustomization", "version"), [(BASE, v) for v in VERSIONS] + [(KUSTOMIZATIONS[1], VERSIONS[0])], ids=lambda v: getattr(v, "name", v)
+)
 def test_every_rendered_resource_validates(kustomization, version):
     resources = render(kustomization)
     kinds = sorted(r["kind"] for r in resources)
@@ -82,10 +84,13 @@ def test_every_rendered_resource_validates(kustomization, version):
         kubernetes_validate.validate(item, version, strict=True)
 
 
-def test_every_resource_file_validates_and_the_kustomization_lists_them_all():
+def test_the_kustomization_lists_every_resource_file():
+    """Every file is rendered (and so validated above); where no kustomize renders, each file is validated here."""
     listed = yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
     files = sorted(p.name for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(listed) == files
+    if shutil.which("kubectl") or shutil.which("kustomize"):
+        return
     for name in files:
         for item in documents((BASE / name).read_text()):
             kubernetes_validate.validate(item, kubernetes_validate.latest_version(), strict=True)
