@@ -9,8 +9,11 @@ import time
 import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from client_lib import FederatedTokenError, TokenClient, TokenVerifier
+from client_lib.jose import public_jwk
 
 from .conftest import FakeClock, LiveServer, free_port, run_cli, server_env
 from .workload_issuer import WorkloadIssuer
@@ -59,6 +62,24 @@ def pair(tmp_path_factory):
     finally:
         for s in servers:
             s.stop()
+
+
+def test_the_token_command_with_a_workload_token_file_and_a_dpop_key(pair):
+    """The CLI path of federation and DPoP: `tokendealer token --federated-token-file F --dpop-key K`."""
+    token_file, key_file = pair["tmp"] / "projected-token", pair["tmp"] / "dpop.pem"
+    token_file.write_text(pair["workload_token"]())
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    args = ("token", "--client-id", "billing", "--federated-token-file", str(token_file), "--audience", "https://billing", "--json")
+    response = json.loads(cli(pair["env"], *args, "--dpop-key", str(key_file)))
+    assert response["token_type"] == "DPoP"
+    claims = jwt.decode(response["access_token"], options={"verify_signature": False})
+    assert claims["client_id"] == "billing" and claims["cnf"] == {"jkt": public_jwk(key.public_key(), "ES256")["kid"]}
+    token_file.write_text("not a token")
+    refused = run_cli(*args, env=pair["env"])
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    both = run_cli(*args, "--client-secret", "x", env=pair["env"])
+    assert both.returncode == 2 and "exactly one of" in both.stderr
 
 
 def test_a_workload_of_the_cluster_issuer_gets_a_token_both_ways(pair):

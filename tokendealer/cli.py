@@ -653,6 +653,10 @@ def _apply_report(plan: reconcile.Plan, outcome: reconcile.Outcome | None, writt
 @click.option("--key-id", help="kid of the private key.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM TLS client certificate (RFC 8705 mTLS); with --cert-key.")
 @click.option("--cert-key", type=click.Path(exists=True, dir_okay=False), help="The PEM private key of --cert.")
+@click.option(
+    "--federated-token-file", type=click.Path(dir_okay=False), help="Workload token file (Kubernetes, SPIFFE…): federated authentication."
+)
+@click.option("--dpop-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key: a DPoP-bound token (RFC 9449).")
 @click.option("--audience", help="Audience of the token.")
 @click.option("--scope", help="Space-separated scopes.")
 @click.option("--url", envvar="TOKENDEALER_URL", help="Server base URL (default: the issuer).")
@@ -667,6 +671,8 @@ def token(
     key_id: str | None,
     cert: str | None,
     cert_key: str | None,
+    federated_token_file: str | None,
+    dpop_key: str | None,
     audience: str | None,
     scope: str | None,
     url: str | None,
@@ -674,17 +680,18 @@ def token(
 ) -> None:
     """Fetch an access token as a client and print it. With --cert and --cert-key the request presents that TLS
     client certificate (to a proxy terminating mutual TLS): alone, it authenticates the client; with a secret
-    or key, it binds the token."""
+    or key, it binds the token. With --dpop-key the token is bound to that key (present it with DPoP proofs)."""
     from client_lib import TokenClient, TokenClientError  # noqa: PLC0415
 
     state = ctx.obj
     client_secret = _client_secret(ctx, client_secret, client_secret_file)
     if bool(cert) != bool(cert_key):
         raise click.UsageError("give --cert and --cert-key together")
-    if (client_secret and private_key) or not (client_secret or private_key or cert):
+    proofs = [p for p in (client_secret, private_key, federated_token_file) if p]
+    if len(proofs) > 1 or not (proofs or cert):
         raise click.UsageError(
-            "give exactly one of a client secret (--client-secret, --client-secret-file or TOKENDEALER_CLIENT_SECRET) and --private-key,"
-            " or only --cert and --cert-key"
+            "give exactly one of a client secret (--client-secret, --client-secret-file or TOKENDEALER_CLIENT_SECRET),"
+            " --private-key and --federated-token-file, or only --cert and --cert-key"
         )
     issuer = state.config.issuer
     # With --url the server is reached at another address than its issuer: skip discovery.
@@ -697,6 +704,8 @@ def token(
             private_key=private_key,
             key_id=key_id,
             cert=(cert, cert_key) if cert and cert_key else None,
+            federated_token_file=federated_token_file,
+            dpop_key=dpop_key,
             token_endpoint=endpoint,
             retries=0,
         )
@@ -704,7 +713,7 @@ def token(
     except TokenClientError as exc:
         raise Refused(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise Refused(f"cannot use the private key: {exc}") from None
+        raise Refused(f"cannot use the key: {exc}") from None
     emit(response, as_json, response["access_token"])
 
 
