@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (  # noqa: E402
     AUDIENCE,
     BIN,
-    HERE,
     Server,
     Setup,
     basic_header,
@@ -122,13 +121,13 @@ def server_rates(rounds: int, seconds: int, workers: int) -> dict[str, dict[str,
     try:
         with Server(command, port, env=env):
             for kind, run in kinds.items():  # warm-up, and a check that each kind is answered 200
-                result = wrk(url, run["authorization"], run["body"], 4, 1, script=str(HERE / "mtls.lua"), extra_env=run["extra"])
+                result = wrk(url, run["authorization"], run["body"], 4, 1, extra_env=run["extra"])
                 if result["non200"]:
                     raise RuntimeError(f"{kind}: {int(result['non200'])} non-200 answers")
             for _ in range(rounds):
                 for kind, run in kinds.items():
                     samples[kind].append(
-                        wrk(url, run["authorization"], run["body"], 16, seconds, script=str(HERE / "mtls.lua"), extra_env=run["extra"])
+                        wrk(url, run["authorization"], run["body"], 16, seconds, extra_env=run["extra"])
                     )
     finally:
         setup.cleanup()

@@ -1,8 +1,13 @@
--- wrk script: client-credentials requests with HTTP Basic, audience and scope; counts non-200 answers.
--- Set by the runner: wrk.headers["Authorization"], and BODY through the environment.
+-- wrk script: client-credentials requests authenticated by HTTP Basic (WRK_AUTHORIZATION, when set) and/or by a
+-- client certificate a trusted proxy would pass in a header (WRK_CERT_HEADER, WRK_CERT); counts non-200 answers.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-wrk.headers["Authorization"] = os.getenv("WRK_AUTHORIZATION")
+if os.getenv("WRK_AUTHORIZATION") ~= "" then
+   wrk.headers["Authorization"] = os.getenv("WRK_AUTHORIZATION")
+end
+if os.getenv("WRK_CERT_HEADER") then
+   wrk.headers[os.getenv("WRK_CERT_HEADER")] = os.getenv("WRK_CERT")
+end
 wrk.body = os.getenv("WRK_BODY")
 
 local threads = {}
