@@ -94,6 +94,7 @@ def configure(service_name: str | None = None, set_global: bool = False) -> Any:
     While the environment asks for none, a tracer provider the application sets up later is still picked up.
     The tracer provider, or None while off."""
     global _provider, _environment_read
+    warning = None
     with _lock:
         if _provider is not _UNSET:
             return _provider
@@ -107,19 +108,19 @@ def configure(service_name: str | None = None, set_global: bool = False) -> Any:
             names = exporter_names()
             provider = provider_from_environment(names, service_name, set_global) if names else None
         except ImportError:
-            _warn_once("OTEL_TRACES_EXPORTER is set but the `otel` extra is not installed: tracing is off")
-            names = []
+            warning = "OTEL_TRACES_EXPORTER is set but the `otel` extra is not installed: tracing is off"
         except TracingConfigError as exc:
-            _warn_once(f"{exc}: tracing is off")
-            names = []
+            warning = f"{exc}: tracing is off"
         except Exception as exc:  # an exporter that cannot be built must not fail the caller's requests
-            _warn_once(f"tracing is off: the exporter could not be set up ({exc.__class__.__name__}: {exc})")
-            names = []
-        if not names:
-            _environment_read = True
-            return None
-        _provider = provider
-        return provider
+            warning = f"tracing is off: the exporter could not be set up ({exc.__class__.__name__}: {exc})"
+        if warning is not None or not names:
+            _environment_read, provider = True, None
+        else:
+            _provider = provider
+    if warning is not None:
+        # Logged once the lock is released: a log filter may ask for the trace id, which asks for this state.
+        _warn_once(warning)
+    return provider
 
 
 def _application_provider() -> Any:

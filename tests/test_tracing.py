@@ -419,3 +419,25 @@ def test_environment_is_read_once_and_off_by_default(monkeypatch):
             assert nothing is None
     finally:
         client_tracing.reset()
+
+
+def test_a_tracing_warning_logged_through_the_request_id_filter_does_not_deadlock(monkeypatch):
+    """Found by following the README: with the warning logged under the state lock, a log filter asking for
+    the trace id (tokendealer's RequestIdFilter) waited on that lock for ever, and `serve` hung at start-up."""
+    client_tracing.reset()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "no-such-exporter")
+    handler = logging.Handler()
+    handler.emit = lambda record: None  # type: ignore[method-assign]
+    handler.addFilter(RequestIdFilter())
+    logger = logging.getLogger("client_lib.tracing")
+    logger.addHandler(handler)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (client_tracing.is_enabled(), done.set()), daemon=True)
+    try:
+        worker.start()
+        assert done.wait(5), "configure() deadlocked on its own lock"
+        assert client_tracing.is_enabled() is False
+    finally:
+        logger.removeHandler(handler)
+        if done.is_set():  # else the lock is held for good, and reset() would hang the suite
+            client_tracing.reset()
