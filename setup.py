@@ -16,8 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     # client_lib is its own distribution (client_lib/pyproject.toml), which the server depends on.
     # migrations/ holds Alembic's scripts (no __init__.py): listed so they ship with the package.
-    packages=find_packages(include=["tokendealer", "tokendealer.*"])
-    + ["tokendealer.migrations", "tokendealer.migrations.versions"],
+    packages=find_packages(include=["tokendealer", "tokendealer.*"]) + ["tokendealer.migrations", "tokendealer.migrations.versions"],
     package_data={"tokendealer.migrations": ["*.mako"], "tokendealer.schemas": ["*.json"]},
     include_package_data=True,
     python_requires=">=3.11",

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .core.dpop import single_proof
-from .exceptions import BoundTokenAsBearer, InvalidDPoPProof, InvalidToken, KeySetUnavailable, UseDPoPNonce
+from .exceptions import BoundTokenAsBearer, InvalidDPoPProof, InvalidToken, KeySetUnavailable, MissingToken, UseDPoPNonce
 from .jose import DPOP_ALGORITHMS
 
 SCHEMES = {"bearer": "Bearer", "dpop": "DPoP"}
@@ -23,12 +23,12 @@ class Presented:
 
     @classmethod
     def read(cls, authorization: str | None, dpop_headers: list[str]) -> Presented:
-        """The token of an `Authorization: Bearer|DPoP` header and the request's DPoP header; InvalidToken when
-        there is no token, InvalidDPoPProof for several DPoP headers (RFC 9449 §4.3 item 1)."""
+        """The token of an `Authorization: Bearer|DPoP` header and the request's DPoP header; MissingToken when
+        there is no token in either scheme, InvalidDPoPProof for several DPoP headers (RFC 9449 §4.3 item 1)."""
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() not in SCHEMES or not token:
-            raise InvalidToken("a bearer or DPoP token is required")
+            raise MissingToken("a bearer or DPoP token is required")
         return cls(SCHEMES[scheme.lower()], token, single_proof(dpop_headers))
 
 
@@ -39,6 +39,10 @@ def challenge(exc: InvalidToken, scopes: Iterable[str] | None, scheme: str = "Be
     the token reaches the response."""
     if isinstance(exc, KeySetUnavailable):
         return 503, {"Retry-After": "5"}, {"error": "temporarily_unavailable", "error_description": exc.description}
+    body = {"error": exc.error, "error_description": exc.description}
+    if isinstance(exc, MissingToken):
+        # RFC 6750 §3.1 and RFC 9449 §7.1: no error code, a challenge for each accepted scheme.
+        return exc.status, {"WWW-Authenticate": f'Bearer, DPoP algs="{" ".join(DPOP_ALGORITHMS)}"'}, body
     dpop = scheme == "DPoP" or isinstance(exc, (InvalidDPoPProof, BoundTokenAsBearer))
     header = f'{"DPoP" if dpop else "Bearer"} error="{exc.error}", error_description="{exc.description}"'
     if exc.error == "insufficient_scope" and scopes:
@@ -48,4 +52,4 @@ def challenge(exc: InvalidToken, scopes: Iterable[str] | None, scheme: str = "Be
     headers = {"WWW-Authenticate": header}
     if isinstance(exc, UseDPoPNonce):
         headers["DPoP-Nonce"] = exc.nonce
-    return exc.status, headers, {"error": exc.error, "error_description": exc.description}
+    return exc.status, headers, body

@@ -12,6 +12,13 @@ class InvalidToken(Exception):
     description = "a valid bearer token is required"
 
 
+class MissingToken(InvalidToken):
+    """The request carries no token in a scheme this service accepts; its challenge has no error code
+    (RFC 6750 §3.1: the caller may not have known authentication was needed)."""
+
+    description = "a bearer or DPoP token is required"
+
+
 class MalformedToken(InvalidToken):
     """Not a compact JWS with a JSON header and payload."""
 
@@ -160,4 +167,4 @@ class TokenRequestError(TokenClientError):
 class CertificateMismatch(InvalidToken):
     """The token is bound to a client certificate (RFC 8705 §3) that was not presented, or another one was."""
 
-    description = "the token is bound to a client certificate that was not presented"
+    description = "the token is bound to a client certificate this request did not present"

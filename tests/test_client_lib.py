@@ -347,7 +347,7 @@ def test_example_caller_and_service(stack, service):
 def test_require_token_answers(stack, service):
     missing = requests.get(service + "/invoices", timeout=5)
     assert missing.status_code == 401
-    assert missing.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer, DPoP algs=")  # RFC 6750 §3.1: no error code
     bad = requests.get(service + "/invoices", headers={"Authorization": "Bearer garbage"}, timeout=5)
     assert bad.status_code == 401 and 'error="invalid_token"' in bad.headers["WWW-Authenticate"]
     reader = make_client(stack, "reader").get_token(audience=AUDIENCE)

@@ -30,6 +30,8 @@ MARK = "TOKEN-TEXT"  # put into crafted fields: no challenge may repeat it
 CHALLENGE_RE = re.compile(
     r'(Bearer|DPoP) error="(invalid_token|insufficient_scope|invalid_dpop_proof)", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*"'
     r'(, scope="[\x20\x21\x23-\x5b\x5d-\x7e]*")?(, algs="[A-Za-z0-9 ]+")?'
+    # No token at all: no error code (RFC 6750 §3.1), a challenge per scheme (RFC 9449 §7.1).
+    r'|Bearer, DPoP algs="[A-Za-z0-9 ]+"'
 )
 
 
