@@ -369,8 +369,17 @@ def test_a_failure_midway_says_what_was_done_and_what_was_not(td, tmp_path, clus
     assert any(line.startswith("    error: discovery at ") for line in lines[failed:])
     assert "not attempted: create client billing" in lines
     assert lines[-1].startswith(f"error: stopped at create issuer {cluster.url}: discovery at ")
+    assert lines[-1].endswith("(the changes above it were made)")
     assert json.loads(td("client", "list", "--json").output) == []
     assert "https://issuer.example.com" in td("issuers", "list").output
+
+
+def test_a_failure_at_the_first_change_says_nothing_was_changed(td, tmp_path, cluster):
+    cluster.down = True
+    result = td("apply", with_issuers(tmp_path, {"issuer": GITHUB, "jwks": cluster.jwks()}, {"issuer": cluster.url}))
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].endswith("(nothing was changed)")
+    assert "or `jwks` in an apply file" in result.output
 
 
 def test_auth_method_cannot_change_to_or_from_a_secret(td, tmp_path):

@@ -578,7 +578,8 @@ def apply(
             f"{unwritten}; the new clients exist without a secret you hold: give them one with `tokendealer client rotate-secret ID`"
         )
     if outcome is not None and outcome.failed is not None:
-        raise Refused(f"stopped at {outcome.failed.action} {outcome.failed.label()}: {outcome.error} (the changes above it were made)")
+        made = "the changes above it were made" if outcome.done else "nothing was changed"
+        raise Refused(f"stopped at {outcome.failed.action} {outcome.failed.label()}: {outcome.error} ({made})")
 
 
 def _remote_registry(

@@ -156,7 +156,8 @@ class IssuerStore:
                 usable_keys(get_json(jwks_uri, deadline))
             except (FetchError, ValueError) as exc:
                 where = record.discovery_url
-                raise IssuerError(f"discovery at {where}: {exc}; give the keys with --jwks FILE if it is not reachable") from None
+                hint = "give its keys instead (`--jwks FILE`, or `jwks` in an apply file) if it is not reachable"
+                raise IssuerError(f"discovery at {where}: {exc}; {hint}") from None
             record = TrustedIssuer(issuer, jwks_uri, None, allow_http, record.created_at)
         row = dataclasses.asdict(record)
         with self.engine.begin() as conn:
