@@ -32,9 +32,10 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
-# The unit tier for the edit loop: no server processes, PostgreSQL, Redis or slow tests (< 30 s).
+# The unit tier for the edit loop, in two processes (pytest-xdist): no server processes, PostgreSQL, Redis or
+# slow tests (< 30 s).
 test-fast: $(VENV)/.installed-test
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not live and not postgres and not redis and not slow"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 -m "not live and not postgres and not redis and not slow"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check tokendealer client_lib tests examples benchmarks

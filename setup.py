@@ -45,6 +45,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8.0",
+            "pytest-xdist>=3.5",
             "schemathesis>=4.0",
             "hypothesis>=6.100",
             "httpx>=0.27",

@@ -285,20 +285,39 @@ class DPoPProof:
     jkt: str
 
 
+# A client signs every proof with the same key, so every proof of it has the same header: the key read from a
+# header (and its thumbprint) is kept by the header's exact text, a bounded number of them.
+_PROOF_KEYS: dict[str, tuple[VerificationKey, str]] = {}
+_PROOF_KEYS_MAX = 4096
+
+
+def _proof_key(jws: CompactJws) -> tuple[VerificationKey, str]:
+    """The public key of a proof's `jwk` header (RFC 9449 §4.3 item 7) and its RFC 7638 thumbprint."""
+    header = jws.signing_input.split(b".", 1)[0].decode("ascii")
+    known = _PROOF_KEYS.get(header)
+    if known is not None:
+        return known
+    jwk = jws.header.get("jwk")
+    if not isinstance(jwk, dict):
+        raise InvalidDPoPProof("DPoP proof has no jwk header")
+    if any(member in jwk for member in PRIVATE_MEMBERS):
+        raise InvalidDPoPProof("DPoP proof jwk holds private key material")
+    key = VerificationKey.from_jwk(jwk)
+    # The thumbprint of the key as it is re-encoded here, so one key has one jkt however its JWK was written.
+    known = (key, public_jwk(key.key, jws.alg)["kid"])
+    if len(_PROOF_KEYS) >= _PROOF_KEYS_MAX:
+        _PROOF_KEYS.clear()
+    _PROOF_KEYS[header] = known
+    return known
+
+
 def parse_dpop_proof(proof: Any) -> DPoPProof:
     """RFC 9449 §4.3: a single compact JWS (item 2) with typ dpop+jwt (4), an accepted asymmetric alg (5), a
     `jwk` header holding a public key only (7) with which the signature verifies (6); else InvalidDPoPProof."""
     try:
         jws = parse_jws(proof, (DPOP_TYPE,), noun="DPoP proof")
-        jwk = jws.header.get("jwk")
-        if not isinstance(jwk, dict):
-            raise InvalidDPoPProof("DPoP proof has no jwk header")
-        if any(member in jwk for member in PRIVATE_MEMBERS):
-            raise InvalidDPoPProof("DPoP proof jwk holds private key material")
-        key = VerificationKey.from_jwk(jwk)
-        claims = verify_signature(jws, key)
-        # The thumbprint of the key as it is re-encoded here, so one key has one jkt however its JWK was written.
-        return DPoPProof(claims, public_jwk(key.key, jws.alg)["kid"])
+        key, jkt = _proof_key(jws)
+        return DPoPProof(verify_signature(jws, key), jkt)
     except JwkError as exc:
         raise InvalidDPoPProof(f"DPoP proof jwk is not usable: {exc}") from None
     except InvalidDPoPProof:

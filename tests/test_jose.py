@@ -9,7 +9,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import JWKRegistry
 
-from client_lib import DisallowedAlgorithm, ExpiredToken, ImmatureToken, MalformedToken, MissingClaim, WrongAudience, WrongIssuer
+from client_lib import (
+    DisallowedAlgorithm,
+    ExpiredToken,
+    ImmatureToken,
+    InvalidDPoPProof,
+    MalformedToken,
+    MissingClaim,
+    WrongAudience,
+    WrongIssuer,
+)
 from client_lib.jose import (
     ACCESS_TOKEN_TYPES,
     ALGORITHMS,
@@ -21,8 +30,10 @@ from client_lib.jose import (
     default_algorithm,
     jwk_thumbprint,
     key_algorithms,
+    parse_dpop_proof,
     parse_jws,
     public_jwk,
+    sign_dpop_proof,
     verification_keys,
     verify_signature,
 )
@@ -130,3 +141,17 @@ def test_claim_check_with_injected_clock_leeway_and_skew():
     own = ClaimCheck(required=("exp",), skew=1, noun="client_assertion")
     with pytest.raises(ExpiredToken, match="^client_assertion has expired$"):
         own.check({"exp": now}, now)
+
+
+def test_a_proof_key_kept_by_its_header_never_skips_the_signature():
+    """parse_dpop_proof keeps the key read from a header by the header's text; a proof carrying one key's
+    header but another key's signature is still refused, and each key keeps its own thumbprint."""
+    first, second = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    claims = {"jti": "j", "htm": "POST", "htu": "https://as.example/token", "iat": 1}
+    a1, a2 = sign_dpop_proof(first, "ES256", claims), sign_dpop_proof(first, "ES256", {**claims, "jti": "k"})
+    b = sign_dpop_proof(second, "ES256", claims)
+    assert parse_dpop_proof(a1).jkt == parse_dpop_proof(a2).jkt == public_jwk(first.public_key(), "ES256")["kid"]
+    assert parse_dpop_proof(b).jkt == public_jwk(second.public_key(), "ES256")["kid"]
+    forged = a1.split(".")[0] + "." + ".".join(b.split(".")[1:])
+    with pytest.raises(InvalidDPoPProof):
+        parse_dpop_proof(forged)

@@ -9,9 +9,11 @@ import time
 
 import jwt
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client_lib.jose import public_jwk
+from tokendealer import db
 from tokendealer.app import create_app
 from tokendealer.audit import AuditLog
 from tokendealer.db import make_engine, upgrade_schema
@@ -321,3 +323,22 @@ def test_worker_started_while_the_keyring_is_unreadable_answers_503_then_recover
         assert fetch_token(http, "svc", secret)["access_token"]
     finally:
         app.extensions["tokendealer"].engine.dispose()
+
+
+def test_replay_cache_purges_expired_entries_once_a_minute(services, clock):
+    replay = services.authenticator.assertions.replay
+    count = sa.select(sa.func.count()).select_from(db.used_assertions)
+    replay.first_use("c", "old", clock.now + 1)
+    clock.advance(db.PURGE_GRACE + 2)  # "old" may go now, at the next purge
+    replay.first_use("c", "new-1", clock.now + 1)  # the first use after the minute purges
+    with services.engine.connect() as conn:
+        assert conn.execute(count).scalar() == 1
+    replay.first_use("c", "newer", clock.now - db.PURGE_GRACE - 1)  # already past purging, but within the minute
+    clock.advance(30)
+    replay.first_use("c", "new-2", clock.now + 1)
+    with services.engine.connect() as conn:
+        assert conn.execute(count).scalar() == 3
+    clock.advance(31)
+    replay.first_use("c", "new-3", clock.now + 1)
+    with services.engine.connect() as conn:
+        assert conn.execute(count).scalar() == 3  # "newer" purged, new-1..3 kept
