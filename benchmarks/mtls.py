@@ -126,9 +126,7 @@ def server_rates(rounds: int, seconds: int, workers: int) -> dict[str, dict[str,
                     raise RuntimeError(f"{kind}: {int(result['non200'])} non-200 answers")
             for _ in range(rounds):
                 for kind, run in kinds.items():
-                    samples[kind].append(
-                        wrk(url, run["authorization"], run["body"], 16, seconds, extra_env=run["extra"])
-                    )
+                    samples[kind].append(wrk(url, run["authorization"], run["body"], 16, seconds, extra_env=run["extra"]))
     finally:
         setup.cleanup()
     return {kind: {field: statistics.median(r[field] for r in runs) for field in runs[0]} for kind, runs in samples.items()}
