@@ -361,3 +361,11 @@ def test_with_a_separate_admin_listener_each_side_serves_only_its_own(tmp_path, 
     assert admin.test_client().get("/readyz").status_code == 200
     for app in (public, admin):
         app.extensions["tokendealer"].audit.close()
+
+
+@pytest.mark.parametrize("grace", [10**400, 10**20])
+def test_rotate_secret_grace_beyond_any_sensible_time_is_a_400(http, tokens, grace):
+    """An unbounded `grace` overflowed the timestamp arithmetic (500), or kept the old secret valid for ever."""
+    answer = call(http, "POST", "/admin/clients/svc/rotate-secret", tokens["admin"], {"grace": grace})
+    assert answer.status_code == 400, answer.get_data(as_text=True)
+    assert "grace" in answer.get_json()["error_description"]

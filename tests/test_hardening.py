@@ -89,6 +89,21 @@ def test_request_rate_limit_per_client(tmp_path):
     assert post(http, ("other", other), address="10.0.3.1").status_code == 200
 
 
+def test_request_rate_limit_per_client_counts_no_one_elses_failures(tmp_path):
+    """SPEC §7: with TOKENDEALER_RATELIMIT, requests merely *claiming* a client id (wrong secret, from any
+    address) used up that client's request budget, so a stranger could deny it its tokens."""
+    config = make_config(tmp_path, ratelimit="5/minute")
+    initialise(config)
+    app = create_app(config)
+    _, secret = app.extensions["tokendealer"].clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
+    http = app.test_client()
+    assert {post(http, ("svc", "guess"), address=f"10.0.5.{i}").status_code for i in range(6)} <= {401, 429}
+    assert post(http, ("svc", secret), address="10.0.6.1").status_code == 200
+    # Requests naming no client (as the jwt-bearer grant's) shared one "anonymous" bucket that junk could fill.
+    junk = [http.post("/oauth/token", data=GRANT, environ_base={"REMOTE_ADDR": f"10.0.7.{i}"}).status_code for i in range(6)]
+    assert junk == [401] * 6
+
+
 def test_request_rate_limit_per_address(tmp_path):
     config = make_config(tmp_path, ratelimit="3/minute")
     initialise(config)

@@ -290,3 +290,24 @@ async def test_client_lib_async_with_cert(mtls_stack, monkeypatch):
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+def test_an_underscore_header_from_a_trusted_proxy_is_not_the_certificate_header(mtls_stack):
+    """Header smuggling: `X_SSL_Client_Cert` is not `X-SSL-Client-Cert`, but CGI-style environ names make them
+    one key. A proxy that passes underscore names on (Envoy and HAProxy do by default; nginx only with
+    `underscores_in_headers on`) and sets the real header only for a client with a certificate would let a
+    client without one choose the certificate: a copy of another client's (public) certificate."""
+    billing = mtls_stack["certs"]["billing"]
+    body = urlencode({**GRANT, "client_id": "billing"})
+    # Sent from 127.0.0.1, the trusted proxy, as such a proxy forwards a client's request without a certificate.
+    connection = http.client.HTTPConnection("127.0.0.1", mtls_stack["server"].port, timeout=10)
+    try:
+        for header in ("X_SSL_Client_Cert", "X-SSL_Client-Cert", "Client_Cert"):
+            value = billing.rfc9440() if header == "Client_Cert" else billing.nginx_escaped()
+            connection.request("POST", "/oauth/token", body, {"Content-Type": "application/x-www-form-urlencoded", header: value})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 401, (header, answer)
+            assert answer["error"] == "invalid_client"
+    finally:
+        connection.close()

@@ -141,3 +141,72 @@ def test_a_client_deleted_through_the_admin_api_loses_its_registration(http, ini
     services.manage.delete_client("ops", "admin_api", body["client_id"])
     auth = {"Authorization": f"Bearer {body['registration_access_token']}"}
     assert http.get("/oauth/register/" + body["client_id"], headers=auth).status_code == 401
+
+
+@pytest.fixture
+def listener():
+    """A loopback HTTP server standing for an internal service; yields (url, the paths it was asked for)."""
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_registrant_cannot_make_the_server_fetch_a_url_of_its_choosing(http, initial, listener, clock):
+    """SSRF: a jwks_uri is fetched by the server; only an operator chooses where (SECURITY.md). A registrant
+    naming an internal URL is refused, and the server never asks it for anything."""
+    import secrets  # noqa: PLC0415
+
+    import jwt  # noqa: PLC0415
+
+    url, hits = listener
+    for uri in (f"{url}/latest/meta-data", "https://169.254.169.254/keys"):
+        body = {"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": uri, "audiences": [AUDIENCE]}
+        answer = register(http, initial, body)
+        if answer.status_code == 201:  # the attack: authenticate, so the server fetches the registered URL
+            client_id, now = answer.get_json()["client_id"], int(clock.now)
+            claims = {"iss": client_id, "sub": client_id, "aud": "http://localhost:5000/oauth/token", "iat": now, "exp": now + 60}
+            value = jwt.encode({**claims, "jti": secrets.token_urlsafe(8)}, ec.generate_private_key(ec.SECP256R1()), "ES256", {"kid": "k"})
+            http.post(
+                "/oauth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion": value,
+                },
+            )
+        assert answer.status_code == 400, answer.get_json()
+        assert answer.get_json()["error"] == "invalid_client_metadata"
+        assert "jwks_uri" in answer.get_json()["error_description"]
+    assert hits == []
+
+
+def test_a_jwks_uri_the_operator_allowed_is_registered(http, registry):
+    claims = {**LIMITS, "registration_jwks_uris": ["https://keys.example/", "https://one.example/jwks.json"]}
+    _, secret = registry.create("pipeline2", scopes=["tokendealer:register"], audiences=[ADMIN_AUDIENCE], claims=claims)
+    token = fetch_token(http, "pipeline2", secret)["access_token"]
+    for uri, status in [
+        ("https://keys.example/team/jwks.json", 201),
+        ("https://one.example/jwks.json", 201),
+        ("https://one.example/jwks.json.evil", 400),
+        ("https://keys.example.evil/jwks.json", 400),
+        ("http://keys.example/team/jwks.json", 400),
+    ]:
+        body = {"token_endpoint_auth_method": "private_key_jwt", "jwks_uri": uri, "audiences": [AUDIENCE]}
+        assert register(http, token, body).status_code == status, uri

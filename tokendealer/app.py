@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -217,8 +217,20 @@ def _register_request_limits(app: Flask, s: Services) -> None:
         try:
             auth = ClientAuth.parse(form_params(), request.headers.get, request.remote_addr)
         except OAuthError:
-            return "anonymous"
-        return s.authenticator.claimed_client_id(auth) or "anonymous"
+            return ""
+        return s.authenticator.claimed_client_id(auth) or ""
+
+    # SPEC §7: a client's budget is spent only by requests that authenticated as it, so no one without its
+    # credentials can use it up by claiming its id; requests that claim none (the jwt-bearer grant, junk)
+    # share no bucket either, and are bounded by the per-address limit.
+    def note(client: Any) -> None:
+        if has_request_context():
+            g.rate_limited_client = client.client_id
+
+    s.authenticator.on_authenticated = note
+
+    def authenticated_as_claimed(response: Response) -> bool:
+        return bool(g.get("rate_limited_client")) and g.get("rate_limited_client") == claimed_client()
 
     limiter = Limiter(
         key_func=address,
@@ -231,7 +243,13 @@ def _register_request_limits(app: Flask, s: Services) -> None:
     for endpoint in ("token", "introspect", "revoke"):
         view: Any = app.view_functions[endpoint]
         view = limiter.limit(rate, key_func=address, scope=f"{endpoint}-address")(view)
-        view = limiter.limit(rate, key_func=claimed_client, scope=f"{endpoint}-client")(view)
+        view = limiter.limit(
+            rate,
+            key_func=claimed_client,
+            scope=f"{endpoint}-client",
+            exempt_when=lambda: not claimed_client(),
+            deduct_when=authenticated_as_claimed,
+        )(view)
         app.view_functions[endpoint] = view
 
 

@@ -182,6 +182,8 @@ class ClientAuthenticator:
         self.clock = clock
         self.federation = federation
         self.certificates = certificates
+        # Told of each client that authenticated (TOKENDEALER_RATELIMIT counts per client only those requests).
+        self.on_authenticated: Callable[[Client], None] | None = None
 
     def credentials(self, auth: ClientAuth) -> Credentials:
         """The credentials a request carries, or InvalidRequest/InvalidClient if they are absent or mixed."""
@@ -235,14 +237,18 @@ class ClientAuthenticator:
             creds = self.credentials(auth)
             tracing.annotate_request(client_id=creds.client_id, auth_method=creds.method)
             if creds.method == "federated":
-                return self._federated(creds)
-            if creds.method == "tls_client_auth":
-                return self._certificate(creds, auth)
-            return self._verify(creds), creds
+                client, creds = self._federated(creds)
+            elif creds.method == "tls_client_auth":
+                client, creds = self._certificate(creds, auth)
+            else:
+                client = self._verify(creds)
         except InvalidClient as exc:
             # Only a failed proof counts; an outage (503) during the check is not the caller's failure.
             self.failed(exc, creds.client_id if creds else None, auth.address)
             raise
+        if self.on_authenticated is not None:
+            self.on_authenticated(client)
+        return client, creds
 
     def failed(self, exc: OAuthError, client_id: str | None, address: str | None) -> None:
         """Count a failed authentication (also a refused JWT bearer assertion); raise the 429 instead of

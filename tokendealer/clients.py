@@ -30,6 +30,8 @@ RESERVED_CLAIMS = frozenset(
     | {"act", "may_act", "exchanged_from"}
 )
 SECRET_BYTES = 32
+# The longest an old secret may stay valid after a rotation: a rotation that never retires it is no rotation.
+MAX_GRACE = 366 * 86400
 
 
 class ClientError(Exception):
@@ -408,6 +410,8 @@ class ClientStore:
             raise ClientError(f"client {client_id!r} has no secret (it authenticates by {client.auth_method})")
         if grace < 0:
             raise ClientError("--grace must not be negative")
+        if grace > MAX_GRACE:
+            raise ClientError(f"--grace must be at most {MAX_GRACE} seconds (366 days)")
         now = self.clock()
         secret = new_secret()
         rotated = replace(

@@ -142,6 +142,10 @@ class Edge:
                 environ["CONTENT_TYPE"] = value
             elif name == "content-length":
                 environ["CONTENT_LENGTH"] = value
+            elif "_" in name:
+                # `X_SSL_Client_Cert` would become the same HTTP_X_SSL_CLIENT_CERT as the `X-SSL-Client-Cert` a
+                # trusted proxy sets: dropped, as nginx and gunicorn do, so no client can smuggle a proxy's header.
+                continue
             else:
                 key = "HTTP_" + name.upper().replace("-", "_")
                 environ[key] = f"{environ[key]},{value}" if key in environ else value

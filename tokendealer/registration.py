@@ -8,7 +8,9 @@ operator sets on the registering client (`client create … --claim registration
   be registered, since every client needs one);
 - `registration_scopes`: the scopes it may have (absent: none);
 - `registration_auth_methods`: its `token_endpoint_auth_method`s (absent: client_secret_basic,
-  client_secret_post and private_key_jwt; `tls_client_auth` only when listed).
+  client_secret_post and private_key_jwt; `tls_client_auth` only when listed);
+- `registration_jwks_uris`: the https `jwks_uri`s it may have, each exactly or, for one ending in `/`, any URL
+  under it (absent: none, so a registrant never chooses what the server fetches; `jwks` by value always works).
 
 The limits are kept with the registration and bound its RFC 7592 updates too. The registration access token
 is 256 random bits, stored only as its keyed hash (like client secrets), compared in constant time.
@@ -52,6 +54,11 @@ class Limits:
     audiences: tuple[str, ...]
     scopes: tuple[str, ...]
     auth_methods: tuple[str, ...]
+    jwks_uris: tuple[str, ...] = ()  # default for registrations stored before it existed
+
+    def allows_jwks_uri(self, uri: str) -> bool:
+        """Whether `uri` is an https URL the operator allowed: listed, or under a listed prefix ending in `/`."""
+        return uri.startswith("https://") and any(uri == p or (p.endswith("/") and uri.startswith(p)) for p in self.jwks_uris)
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any]) -> Limits:
@@ -71,10 +78,16 @@ class Limits:
             audiences=listed("registration_audiences", ()),
             scopes=listed("registration_scopes", ()),
             auth_methods=listed("registration_auth_methods", DEFAULT_AUTH_METHODS),
+            jwks_uris=listed("registration_jwks_uris", ()),
         )
 
     def view(self) -> dict[str, list[str]]:
-        return {"audiences": list(self.audiences), "scopes": list(self.scopes), "auth_methods": list(self.auth_methods)}
+        return {
+            "audiences": list(self.audiences),
+            "scopes": list(self.scopes),
+            "auth_methods": list(self.auth_methods),
+            "jwks_uris": list(self.jwks_uris),
+        }
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,9 @@ def parse_metadata(body: Any, limits: Limits) -> Request:
             raise Invalid("jwks must be a JWK Set object")
         if jwks_uri is not None and not isinstance(jwks_uri, str):
             raise Invalid("jwks_uri must be a URL")
+        if jwks_uri is not None and not limits.allows_jwks_uri(jwks_uri):
+            # The server fetches it: a registrant's choice would point the server at internal addresses (SSRF).
+            raise Invalid("jwks_uri is not allowed by the initial access token (registration_jwks_uris); send jwks instead")
         fields.update(jwks=jwks, jwks_uri=jwks_uri)
     elif jwks is not None or jwks_uri is not None:
         raise Invalid(f"jwks and jwks_uri are for private_key_jwt, not {method}")
