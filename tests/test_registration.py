@@ -110,6 +110,19 @@ def test_bad_metadata_is_invalid_client_metadata(http, initial, body, text):
     assert text in answer.get_json()["error_description"]
 
 
+def test_a_registrant_cannot_mint_a_client_that_manages_the_server(http, registry):
+    """Even an initial access token whose limits list the admin audience and the management scopes registers
+    no client with them."""
+    limits = {"registration_audiences": [ADMIN_AUDIENCE, AUDIENCE], "registration_scopes": ["tokendealer:admin", "orders:read"]}
+    _, secret = registry.create("careless", scopes=["tokendealer:register"], audiences=[ADMIN_AUDIENCE], claims=limits)
+    token = fetch_token(http, "careless", secret)["access_token"]
+    admin_scope = register(http, token, {"scope": "tokendealer:admin", "audiences": [AUDIENCE]})
+    assert admin_scope.status_code == 400 and "manages this server" in admin_scope.get_json()["error_description"]
+    admin_audience = register(http, token, {"scope": "orders:read", "audiences": [ADMIN_AUDIENCE]})
+    assert admin_audience.status_code == 400 and "admin audience" in admin_audience.get_json()["error_description"]
+    assert register(http, token, {"scope": "orders:read", "audiences": [AUDIENCE]}).status_code == 201
+
+
 def test_unknown_metadata_is_ignored(http, initial):
     """RFC 7591 §2: metadata the server does not understand is ignored, not echoed back."""
     answer = register(http, initial, {"audiences": [AUDIENCE], "logo_uri": "https://x/logo.png", "redirect_uris": []})

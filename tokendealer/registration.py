@@ -12,7 +12,9 @@ operator sets on the registering client (`client create … --claim registration
 - `registration_jwks_uris`: the https `jwks_uri`s it may have, each exactly or, for one ending in `/`, any URL
   under it (absent: none, so a registrant never chooses what the server fetches; `jwks` by value always works).
 
-The limits are kept with the registration and bound its RFC 7592 updates too. The registration access token
+Whatever the limits, no registered client gets a `tokendealer:` scope or the admin audience (a registrant
+never mints a client that manages the server). The limits are kept with the registration and bound its RFC
+7592 updates too. The registration access token
 is 256 random bits, stored only as its keyed hash (like client secrets), compared in constant time.
 """
 
@@ -39,6 +41,8 @@ CLIENT_CREDENTIALS = "client_credentials"
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 DEFAULT_AUTH_METHODS = (*SECRET_METHODS, "private_key_jwt")
 AUTH_METHODS = (*DEFAULT_AUTH_METHODS, "tls_client_auth")
+# The management scopes (tokendealer:admin, :read, :register): never for a registered client.
+RESERVED_SCOPE_PREFIX = "tokendealer:"
 # RFC 8705 §2.1.2: the one certificate identity of a tls_client_auth client.
 TLS_FIELDS = ("tls_client_auth_subject_dn", "tls_client_auth_san_dns", "tls_client_auth_san_uri")
 
@@ -99,9 +103,10 @@ class Request:
     auth_method: str
 
 
-def parse_metadata(body: Any, limits: Limits) -> Request:
+def parse_metadata(body: Any, limits: Limits, admin_audience: str) -> Request:
     """RFC 7591 §2 client metadata within `limits`; `Invalid` (answered invalid_client_metadata) names the field.
-    Metadata this server does not use is ignored, as §2 requires."""
+    Metadata this server does not use is ignored, as §2 requires. Whatever the limits say, a registration never
+    gets a `tokendealer:` scope or the `admin_audience`: a registrant cannot mint a client that manages the server."""
     if not isinstance(body, dict):
         raise Invalid("the body must be a JSON object of client metadata")
     grant_types = body.get("grant_types", [CLIENT_CREDENTIALS])
@@ -117,12 +122,17 @@ def parse_metadata(body: Any, limits: Limits) -> Request:
         raise Invalid("scope must be a space-separated string")
     with domain_errors():
         scopes = parse_scopes([scope])
+    reserved = [s for s in scopes if s.startswith(RESERVED_SCOPE_PREFIX)]
+    if reserved:
+        raise Invalid(f"scope {reserved[0]!r} manages this server and cannot be registered")
     beyond = [s for s in scopes if s not in limits.scopes]
     if beyond:
         raise Invalid(f"scope {beyond[0]!r} is not allowed by the initial access token")
     audiences = body.get("audiences", list(limits.audiences[:1]) if len(limits.audiences) == 1 else None)
     if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
         raise Invalid("audiences must be a non-empty list of strings (the audiences the client's tokens may have)")
+    if admin_audience in audiences:
+        raise Invalid(f"audience {admin_audience!r} is this server's admin audience and cannot be registered")
     beyond = [a for a in audiences if a not in limits.audiences]
     if beyond:
         raise Invalid(f"audience {beyond[0]!r} is not allowed by the initial access token")
@@ -187,7 +197,7 @@ class Registrar:
     def register(self, registered_by: str, claims: dict[str, Any], body: Any) -> dict[str, Any]:
         """RFC 7591 §3: register a client within the initial access token's limits; §3.2.1's answer."""
         limits = Limits.from_claims(claims)
-        request = parse_metadata(body, limits)
+        request = parse_metadata(body, limits, self.config.management_audience)
         client_id = "dcr-" + secrets.token_hex(10)
         client, secret = self.manage.create_client(
             registered_by, VIA, client_id, no_secret=request.auth_method not in SECRET_METHODS, **request.fields
@@ -236,7 +246,7 @@ class Registrar:
             raise Invalid("client_id must be the registered client's")
         if isinstance(body, dict) and "client_secret" in body:
             raise Invalid("client_secret cannot be set; rotate it through the admin API")
-        request = parse_metadata(body, registration.limits)
+        request = parse_metadata(body, registration.limits, self.config.management_audience)
         if request.auth_method != registration.metadata["token_endpoint_auth_method"]:
             raise Invalid("token_endpoint_auth_method cannot change; register a new client")
         client = self.manage.update_client(registration.client_id, VIA, registration.client_id, request.fields)
