@@ -51,6 +51,7 @@ ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 # RFC 7523 §2.2: the client_assertion_type of a JWT client assertion.
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_TOKEN_LENGTH = 16384
+MIN_RSA_BITS = 2048  # RFC 7518 §3.3, §3.5: smaller RSA keys MUST NOT be used
 MAX_JSON_DEPTH = 32  # deeper JSON is refused, so nothing recurses on what an attacker nests
 # RFC 7517 §9.3 / RFC 7518 §6: members that carry private or symmetric key material.
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
@@ -179,9 +180,12 @@ class VerificationKey:
         if not algorithms:
             raise JwkError(f"unsupported key (kty {jwk.get('kty')!r:.40}, alg {jwk.get('alg')!r:.40}); use {', '.join(ALGORITHMS)}")
         try:
-            return cls(algorithms, jwt.PyJWK(jwk, algorithms[0]).key)
+            key = jwt.PyJWK(jwk, algorithms[0]).key
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
             raise JwkError("a JWK in the set is malformed") from None
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+            raise JwkError(f"an RSA key in the set has {key.key_size} bits; at least {MIN_RSA_BITS} are required (RFC 7518 §3.3)")
+        return cls(algorithms, key)
 
 
 def checked_jwk_set(data: Any) -> dict[str, Any]:

@@ -155,3 +155,15 @@ def test_a_proof_key_kept_by_its_header_never_skips_the_signature():
     forged = a1.split(".")[0] + "." + ".".join(b.split(".")[1:])
     with pytest.raises(InvalidDPoPProof):
         parse_dpop_proof(forged)
+
+
+def test_rsa_keys_under_2048_bits_are_refused():
+    """RFC 7518 §3.3: RS256/PS256 keys MUST be at least 2048 bits; a registered JWK Set or a DPoP proof's jwk
+    with a smaller one is refused."""
+    small = rsa.generate_private_key(65537, 1024)
+    with pytest.raises(JwkError, match="at least 2048"):
+        VerificationKey.from_jwk(public_jwk(small.public_key(), "RS256"))
+    claims = {"jti": "j", "htm": "POST", "htu": "https://as.example/token", "iat": 1}
+    with pytest.raises(InvalidDPoPProof, match="2048"):
+        parse_dpop_proof(sign_dpop_proof(small, "RS256", claims))
+    assert VerificationKey.from_jwk(public_jwk(rsa.generate_private_key(65537, 2048).public_key(), "RS256")).algorithms
