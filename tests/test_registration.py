@@ -123,6 +123,16 @@ def test_a_registrant_cannot_mint_a_client_that_manages_the_server(http, registr
     assert register(http, token, {"scope": "orders:read", "audiences": [AUDIENCE]}).status_code == 201
 
 
+def test_dpop_bound_access_tokens_registers_a_client_that_must_send_proofs(http, initial, registry):
+    """RFC 9449 §5.2 client metadata: `dpop_bound_access_tokens` true makes the client's plain requests fail."""
+    body = register(http, initial, {"scope": "orders:read", "audiences": [AUDIENCE], "dpop_bound_access_tokens": True}).get_json()
+    assert body["dpop_bound_access_tokens"] is True and registry.require(body["client_id"]).require_dpop is True
+    plain = http.post("/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(body["client_id"], body["client_secret"]))
+    assert plain.status_code == 400 and plain.get_json()["error"] == "invalid_dpop_proof"
+    assert register(http, initial, {"audiences": [AUDIENCE], "dpop_bound_access_tokens": "yes"}).status_code == 400
+    assert register(http, initial, {"audiences": [AUDIENCE]}).get_json()["dpop_bound_access_tokens"] is False
+
+
 def test_unknown_metadata_is_ignored(http, initial):
     """RFC 7591 §2: metadata the server does not understand is ignored, not echoed back."""
     answer = register(http, initial, {"audiences": [AUDIENCE], "logo_uri": "https://x/logo.png", "redirect_uris": []})

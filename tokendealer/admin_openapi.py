@@ -116,6 +116,7 @@ SCHEMAS: dict[str, Any] = {
             "audiences": _STRINGS,
             "jwks": {"type": "object"},
             "jwks_uri": {"type": "string"},
+            "dpop_bound_access_tokens": {"type": "boolean"},
         },
         "required": ["client_id", "client_id_issued_at", "registration_client_uri", "token_endpoint_auth_method", "grant_types"],
     },
@@ -137,6 +138,7 @@ SCHEMAS: dict[str, Any] = {
             "tls_client_auth_subject_dn": {"type": "string"},
             "tls_client_auth_san_dns": {"type": "string"},
             "tls_client_auth_san_uri": {"type": "string"},
+            "dpop_bound_access_tokens": {"type": "boolean", "description": "RFC 9449 §5.2: every token request must carry a DPoP proof"},
         },
     },
 }

@@ -159,6 +159,11 @@ def parse_metadata(body: Any, limits: Limits, admin_audience: str) -> Request:
         fields["tls_subject" if field == "tls_client_auth_subject_dn" else "tls_san"] = value
     elif given:
         raise Invalid(f"{next(iter(given))} is for tls_client_auth, not {method}")
+    # RFC 9449 §5.2: a client that always sends DPoP proofs (its plain requests are refused).
+    dpop_bound = body.get("dpop_bound_access_tokens", False)
+    if not isinstance(dpop_bound, bool):
+        raise Invalid("dpop_bound_access_tokens must be true or false")
+    fields["require_dpop"] = dpop_bound
     metadata: dict[str, Any] = {"token_endpoint_auth_method": method, "grant_types": [CLIENT_CREDENTIALS], **given}
     client_name = body.get("client_name")
     if client_name is not None:
@@ -267,6 +272,7 @@ class Registrar:
             **metadata,
             "scope": " ".join(client.scopes),
             "audiences": list(client.audiences),
+            "dpop_bound_access_tokens": client.require_dpop,
             "registration_client_uri": self.client_uri(client.client_id),
         }
         if client.jwks is not None:
