@@ -2,6 +2,8 @@
 
 pip install './client_lib[fastapi]' uvicorn
 TOKENDEALER_URL=http://localhost:5000 uvicorn --factory examples.fastapi_service:from_env --port 8002
+# or, with the server's granian and no uvicorn:
+TOKENDEALER_URL=http://localhost:5000 granian --interface asgi --factory --port 8002 examples.fastapi_service:from_env
 """
 
 from __future__ import annotations
