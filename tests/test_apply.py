@@ -421,7 +421,7 @@ def test_the_readme_example_is_a_valid_apply_file():
     section = readme[readme.index("### Declarative clients (apply)") :]
     example = section[section.index("```toml\n") + len("```toml\n") : section.index("```\n")]
     parsed = manifest.parse(tomllib.loads(example), ISSUER)
-    assert [c.client_id for c in parsed.clients] == ["billing", "deployer"]
+    assert [c.client_id for c in parsed.clients] == ["invoices-api", "deployer"]
     assert parsed.clients[1].rules[0].audience == ISSUER and parsed.issuers is not None
 
 
