@@ -19,15 +19,13 @@ of each per round. Each is reported as a median over rounds, with the ratios.
 from __future__ import annotations
 
 import argparse
-import http.client
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.harness import AUDIENCE, BIN, SCOPE, Server, Setup, basic_header, free_port  # noqa: E402
+from benchmarks.harness import AUDIENCE, BIN, SCOPE, Server, Setup, basic_header, free_port, http_load  # noqa: E402
 from client_lib import TokenClient, TokenVerifier  # noqa: E402
 from client_lib.core.dpop import DPoPKey  # noqa: E402
 
@@ -37,39 +35,16 @@ RESOURCE = "https://api.example.com/invoices"
 
 def token_load(port: int, authorization: str, proofs: list[str] | None, seconds: float, threads: int) -> dict[str, float]:
     """Requests/s of `threads` keep-alive connections for `seconds`; each request takes the next proof when given."""
-    lock = threading.Lock()
-    counts = {"ok": 0, "other": 0}
+    headers = {"Authorization": authorization}
     supply = iter(proofs) if proofs is not None else None
-    deadline = time.monotonic() + seconds
 
-    def run() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        ok = other = 0
-        while time.monotonic() < deadline:
-            headers = {"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"}
-            if supply is not None:
-                with lock:
-                    proof = next(supply, None)
-                if proof is None:
-                    break
-                headers["DPoP"] = proof
-            connection.request("POST", "/oauth/token", BODY, headers)
-            response = connection.getresponse()
-            response.read()
-            ok, other = (ok + 1, other) if response.status == 200 else (ok, other + 1)
-        connection.close()
-        with lock:
-            counts["ok"] += ok
-            counts["other"] += other
+    def next_request() -> tuple[dict[str, str], str] | None:
+        if supply is None:
+            return headers, BODY
+        proof = next(supply, None)
+        return None if proof is None else ({**headers, "DPoP": proof}, BODY)
 
-    started = time.monotonic()
-    workers = [threading.Thread(target=run) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(seconds + 30)
-    elapsed = time.monotonic() - started
-    return {"rps": counts["ok"] / elapsed, "non_200": counts["other"]}
+    return http_load(port, next_request, seconds, threads)
 
 
 def verify_rate(verify, count: int) -> float:

@@ -1,7 +1,15 @@
 """Federated token requests per second next to secret-authenticated ones, in the same run.
 
     .venv/bin/python benchmarks/federation.py [--seconds 3] [--rounds 5]
+    .venv/bin/python benchmarks/federation.py --serve [--seconds 3] [--rounds 3] [--connections 64] [--max-tokens 24000]
 
+With `--serve`: a real `tokendealer serve` (2 workers, SQLite, ES256) on loopback, the same three kinds of
+request from wrk (`--connections`, 2 threads, `bodies.lua`, which sends the next body of a file with each
+request), rounds alternating the order of the kinds; each round's `--max-tokens` new tokens are signed
+before it starts, and wrk reports any sent a second time (the file ran out: then lower --seconds). Prints
+req/s and p99 per round, the medians and their ratios to secret.
+
+Without it:
 In-process: the server's WSGI application (the token endpoint's own fast path) is called in a loop, with no
 network, so the numbers compare the work of the ways in. Three kinds of request:
 - secret: client_secret_basic;
@@ -23,7 +31,9 @@ import argparse
 import base64
 import io
 import itertools
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +46,15 @@ from urllib.parse import urlencode
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from client_lib.jose import public_jwk
-from tokendealer.app import create_app
-from tokendealer.config import Config
-from tokendealer.db import make_engine, upgrade_schema
-from tokendealer.federation import RuleStore
-from tokendealer.issuers import IssuerStore
-from tokendealer.keystores import FileKeyStore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.harness import BIN, HERE, SCOPE, Server, Setup, basic_header, free_port, wrk  # noqa: E402
+from client_lib.jose import public_jwk  # noqa: E402
+from tokendealer.app import create_app  # noqa: E402
+from tokendealer.config import Config  # noqa: E402
+from tokendealer.db import make_engine, upgrade_schema  # noqa: E402
+from tokendealer.federation import RuleStore  # noqa: E402
+from tokendealer.issuers import IssuerStore  # noqa: E402
+from tokendealer.keystores import FileKeyStore  # noqa: E402
 
 ISSUER = "http://127.0.0.1:5000"
 CLUSTER = "https://kubernetes.default.svc.cluster.local"
@@ -80,13 +92,13 @@ def build(tmp: Path, fresh: int) -> tuple[Any, dict[str, bytes | str], dict[str,
     return app, secret_request, federated[0], federated[1:]
 
 
-def federated_request(key: Any, kid: str) -> dict[str, bytes]:
+def federated_request(key: Any, kid: str, audience: str = ISSUER) -> dict[str, bytes]:
     now = int(time.time())
     uid = str(uuid.uuid4())
     claims = {
         "iss": CLUSTER,
         "sub": "system:serviceaccount:prod:billing",
-        "aud": [ISSUER],
+        "aud": [audience],
         "iat": now,
         "nbf": now,
         "exp": now + 3600,
@@ -150,11 +162,82 @@ def round_rates(app: Any, kinds: dict[str, Iterator[dict[str, Any]]], seconds: f
     return {name: (count / cpu, count / wall) for name, (cpu, wall, count) in spent.items() if count}
 
 
+def serve(args: argparse.Namespace) -> None:
+    """The three kinds against a real `tokendealer serve`, alternating wrk runs; medians and ratios."""
+    port = free_port()
+    setup = Setup.create(port)
+    url = setup.env["TOKENDEALER_ISSUER"]
+    key = rsa.generate_private_key(65537, 2048)
+    jwk = public_jwk(key.public_key(), "RS256")
+    (setup.directory / "cluster-jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    for command in (
+        ["client", "create", "billing", "--no-secret", "--scope", SCOPE, "--audience", AUDIENCE],
+        ["issuers", "add", CLUSTER, "--jwks", str(setup.directory / "cluster-jwks.json")],
+        ["client", "federate", "billing", "--issuer", CLUSTER, "--subject", "system:serviceaccount:prod:billing"]
+        + ["--condition", "kubernetes.io.namespace=prod"],
+    ):
+        subprocess.run([str(BIN / "tokendealer"), *command], env=setup.env, check=True, capture_output=True)
+    authorization = basic_header(setup.client_id, setup.client_secret)
+    reused = federated_request(key, jwk["kid"], url)["body"].decode()
+    # Every kind goes through the same script over a file of as many bodies, so wrk does the same work for each.
+    files = {kind: setup.directory / f"{kind}.bodies" for kind in ("secret", "reused", "new")}
+    files["secret"].write_text("grant_type=client_credentials\n" * args.max_tokens)
+    files["reused"].write_text((reused + "\n") * args.max_tokens)
+    script = str(HERE / "bodies.lua")
+    try:
+        with Server([str(BIN / "tokendealer"), "serve", "--port", str(port), "--workers", "2"], port, setup.env, "/readyz"):
+            rates: dict[str, list[float]] = {"secret": [], "reused": [], "new": []}
+            refused = again = 0
+            for number in range(args.rounds):
+                print(f"round {number + 1}: signing {args.max_tokens} workload tokens...", flush=True)
+                files["new"].write_text(
+                    "".join(federated_request(key, jwk["kid"], url)["body"].decode() + "\n" for _ in range(args.max_tokens))
+                )
+                order = ["secret", "reused", "new"] if number % 2 == 0 else ["new", "reused", "secret"]
+                runs = {}
+                for kind in order:
+                    env = {"WRK_BODIES": str(files[kind]), "WRK_THREADS": "2"}
+                    runs[kind] = wrk(
+                        url + "/oauth/token",
+                        authorization if kind == "secret" else "",
+                        "",
+                        args.connections,
+                        int(args.seconds),
+                        script=script,
+                        extra_env=env,
+                    )
+                for kind, run in runs.items():
+                    rates[kind].append(run["rps"])
+                    refused += int(run["non200"] + run["errors"])
+                again += int(runs["new"]["reused"])
+                print(
+                    f"round {number + 1}: "
+                    + ", ".join(
+                        f"{kind} {runs[kind]['rps']:.0f} req/s (p99 {runs[kind]['p99_ms']:.1f} ms)" for kind in ("secret", "reused", "new")
+                    ),
+                    flush=True,
+                )
+            median = {kind: statistics.median(values) for kind, values in rates.items()}
+            print(
+                f"median: secret {median['secret']:.0f} req/s; federated, re-used token {median['reused']:.0f} req/s "
+                f"({median['reused'] / median['secret']:.2f}x); federated, new token each request {median['new']:.0f} req/s "
+                f"({median['new'] / median['secret']:.2f}x); non-200 or socket errors: {refused}; new tokens sent twice: {again}"
+            )
+    finally:
+        setup.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--serve", action="store_true", help="against a real `tokendealer serve` instead of in process")
+    parser.add_argument("--connections", type=int, default=64, help="--serve: wrk connections")
+    parser.add_argument("--max-tokens", type=int, default=24000, help="--serve: new workload tokens signed per round")
     args = parser.parse_args()
+    if args.serve:
+        serve(args)
+        return
     with tempfile.TemporaryDirectory(prefix="tokendealer-bench-") as tmp:
         print(f"signing {FRESH_PER_ROUND * args.rounds} workload tokens...", flush=True)
         app, secret, reused, fresh = build(Path(tmp), FRESH_PER_ROUND * args.rounds)

@@ -6,6 +6,7 @@ Every load is bounded: wrk runs for a fixed duration against 127.0.0.1 only.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -14,7 +15,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +207,43 @@ def wrk(
     if not match:
         raise RuntimeError(f"wrk printed no result:\n{out}")
     return {k: float(v) for k, v in (item.split("=") for item in match.group(1).split())}
+
+
+def http_load(port: int, next_request: Callable[[], tuple[dict[str, str], str] | None], seconds: float, threads: int) -> dict[str, float]:
+    """Requests/s of `threads` keep-alive connections POSTing to /oauth/token for `seconds`, or until
+    `next_request` (headers, body) returns None: for loads wrk cannot make, where every request must differ
+    (a new DPoP proof, a new workload token). The requests are made before the run, so the driver's own work
+    is the same for every kind."""
+    lock = threading.Lock()
+    counts = {"ok": 0, "other": 0}
+    deadline = time.monotonic() + seconds
+
+    def run() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        ok = other = 0
+        while time.monotonic() < deadline:
+            with lock:
+                request = next_request()
+            if request is None:
+                break
+            headers, body = request
+            connection.request("POST", "/oauth/token", body, {"Content-Type": "application/x-www-form-urlencoded", **headers})
+            response = connection.getresponse()
+            response.read()
+            ok, other = (ok + 1, other) if response.status == 200 else (ok, other + 1)
+        connection.close()
+        with lock:
+            counts["ok"] += ok
+            counts["other"] += other
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(seconds + 30)
+    elapsed = time.monotonic() - started
+    return {"rps": counts["ok"] / elapsed, "requests": counts["ok"] + counts["other"], "non_200": counts["other"]}
 
 
 def token_body(audience: str = AUDIENCE, scope: str = SCOPE) -> str:

@@ -81,6 +81,10 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every JWS segment (json.loads with a hook builds a new one per call).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _nests_within(value: Any, limit: int) -> bool:
     """Whether arrays and objects in a decoded JSON value nest at most `limit` deep (walked level by level, no recursion)."""
     level = [value] if isinstance(value, (dict, list)) else []
@@ -98,7 +102,7 @@ def json_object(segment: str, what: str) -> dict[str, Any]:
     nested at most MAX_JSON_DEPTH deep; anything else, however deep or odd, is MalformedToken naming `what`."""
     try:
         text = b64url_decode(segment).decode("utf-8")
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = _STRICT_JSON.decode(text)
     except (ValueError, RecursionError):
         raise MalformedToken(f"{what} is not valid JSON") from None
     # Fewer brackets than the limit cannot nest deeper than it: most tokens skip the walk.
