@@ -146,6 +146,9 @@ def test_client_lifecycle_through_the_api(http, tokens, config):
     assert patched.status_code == 200, patched.get_json()
     assert patched.get_json()["scopes"] == ["invoices:read", "invoices:write"]
     assert patched.headers["ETag"] != shown.headers["ETag"]
+    # The same record sent back unchanged changes nothing, its ETag included.
+    again = call(http, "PATCH", "/admin/clients/billing", admin, patched.get_json(), {"If-Match": patched.headers["ETag"]})
+    assert again.status_code == 200 and again.headers["ETag"] == patched.headers["ETag"]
 
     # The other operator's stale ETag: 412; no ETag at all: 428.
     stale = call(http, "PATCH", "/admin/clients/billing", admin, {"token_ttl": 60}, {"If-Match": shown.headers["ETag"]})
@@ -176,6 +179,7 @@ def test_client_lifecycle_through_the_api(http, tokens, config):
     assert mine == [
         ("client.created", "billing"),
         ("client.updated", "billing"),
+        ("client.updated", "billing"),  # the unchanged PATCH: accepted and audited, nothing written
         ("client.secret_rotated", "billing"),
         ("client.disabled", "billing"),
         ("client.enabled", "billing"),

@@ -369,6 +369,8 @@ class ClientStore:
             raise ClientError("a secret client cannot take keys; create a new client for private_key_jwt")
         if client.secret_hash and (changes.get("tls_subject") or changes.get("tls_san")):
             raise ClientError("a secret client cannot take a certificate identity; create a new client for tls_client_auth")
+        if replace(client, **changes) == client:
+            return client  # nothing differs: no write, so the record's version (and ETag) stays
         updated = replace(client, **changes, updated_at=self._next_update(client))
         self._check(updated)
         self._save(updated, client.updated_at)
