@@ -46,7 +46,9 @@ class ReplayCache:
         """Record the jti; False if it was seen before."""
         now = self.clock()
         # Expired entries go at most once a minute per process: a DELETE with every insert doubled its cost.
-        purge, self._purged_at = (True, now) if now - self._purged_at >= PURGE_EVERY else (False, self._purged_at)
+        purge = now - self._purged_at >= PURGE_EVERY
+        if purge:
+            self._purged_at = now
         try:
             with self.engine.begin() as conn:
                 if purge:

@@ -53,7 +53,8 @@ def bearer_token(authorization: str | None) -> str | None:
 
 class BearerGuard:
     """Admits a request whose bearer token this server issued for `audience` and that is valid now: known
-    key and algorithm, typ, iss, aud, exp/nbf/iat by this server's clock (TokenVerifier), not revoked, its
+    key and algorithm, typ, iss, aud, exp/nbf/iat by this server's clock (client_lib's `Verification`, the rules
+    of TokenVerifier), not revoked, its
     client existing, enabled and the same incarnation (TokenService). Failed attempts count against the
     address in the failed-authentication throttle, so guessing costs the guesser a 429 past its limit."""
 
@@ -110,7 +111,7 @@ class BearerGuard:
         except (ClientLibInvalidToken, TokenRejected) as exc:
             self.refuse(address, str(exc))
         if "cnf" in claims:
-            # TokenVerifier refuses a DPoP-bound token sent as Bearer; any other binding (an RFC 8705 certificate)
+            # The verification refuses a DPoP-bound token sent as Bearer; any other binding (an RFC 8705 certificate)
             # is one these endpoints cannot check, and a bound token used without its binding is refused.
             self.refuse(address, "a sender-constrained token cannot be used as a Bearer token here")
         if claims["aud"] not in (self.audience, [self.audience]):

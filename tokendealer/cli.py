@@ -688,8 +688,8 @@ def token(
     client_secret = _client_secret(ctx, client_secret, client_secret_file)
     if bool(cert) != bool(cert_key):
         raise click.UsageError("give --cert and --cert-key together")
-    proofs = [p for p in (client_secret, private_key, federated_token_file) if p]
-    if len(proofs) > 1 or not (proofs or cert):
+    ways_in = [way for way in (client_secret, private_key, federated_token_file) if way]
+    if len(ways_in) > 1 or not (ways_in or cert):
         raise click.UsageError(
             "give exactly one of a client secret (--client-secret, --client-secret-file or TOKENDEALER_CLIENT_SECRET),"
             " --private-key and --federated-token-file, or only --cert and --cert-key"
