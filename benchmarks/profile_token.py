@@ -34,7 +34,7 @@ def main() -> None:
             load = threading.Thread(target=lambda: result.update(wrk(url, auth, body, args.connections, args.seconds)))
             load.start()
             command = [BIN / "py-spy", "record", "--pid", str(worker), "--rate", "250", "--duration", str(args.seconds - 2)]
-            command += ["--format", args.format, "--output", args.out, "--nonblocking"]
+            command += ["--format", args.format, "--output", args.out, "--nonblocking", *(["--threads"] if args.format == "raw" else [])]
             subprocess.run(command, check=True, timeout=args.seconds + 60)
             load.join()
             print(fmt(result))

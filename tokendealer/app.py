@@ -34,7 +34,7 @@ from .errors import (
     TemporarilyUnavailable,
     TooManyRequests,
 )
-from .fastpath import TokenFastPath
+from .fastpath import DirectTokenPath, TokenFastPath
 from .federation import FederationVerifier, RuleStore
 from .grants.client_credentials import ClientCredentialsGrant
 from .grants.jwt_bearer import JwtBearerGrant
@@ -53,6 +53,9 @@ from .registration import Registrar
 from .tokens import RevocationList, TokenRejected, TokenService
 
 log = logging.getLogger(__name__)
+
+# app.extensions key of the token endpoint as `serve`'s edge calls it (fastpath.DirectTokenPath), when it may.
+DIRECT_TOKEN_PATH = "tokendealer.direct_token_path"
 
 
 @dataclass
@@ -198,11 +201,17 @@ def create_app(
         _register_request_limits(app, services)
     else:
         # Flask's documented way to wrap the WSGI application, which its type stubs call a method.
-        app.wsgi_app = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)  # type: ignore[method-assign]
+        fast_path = TokenFastPath(app.wsgi_app, services.token_endpoint, services.metrics, config.max_body_bytes)
+        app.wsgi_app = fast_path  # type: ignore[method-assign]
     if listener != "all":
         app.wsgi_app = ListenerGate(app.wsgi_app, admin=listener == "admin")  # type: ignore[method-assign]
-    app.wsgi_app = ProxyHeaders(app.wsgi_app, config.proxy_hops, config.proxy_networks, config.client_cert_header)  # type: ignore[method-assign]
+    proxy = ProxyHeaders(app.wsgi_app, config.proxy_hops, config.proxy_networks, config.client_cert_header)
+    app.wsgi_app = proxy  # type: ignore[method-assign]
     tracing.instrument(app, services.engine)
+    # What `serve`'s edge may call for the token endpoint without WSGI: nothing else must see the request
+    # first (request-rate limits, a tracing span), and the listener serves it.
+    if not config.ratelimit and listener != "admin" and not tracing.enabled():
+        app.extensions[DIRECT_TOKEN_PATH] = DirectTokenPath(proxy, fast_path)
     return app
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import threading
@@ -13,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from . import tracing
+from .jsontext import compact
 
 log = logging.getLogger(__name__)
 
 # Fields that could carry credentials are never written, whatever a caller passes.
 _FORBIDDEN = frozenset({"client_secret", "secret", "client_assertion", "assertion", "token", "access_token"})
 _FORBIDDEN |= {"subject_token", "actor_token"}  # RFC 8693
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_encode = compact(ensure_ascii=True, default=str)
 
 
 class AuditLog:
@@ -51,6 +51,7 @@ class AuditLog:
         self._failing = False
         self._lock = threading.Lock()
         self._buffered = buffered
+        self._second = (-1, "")
         if buffered:
             self._stop = threading.Event()
             threading.Thread(target=self._run, name="audit-flush", daemon=True).start()
@@ -58,7 +59,7 @@ class AuditLog:
 
     def emit(self, event: str, **fields: Any) -> None:
         """Log `event` with its non-empty fields."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())), "event": event}
+        record = {"time": self._stamp(), "event": event}
         for name, value in fields.items():
             if value is not None and name not in _FORBIDDEN:
                 record[name] = value
@@ -74,6 +75,15 @@ class AuditLog:
             self._pending_bytes += len(line)
             if not self._buffered or self._pending_bytes >= self.BATCH_BYTES:
                 self._write_pending()
+
+    def _stamp(self) -> str:
+        """The current second as RFC 3339 UTC, formatted once per second."""
+        second = int(self.clock())
+        cached_second, text = self._second
+        if second != cached_second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+            self._second = (second, text)  # one assignment: other threads see the old pair or the new one
+        return text
 
     def flush(self) -> None:
         """Write out what is pending now."""

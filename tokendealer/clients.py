@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
@@ -177,7 +176,7 @@ class SecretHasher:
         if self._pepper is None:
             # Read at first use: a worker started while the keyring is unreadable answers 503, it does not die.
             self._pepper = self._load()
-        return hmac.new(self._pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+        return hmac.digest(self._pepper, secret.encode("utf-8"), "sha256").hex()
 
     def matches(self, client: Client, secret: str, now: float) -> bool:
         """Constant-time check of `secret` against the current and, during its grace, the previous secret."""

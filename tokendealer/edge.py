@@ -7,6 +7,13 @@ a coroutine and a socket, never a thread. Only a complete, bounded request reach
 the token endpoint (CPU-bound, cached client lookups) and /healthz run at once on the loop, everything
 else (Flask) in a small thread pool, so the admin and database-bound endpoints never delay the loop.
 
+The token endpoint, when nothing else has to see it first (no request-rate limits, no tracing span), is
+called directly with the request's headers, not through WSGI and Flask (`fastpath.DirectTokenPath`).
+
+Body deadlines are kept by one reaper per worker, not a timer per request: it wakes every `REAP_INTERVAL`
+seconds and cancels the reads whose deadline falls before its next round, so a body gets between
+`body_timeout - REAP_INTERVAL` and `body_timeout` seconds.
+
 The access log is written here too, one escaped line per request (`logs.AccessLog`).
 """
 
@@ -33,6 +40,11 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 INLINE = frozenset({("POST", "/oauth/token"), ("GET", "/healthz")})
 # Flask views that wait on the database or a remote (introspection, admin, readiness) run here.
 POOL_THREADS = 4
+# Seconds between two rounds of the body-deadline reaper.
+REAP_INTERVAL = 0.25
+TOKEN_PATH = ("POST", "/oauth/token")
+# The token endpoint called with the peer's address, the request's headers (`Edge.headers`) and its body.
+TokenPath = Callable[[str, dict[str, str], bytes], tuple[int, list[tuple[str, str]], bytes]]
 
 
 class Edge:
@@ -46,19 +58,36 @@ class Edge:
         max_body: int,
         inline_token_path: bool = True,
         on_close: Callable[[], None] | None = None,
+        token_path: TokenPath | None = None,
     ):
         self.app = app
         self.access_log = access_log
         self.body_timeout = body_timeout
         self.max_body = max_body
         # With TOKENDEALER_RATELIMIT the token path goes through Flask-Limiter, whose storage may be remote.
-        self.inline = INLINE if inline_token_path else INLINE - {("POST", "/oauth/token")}
+        self.inline = INLINE if inline_token_path else INLINE - {TOKEN_PATH}
+        self.token_path = token_path if inline_token_path else None
         self.on_close = on_close
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="flask")
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Requests whose body is being read, with their deadlines (loop time); the reaper's cancelled ones.
+        self.reading: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        loop.call_soon(self.reap)
+
+    def reap(self) -> None:
+        """Cancel the body reads whose deadline falls before the next round (408 in `read_body`); run again."""
+        assert self.loop is not None
+        now = self.loop.time()
+        for task, deadline in list(self.reading.items()):
+            if deadline <= now + REAP_INTERVAL:
+                del self.reading[task]
+                self.expired.add(task)
+                task.cancel()
+        self.loop.call_later(REAP_INTERVAL, self.reap)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         """Worker shutdown: let the pool finish what it holds, then write out the buffered logs."""
@@ -73,12 +102,15 @@ class Edge:
             return
         address = scope.client.rpartition(":")[0] or scope.client
         path = unquote_to_bytes(scope.path).decode("latin-1")
+        method = scope.method
         try:
             body = await self.read_body(scope, protocol)
-            environ = self.environ(scope, path, address, body)
-            if (scope.method, path) in self.inline:
-                status, headers, payload = self.call(environ)
+            if self.token_path is not None and method == "POST" and path == "/oauth/token":
+                status, headers, payload = self.token_path(address, self.headers(scope), body)
+            elif (method, path) in self.inline:
+                status, headers, payload = self.call(self.environ(scope, path, address, body))
             else:
+                environ = self.environ(scope, path, address, body)
                 status, headers, payload = await asyncio.get_running_loop().run_in_executor(self.pool, self.call, environ)
         except OAuthError as exc:
             # A late or oversized body is not read further: the connection closes after this answer.
@@ -88,11 +120,11 @@ class Edge:
             log.error("unexpected error", exc_info=exc)
             status, headers, payload = 500, [("content-type", "application/json")], dumps(ServerError("internal error").body()).encode()
         protocol.response_bytes(status, headers, payload)
-        self.access_log.record(address, scope.method, path, _protocol(scope), status, started)
+        self.access_log.record(address, method, path, _protocol(scope), status, started)
 
     async def read_body(self, scope: Any, protocol: Any) -> bytes:
         """The whole body, or RequestTooLarge (413) past `max_body` bytes, or RequestTimeout (408) when it
-        has not all arrived within `body_timeout` seconds of the headers."""
+        has not all arrived within `body_timeout` seconds of the headers (as the reaper keeps them)."""
         headers = scope.headers
         length = headers.get("content-length")
         if length is None and "transfer-encoding" not in headers:
@@ -102,19 +134,39 @@ class Edge:
                 raise InvalidRequest("bad Content-Length")
             if int(length) > self.max_body:
                 raise RequestTooLarge(f"the body is larger than {self.max_body} bytes")
+        task = asyncio.current_task()
+        assert task is not None and self.loop is not None
+        self.reading[task] = self.loop.time() + self.body_timeout
         try:
-            async with asyncio.timeout(self.body_timeout):
-                if length is not None:
-                    return await protocol()
-                chunks, size = [], 0
-                async for chunk in protocol:
-                    size += len(chunk)
-                    if size > self.max_body:
-                        raise RequestTooLarge(f"the body is larger than {self.max_body} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except TimeoutError:
+            if length is not None:
+                return await protocol()
+            chunks, size = [], 0
+            async for chunk in protocol:
+                size += len(chunk)
+                if size > self.max_body:
+                    raise RequestTooLarge(f"the body is larger than {self.max_body} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except asyncio.CancelledError:
+            if task not in self.expired:
+                raise  # cancelled by granian (the client went away, the worker stops), not by the reaper
+            self.expired.discard(task)
+            task.uncancel()
             raise RequestTimeout(f"the body did not arrive within {self.body_timeout:g} s") from None
+        finally:
+            self.reading.pop(task, None)
+
+    @staticmethod
+    def headers(scope: Any) -> dict[str, str]:
+        """The request's headers by lower-case name, repeated ones joined by commas. A name with `_` is dropped:
+        `X_SSL_Client_Cert` would become the same HTTP_X_SSL_CLIENT_CERT as the `X-SSL-Client-Cert` a trusted
+        proxy sets, so (as nginx and gunicorn do) no client can smuggle a proxy's header through it."""
+        headers: dict[str, str] = {}
+        for name, value in scope.headers.items():
+            if "_" in name:
+                continue
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        return headers
 
     def environ(self, scope: Any, path: str, address: str, body: bytes) -> dict[str, Any]:
         """PEP 3333 environ of a request whose body is already in."""
@@ -137,18 +189,13 @@ class Edge:
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
         }
-        for name, value in scope.headers.items():
+        for name, value in self.headers(scope).items():
             if name == "content-type":
                 environ["CONTENT_TYPE"] = value
             elif name == "content-length":
                 environ["CONTENT_LENGTH"] = value
-            elif "_" in name:
-                # `X_SSL_Client_Cert` would become the same HTTP_X_SSL_CLIENT_CERT as the `X-SSL-Client-Cert` a
-                # trusted proxy sets: dropped, as nginx and gunicorn do, so no client can smuggle a proxy's header.
-                continue
             else:
-                key = "HTTP_" + name.upper().replace("-", "_")
-                environ[key] = f"{environ[key]},{value}" if key in environ else value
+                environ["HTTP_" + name.upper().replace("-", "_")] = value
         return environ
 
     def call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:

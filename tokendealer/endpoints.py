@@ -54,8 +54,9 @@ class TokenEndpoint:
         claims = issued.claims
         tracing.annotate_request(client_id=issued.client_id)  # also for grants that authenticate no client
         cnf = claims.get("cnf") or {}
+        kind = issued.token_type
         # The thumbprints a bound token names (of a key, of a certificate: never the proof or the certificate).
-        if issued.token_type == "DPoP":
+        if kind == "DPoP":
             context["jkt"] = cnf["jkt"]
             self.metrics.dpop_tokens.labels(issued.client_id).inc()
         if THUMBPRINT in cnf:
@@ -67,7 +68,7 @@ class TokenEndpoint:
             self.metrics.federated_tokens.labels(issued.client_id, context["issuer"], context["federation_rule"]).inc()
         return {
             "access_token": issued.token,
-            "token_type": issued.token_type,
+            "token_type": kind,
             "expires_in": claims["exp"] - claims["iat"],
             "scope": claims["scope"],
             **issued.extra,

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import get_default_algorithms
 
 from client_lib.jose import ALGORITHMS, ALGS_BY_KEY, public_jwk
@@ -29,6 +30,8 @@ STATES = ("next", "active", "retired", "revoked")
 RSA_BITS = 2048
 
 _JWA = get_default_algorithms()
+# ECDSA signing by alg: the signature scheme and the byte length of R and of S.
+_ECDSA = {"ES256": (ec.ECDSA(hashes.SHA256()), 32), "ES384": (ec.ECDSA(hashes.SHA384()), 48), "ES512": (ec.ECDSA(hashes.SHA512()), 66)}
 
 
 class KeyringError(Exception):
@@ -117,7 +120,15 @@ class SigningKey:
     def sign(self, payload: bytes) -> str:
         """A compact JWS (RFC 7515 §7.1) of `payload` with header alg, kid and typ at+jwt (RFC 9068 §2.1)."""
         signing_input = self.header_b64 + b"." + base64.urlsafe_b64encode(payload).rstrip(b"=")
-        signature = self.signer(signing_input) if self.signer else _JWA[self.alg].sign(signing_input, self.private_key)
+        if self.signer:
+            signature = self.signer(signing_input)
+        elif self.alg in _ECDSA:
+            # RFC 7518 §3.4: R and S as fixed-length big-endian integers (PyJWT's conversion, without its detours).
+            ecdsa, size = _ECDSA[self.alg]
+            r, s = decode_dss_signature(self.private_key.sign(signing_input, ecdsa))
+            signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+        else:
+            signature = _JWA[self.alg].sign(signing_input, self.private_key)
         return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
 
 
@@ -272,8 +283,12 @@ class KeyringSource:
         While one thread reloads, the others go on with the current keyring, except before the first load
         and when `check` asks for the store's newest, where they wait for it.
         """
-        if self._keyring is not None and not check and not self.store.cheap_version and self.monotonic() < self._next_check:
-            return self._keyring
+        if self._keyring is not None and not check:
+            if not self.store.cheap_version:
+                if self.monotonic() < self._next_check:
+                    return self._keyring
+            elif self.error is None and self.store.version() == self._version:
+                return self._keyring  # the common case on the token path: one stat, no lock
         if self._lock.acquire(blocking=self._keyring is None or check):
             try:
                 self._refresh()

@@ -52,6 +52,8 @@ class FileKeyStore:
         self.directory = Path(directory)
         self.clock = clock
         self._pepper: bytes | None = None
+        # version() runs before every token is signed: a plain path string spares pathlib's work each time.
+        self._manifest = str(self.directory / MANIFEST)
 
     @property
     def manifest_path(self) -> Path:
@@ -63,7 +65,7 @@ class FileKeyStore:
     def version(self) -> Any:
         """A value that changes whenever the manifest is rewritten (it is replaced by rename)."""
         try:
-            st = self.manifest_path.stat()
+            st = os.stat(self._manifest)
         except OSError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)

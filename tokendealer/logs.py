@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -75,6 +76,18 @@ def escape(text: str) -> str:
     """`text` as one unambiguous log field: control characters, non-printables, spaces, quotes and
     backslashes written as `\\xNN`, so a client cannot forge a line or send terminal escape sequences."""
     return _UNSAFE.sub(_hex, text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _escaped(text: str) -> str:
+    """escape(), remembered: most lines repeat a few addresses."""
+    return escape(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _request_line(method: str, path: str, protocol: str) -> str:
+    """The escaped request line, remembered: most lines repeat a few."""
+    return f"{escape(method)} {escape(path)} {escape(protocol)}"
 
 
 class LineBuffer:
@@ -157,8 +170,7 @@ class AccessLog:
 
     def record(self, address: str, method: str, path: str, protocol: str, status: int, started: float) -> None:
         """Log one request that began at `started` (time.perf_counter())."""
-        request = f"{escape(method)} {escape(path)} {escape(protocol)}"
-        line = f'{escape(address)} "{request}" {status} {(time.perf_counter() - started) * 1000:.3f}ms\n'
+        line = f'{_escaped(address)} "{_request_line(method, path, protocol)}" {status} {(time.perf_counter() - started) * 1000:.3f}ms\n'
         self.out.append(line.encode("ascii"))
 
     def flush(self) -> None:

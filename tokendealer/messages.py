@@ -20,15 +20,15 @@ CERT_HEADER = "Client-Cert"
 REPEATABLE = frozenset({"resource"})
 
 
-def _single(params: Params, name: str) -> str | None:
-    values = params.get(name)
-    return values[0] if values else None
-
-
-def _no_repeats(params: Params) -> None:
+def _singles(params: Params) -> dict[str, str]:
+    """Each parameter's value; InvalidRequest for a repeated one but `resource` (whose first value is kept here)."""
+    single = {}
     for name, values in params.items():
         if len(values) > 1 and name not in REPEATABLE:
             raise InvalidRequest(f"parameter {name} is repeated")
+        if values:
+            single[name] = values[0]
+    return single
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,18 @@ class ClientAuth:
 
     @classmethod
     def parse(cls, params: Params, header: Header, address: str | None) -> ClientAuth:
+        """Refuse repeated parameters; keep the rest as given."""
+        return cls.of(_singles(params), header, address)
+
+    @classmethod
+    def of(cls, single: Mapping[str, str], header: Header, address: str | None) -> ClientAuth:
+        """From each parameter's one value (`_singles`)."""
         return cls(
             authorization=header("Authorization"),
-            client_id=_single(params, "client_id"),
-            client_secret=_single(params, "client_secret"),
-            assertion=_single(params, "client_assertion"),
-            assertion_type=_single(params, "client_assertion_type"),
+            client_id=single.get("client_id"),
+            client_secret=single.get("client_secret"),
+            assertion=single.get("client_assertion"),
+            assertion_type=single.get("client_assertion_type"),
             address=address,
             certificate=_certificate(header(CERT_HEADER)),
         )
@@ -91,22 +97,22 @@ class TokenRequest:
     @classmethod
     def parse(cls, params: Params, header: Header, address: str | None) -> TokenRequest:
         """Refuse repeated parameters and a missing grant_type; keep the rest as given."""
-        _no_repeats(params)
-        grant_type = _single(params, "grant_type")
+        single = _singles(params)
+        grant_type = single.get("grant_type")
         if not grant_type:
             raise InvalidRequest("grant_type is required")
         return cls(
             grant_type=grant_type,
-            scope=_single(params, "scope"),
-            audience=_single(params, "audience"),
+            scope=single.get("scope"),
+            audience=single.get("audience"),
             resources=tuple(params.get("resource", ())),
-            auth=ClientAuth.parse(params, header, address),
-            assertion=_single(params, "assertion"),
-            subject_token=_single(params, "subject_token"),
-            subject_token_type=_single(params, "subject_token_type"),
-            actor_token=_single(params, "actor_token"),
-            actor_token_type=_single(params, "actor_token_type"),
-            requested_token_type=_single(params, "requested_token_type"),
+            auth=ClientAuth.of(single, header, address),
+            assertion=single.get("assertion"),
+            subject_token=single.get("subject_token"),
+            subject_token_type=single.get("subject_token_type"),
+            actor_token=single.get("actor_token"),
+            actor_token_type=single.get("actor_token_type"),
+            requested_token_type=single.get("requested_token_type"),
             dpop=header("DPoP"),
         )
 
@@ -120,8 +126,8 @@ class TokenQuery:
 
     @classmethod
     def parse(cls, params: Params, header: Header, address: str | None) -> TokenQuery:
-        _no_repeats(params)
-        return cls(token=_single(params, "token") or None, auth=ClientAuth.parse(params, header, address))
+        single = _singles(params)
+        return cls(token=single.get("token") or None, auth=ClientAuth.of(single, header, address))
 
     def required_token(self) -> str:
         """The token asked about; checked after the caller is authenticated, so strangers learn nothing."""

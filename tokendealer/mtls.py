@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
+from werkzeug.http import parse_list_header
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from client_lib.core.certificates import PresentedCertificate
@@ -32,6 +33,7 @@ from .http import cgi_name
 from .messages import CERT_HEADER
 
 _CERT_ENVIRON = cgi_name(CERT_HEADER)
+_CERT_NAME = CERT_HEADER.lower()
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # RFC 4514 §3 keywords, plus the e-mail attribute OpenSSL prints as emailAddress (and some tools as E).
 _DN_KEYWORDS = {"emailAddress": NameOID.EMAIL_ADDRESS, "E": NameOID.EMAIL_ADDRESS}
@@ -49,6 +51,7 @@ class ProxyHeaders:
         self.hops = hops
         self.networks = networks
         self.cert_key = cgi_name(cert_header) if cert_header else None
+        self.cert_name = cert_header.lower() if cert_header else None
         self.forwarded = ProxyFix(app, x_for=hops or 1, x_proto=hops or 1)
 
     def trusts(self, address: str | None) -> bool:
@@ -71,6 +74,20 @@ class ProxyHeaders:
         if self.hops or trusted:
             return self.forwarded(environ, start_response)
         return self.app(environ, start_response)
+
+    def resolve(self, peer: str, headers: dict[str, str]) -> str:
+        """The same rules on the edge's headers by lower-case name (`edge.Edge.headers`), changed in place; the
+        client's address: X-Forwarded-For's hop as ProxyFix takes it, when the peer may set it, else the peer."""
+        presented = headers.pop(self.cert_name, None) if self.cert_name else None
+        headers.pop(_CERT_NAME, None)
+        trusted = self.trusts(peer)
+        if trusted and presented is not None:
+            headers[_CERT_NAME] = presented
+        if not (self.hops or trusted):
+            return peer
+        hops = self.hops or 1
+        forwarded = parse_list_header(headers.get("x-forwarded-for") or "")
+        return forwarded[-hops] if len(forwarded) >= hops else peer
 
 
 def load_trust_anchors(path: str) -> tuple[x509.Certificate, ...]:

@@ -59,7 +59,7 @@ def admin_worker_app() -> Any:
 
 
 def _worker(admin: bool) -> Any:
-    from .app import create_app  # noqa: PLC0415 (imported in the worker, after the metrics set-up)
+    from .app import DIRECT_TOKEN_PATH, create_app  # noqa: PLC0415 (imported in the worker, after the metrics set-up)
     from .edge import Edge  # noqa: PLC0415
 
     config = Config.load(config_file=os.environ.get(CONFIG_FILE_ENV) or None)
@@ -75,6 +75,7 @@ def _worker(admin: bool) -> Any:
         max_body=config.max_body_bytes,
         inline_token_path=not config.ratelimit,
         on_close=services.close,
+        token_path=app.extensions.get(DIRECT_TOKEN_PATH),
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +16,7 @@ from client_lib.jose import ACCESS_TOKEN_TYPES, MAX_TOKEN_LENGTH, ClaimCheck, Ve
 from . import db, tracing
 from .clients import Client, ClientStore
 from .config import MAX_EXCHANGE_DEPTH, Config
+from .jsontext import dumps
 from .keyring import KeyringSource
 
 # RFC 9068 §2.2: the claims of every access token this server issues; sub, client_id and jti non-empty strings.
@@ -88,7 +88,6 @@ class TokenService:
         self.clients = clients
         self.revocations = revocations
         self.clock = clock
-        self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
     @property
     def max_token_lifetime(self) -> int:
@@ -159,7 +158,7 @@ class TokenService:
         if key is None:
             raise NoSigningKey("no active signing key is loaded")
         with tracing.span("sign token", kid=key.kid, alg=key.alg):
-            return key.sign(self._encoder.encode(claims).encode("utf-8"))
+            return key.sign(dumps(claims).encode("utf-8"))
 
     def revoke(self, claims: dict[str, Any]) -> None:
         """RFC 7009: deny the token's jti until it has expired anyway."""

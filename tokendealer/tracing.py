@@ -55,6 +55,11 @@ def instrument(app: Any, engine: Any) -> None:
     _instrument_engine(engine)
 
 
+def enabled() -> bool:
+    """Whether spans are being recorded (the `OTEL_*` variables asked for them and the exporter loaded)."""
+    return _common.is_enabled()
+
+
 def annotate_request(**values: Any) -> None:
     """Record the request's outcome (client id, grant type, error): on its server span and the current span."""
     if not _common.is_enabled():
