@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -170,13 +171,16 @@ class SecretHasher:
 
     def __init__(self, pepper: bytes | Callable[[], bytes]):
         self._load = pepper if callable(pepper) else lambda: pepper
-        self._pepper: bytes | None = None
+        # HMAC's state once keyed with the pepper: each hash copies it (the key's two blocks are not hashed again).
+        self._keyed: hmac.HMAC | None = None
 
     def hash(self, secret: str) -> str:
-        if self._pepper is None:
+        if self._keyed is None:
             # Read at first use: a worker started while the keyring is unreadable answers 503, it does not die.
-            self._pepper = self._load()
-        return hmac.digest(self._pepper, secret.encode("utf-8"), "sha256").hex()
+            self._keyed = hmac.new(self._load(), digestmod=hashlib.sha256)
+        mac = self._keyed.copy()
+        mac.update(secret.encode("utf-8"))
+        return mac.hexdigest()
 
     def matches(self, client: Client, secret: str, now: float) -> bool:
         """Constant-time check of `secret` against the current and, during its grace, the previous secret."""

@@ -101,7 +101,9 @@ class Edge:
         if scope.proto != "http":
             return
         address = scope.client.rpartition(":")[0] or scope.client
-        path = unquote_to_bytes(scope.path).decode("latin-1")
+        path = scope.path
+        if "%" in path or not path.isascii():
+            path = unquote_to_bytes(path).decode("latin-1")  # PEP 3333: the path's bytes as latin-1 text
         method = scope.method
         try:
             body = await self.read_body(scope, protocol)
