@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_CLIENT_ID = 256
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Credentials:
     """What a request presents: the claimed client id and how it proves it."""
 

@@ -8,6 +8,7 @@ JWK stays in the manifest, so a leaked keys directory cannot forge tokens with r
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import threading
@@ -30,6 +31,7 @@ STATES = ("next", "active", "retired", "revoked")
 RSA_BITS = 2048
 
 _JWA = get_default_algorithms()
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 # ECDSA signing by alg: the signature scheme and the byte length of R and of S.
 _ECDSA = {"ES256": (ec.ECDSA(hashes.SHA256()), 32), "ES384": (ec.ECDSA(hashes.SHA384()), 48), "ES512": (ec.ECDSA(hashes.SHA512()), 66)}
 
@@ -119,7 +121,7 @@ class SigningKey:
 
     def sign(self, payload: bytes) -> str:
         """A compact JWS (RFC 7515 §7.1) of `payload` with header alg, kid and typ at+jwt (RFC 9068 §2.1)."""
-        signing_input = self.header_b64 + b"." + base64.urlsafe_b64encode(payload).rstrip(b"=")
+        signing_input = self.header_b64 + b"." + _b64url(payload)
         if self.signer:
             signature = self.signer(signing_input)
         elif self.alg in _ECDSA:
@@ -129,7 +131,12 @@ class SigningKey:
             signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
         else:
             signature = _JWA[self.alg].sign(signing_input, self.private_key)
-        return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode("ascii")
+        return (signing_input + b"." + _b64url(signature)).decode("ascii")
+
+
+def _b64url(data: bytes) -> bytes:
+    """RFC 7515 §2 base64url without padding (base64.urlsafe_b64encode's work, without its two wrappers)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
 
 
 def make_signing_key(record: KeyRecord, private_key: Any) -> SigningKey:

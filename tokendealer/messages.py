@@ -1,5 +1,10 @@
 """OAuth request messages, parsed once at the HTTP edge into typed values: the endpoints and the client
-authenticator never look at raw form parameters."""
+authenticator never look at raw form parameters.
+
+Messages are built once per request and nothing changes them afterwards. They are slotted, not frozen:
+a frozen dataclass's `__init__` sets each field through `object.__setattr__`, about 1 µs more per message
+on the token path (py-spy showed these `__init__`s at ~3% of a worker's samples).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ def _singles(params: Params) -> dict[str, str]:
     return single
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ClientAuth:
     """What a request carries to authenticate its client (RFC 6749 §2.3, RFC 7523 §2.2); nothing checked yet."""
 
@@ -74,7 +79,7 @@ def _certificate(value: str | None) -> PresentedCertificate | None:
         raise InvalidRequest(str(exc)) from None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TokenRequest:
     """A token request (RFC 6749 §4.4.2, RFC 8707 §2): the grant, what it asks for, and its client's proof."""
 
@@ -117,7 +122,7 @@ class TokenRequest:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TokenQuery:
     """An introspection (RFC 7662 §2.1) or revocation (RFC 7009 §2.1) request: a token and the caller's proof."""
 

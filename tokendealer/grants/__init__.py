@@ -19,7 +19,7 @@ from ..tokens import token_type
 MAX_RESOURCES = 16
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Issued:
     """What a grant issued: the signed token and its claims, for whom, and how the client proved itself."""
 
