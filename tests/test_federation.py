@@ -15,6 +15,7 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
 
+from tokendealer import federation
 from tokendealer.app import create_app
 from tokendealer.federation import RuleStore, claim_at, value_matches
 from tokendealer.issuers import IssuerStore
@@ -293,6 +294,36 @@ def test_removing_the_issuer_refuses_its_re_used_tokens(tmp_path, k8s):
     IssuerStore(http.application.extensions["tokendealer"].engine).remove(k8s.url)
     response = authenticate(http, token)
     assert response.status_code == 401 and "not a trusted issuer" in response.get_json()["error_description"]
+
+
+def test_an_expired_token_is_refused_before_its_signature_is_checked(http, billing, k8s, monkeypatch):
+    """The cheap checks first: a token past its time is refused without an RSA verification (so forged
+    expired tokens cost little), while what the rules ask is told only for a good signature."""
+    checked = []
+    monkeypatch.setattr(federation, "verify_signature", lambda *args: checked.append(args))
+    expired = k8s.times(iat=int(k8s.clock()) - 7200, exp=int(k8s.clock()) - 60)
+    forged = k8s.sign({"sub": "system:serviceaccount:prod:billing", "aud": [ISSUER], **expired}, key=k8s.new_key(), kid=k8s.keys[0][0])
+    response = authenticate(http, forged)
+    assert response.status_code == 401 and "expired" in response.get_json()["error_description"]
+    assert checked == []
+
+
+def test_a_token_seen_once_leaves_only_its_text_behind(http, billing, k8s, services, monkeypatch):
+    """A new token's signature is checked once and only its text is remembered (nothing for the garbage
+    collector to walk); presented again, its parsed form is kept, so a re-used token is parsed at most twice
+    and verified once."""
+    parsed, checked = [], []
+    parse, verify = federation.parse_workload_token, federation.verify_signature
+    monkeypatch.setattr(federation, "parse_workload_token", lambda token: parsed.append(1) or parse(token))
+    monkeypatch.setattr(federation, "verify_signature", lambda *args: checked.append(1) or verify(*args))
+    token = k8s.kubernetes_token(ISSUER)
+    claims_of(authenticate(http, token))
+    assert (len(parsed), len(checked)) == (1, 1)
+    assert services.authenticator.federation._verified[token][2] is None
+    for _ in range(5):
+        claims_of(authenticate(http, token))
+        claims_of(bearer(http, token))
+    assert (len(parsed), len(checked)) == (2, 1)
 
 
 # ---- replay ---------------------------------------------------------------------------------------
