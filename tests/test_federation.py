@@ -15,10 +15,11 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
 
+from client_lib.jose import public_jwk
 from tokendealer import federation
 from tokendealer.app import create_app
 from tokendealer.federation import RuleStore, claim_at, value_matches
-from tokendealer.issuers import IssuerStore
+from tokendealer.issuers import IssuerKeys, IssuerStore, TrustedIssuer
 
 from .conftest import AUDIENCE, REDIS_URL, initialise, make_config
 from .workload_issuer import WorkloadIssuer
@@ -398,6 +399,39 @@ def test_rotation_of_the_issuer_keys_is_picked_up_after_the_cooldown(tmp_path, k
     assert authenticate(http, rotated).status_code == 401  # within the cooldown: the new kid is not fetched yet
     time.sleep(1.1)
     assert authenticate(http, rotated).status_code == 200
+
+
+class _Fetched:
+    """A RemoteCache's answers, set by the test: the same object until the test puts a new one (a refetch)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def get(self, url, force=False):
+        return self.values[url]
+
+
+def test_issuer_keys_follow_each_refetched_document_and_keep_nothing_for_unknown_kids(k8s):
+    """IssuerKeys reads a discovery document and parses a JWK Set once per object the fetch caches hand out:
+    a refetched document is checked again (its issuer, its jwks_uri), and unknown kids leave nothing behind."""
+    issuer = TrustedIssuer(k8s.url)
+    keys = IssuerKeys()
+    document = {"issuer": k8s.url, "jwks_uri": k8s.url + "/keys"}
+    keys.documents = _Fetched({issuer.discovery_url: document})
+    other = {"keys": [public_jwk(k8s.new_key().public_key(), "RS256")]}
+    keys.jwks = _Fetched({k8s.url + "/keys": k8s.jwks(), k8s.url + "/other": other})
+    kid = k8s.keys[0][0]
+    assert len(keys.candidates(issuer, kid, "RS256")) == 1
+    assert keys.candidates(issuer, kid, "ES256") == ()
+    for _ in range(50):
+        assert keys.candidates(issuer, secrets.token_hex(8), "RS256") == ()
+    assert [kid_alg for entry in keys._parsed.values() for kid_alg in entry[2]] == [(kid, "RS256")]
+    keys.documents.values[issuer.discovery_url] = {**document, "jwks_uri": k8s.url + "/other"}
+    assert keys.candidates(issuer, kid, "RS256") == ()
+    assert len(keys.candidates(issuer, other["keys"][0]["kid"], "RS256")) == 1
+    keys.documents.values[issuer.discovery_url] = {**document, "issuer": "https://someone-else"}
+    with pytest.raises(ValueError, match="not exactly the trusted issuer"):
+        keys.candidates(issuer, kid, "RS256")
 
 
 # ---- the failure throttle -------------------------------------------------------------------------
