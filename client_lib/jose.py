@@ -252,9 +252,12 @@ class CompactJws:
 
 
 # Every token of one signer (a key, a DPoP client) has the same header: its decoded value is kept by the
-# header's exact text, a bounded number of them, once it passed the checks that do not depend on the caller.
+# header's exact text once it passed the checks that do not depend on the caller; a bounded number of them, each
+# short (a signer's header is well under 1 KB, a DPoP proof's with an RSA key included), so a flood of made-up
+# headers holds a few MB at most.
 _HEADERS: dict[str, dict[str, Any]] = {}
 _HEADERS_MAX = 4096
+_HEADER_KEPT_LENGTH = 1024
 
 
 def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "token") -> CompactJws:
@@ -284,9 +287,10 @@ def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "tok
             raise DisallowedAlgorithm(f"{noun} algorithm {header.get('alg')!r:.40} is not accepted")
         if "crit" in header or "b64" in header:
             raise MalformedToken(f"{noun} uses JWS extensions that are not supported")
-        if len(_HEADERS) >= _HEADERS_MAX:
-            _HEADERS.clear()
-        _HEADERS[header_b64] = header
+        if len(header_b64) <= _HEADER_KEPT_LENGTH:
+            if len(_HEADERS) >= _HEADERS_MAX:
+                _HEADERS.clear()
+            _HEADERS[header_b64] = header
     return CompactJws(header, token[: len(header_b64) + len(payload_b64) + 1].encode("ascii"), payload_b64, signature, noun)
 
 
