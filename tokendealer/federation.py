@@ -333,14 +333,7 @@ class FederationVerifier:
 
     def _parsed(self, assertion: str) -> WorkloadToken:
         seen = self._verified.get(assertion)
-        if seen is not None and seen[2] is not None:
-            return seen[2]
-        token = parse_workload_token(assertion)
-        if seen is not None:
-            # Presented again: a re-used token, whose parsed form is worth keeping. A token seen once leaves only
-            # its text and two numbers behind, nothing the garbage collector has to walk again and again.
-            self._verified[assertion] = (seen[0], seen[1], token)
-        return token
+        return seen[2] if seen is not None and seen[2] is not None else parse_workload_token(assertion)
 
     def _admit(self, jws: WorkloadToken, client_id: str | None, one_client: bool = False) -> Admission:
         """The client and rule admitting the token, among the rules of `client_id` (of every client if None)."""
@@ -385,7 +378,12 @@ class FederationVerifier:
             self._verify_signature(issuer, jws)
             if len(self._verified) >= VERIFIED_MAX:
                 self._verified.clear()
+            # A token admitted once leaves only its text and two numbers behind: nothing the garbage collector
+            # has to walk again and again, as it would the parsed claims of every new token.
             self._verified[jws.token] = (now + VERIFIED_SECONDS, issuer.issuer, None)
+        elif seen[2] is None:
+            # Admitted again: a re-used token, whose parsed form is now worth keeping.
+            self._verified[jws.token] = (seen[0], seen[1], jws)
         return jws.claims
 
     def _verify_signature(self, issuer: TrustedIssuer, token: WorkloadToken) -> None:
