@@ -15,9 +15,11 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
 
+from client_lib.jose import public_jwk
+from tokendealer import federation
 from tokendealer.app import create_app
 from tokendealer.federation import RuleStore, claim_at, value_matches
-from tokendealer.issuers import IssuerStore
+from tokendealer.issuers import IssuerKeys, IssuerStore, TrustedIssuer
 
 from .conftest import AUDIENCE, REDIS_URL, initialise, make_config
 from .workload_issuer import WorkloadIssuer
@@ -295,6 +297,51 @@ def test_removing_the_issuer_refuses_its_re_used_tokens(tmp_path, k8s):
     assert response.status_code == 401 and "not a trusted issuer" in response.get_json()["error_description"]
 
 
+def test_an_expired_token_is_refused_before_its_signature_is_checked(http, billing, k8s, monkeypatch):
+    """The cheap checks first: a token past its time is refused without an RSA verification (so forged
+    expired tokens cost little), while what the rules ask is told only for a good signature."""
+    checked = []
+    monkeypatch.setattr(federation, "verify_signature", lambda *args: checked.append(args))
+    expired = k8s.times(iat=int(k8s.clock()) - 7200, exp=int(k8s.clock()) - 60)
+    forged = k8s.sign({"sub": "system:serviceaccount:prod:billing", "aud": [ISSUER], **expired}, key=k8s.new_key(), kid=k8s.keys[0][0])
+    response = authenticate(http, forged)
+    assert response.status_code == 401 and "expired" in response.get_json()["error_description"]
+    assert checked == []
+
+
+def test_a_token_seen_once_leaves_only_its_text_behind(http, billing, k8s, services, monkeypatch):
+    """A new token's signature is checked once and only its text is remembered (nothing for the garbage
+    collector to walk); admitted again, its parsed form is kept, so a re-used token is parsed at most twice
+    (here once: the assertion parsed last is kept too) and verified once."""
+    parsed, checked = [], []
+    parse, verify = federation.parse_workload_token, federation.verify_signature
+    monkeypatch.setattr(federation, "parse_workload_token", lambda token: parsed.append(1) or parse(token))
+    monkeypatch.setattr(federation, "verify_signature", lambda *args: checked.append(1) or verify(*args))
+    token = k8s.kubernetes_token(ISSUER)
+    claims_of(authenticate(http, token))
+    assert (len(parsed), len(checked)) == (1, 1)
+    assert services.authenticator.federation._verified[token][2] is None
+    for _ in range(5):
+        claims_of(authenticate(http, token))
+        claims_of(bearer(http, token))
+    assert (len(parsed), len(checked)) == (1, 1)
+    assert services.authenticator.federation._verified[token][2] is not None
+
+
+def test_request_limits_reading_the_client_id_parse_a_new_token_once(tmp_path, k8s, monkeypatch):
+    """With TOKENDEALER_RATELIMIT the claimed client id is read before and after authentication, each time from
+    the assertion: it is parsed once all the same, and that is no second admission, so a new token still leaves
+    only its text behind."""
+    parsed = []
+    parse = federation.parse_workload_token
+    monkeypatch.setattr(federation, "parse_workload_token", lambda token: parsed.append(1) or parse(token))
+    http = federated_app(tmp_path, k8s, ratelimit="1000/second")
+    token = k8s.kubernetes_token(ISSUER)
+    claims_of(authenticate(http, token))
+    assert len(parsed) == 1
+    assert http.application.extensions["tokendealer"].authenticator.federation._verified[token][2] is None
+
+
 # ---- replay ---------------------------------------------------------------------------------------
 
 
@@ -367,6 +414,39 @@ def test_rotation_of_the_issuer_keys_is_picked_up_after_the_cooldown(tmp_path, k
     assert authenticate(http, rotated).status_code == 401  # within the cooldown: the new kid is not fetched yet
     time.sleep(1.1)
     assert authenticate(http, rotated).status_code == 200
+
+
+class _Fetched:
+    """A RemoteCache's answers, set by the test: the same object until the test puts a new one (a refetch)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def get(self, url, force=False):
+        return self.values[url]
+
+
+def test_issuer_keys_follow_each_refetched_document_and_keep_nothing_for_unknown_kids(k8s):
+    """IssuerKeys reads a discovery document and parses a JWK Set once per object the fetch caches hand out:
+    a refetched document is checked again (its issuer, its jwks_uri), and unknown kids leave nothing behind."""
+    issuer = TrustedIssuer(k8s.url)
+    keys = IssuerKeys()
+    document = {"issuer": k8s.url, "jwks_uri": k8s.url + "/keys"}
+    keys.documents = _Fetched({issuer.discovery_url: document})
+    other = {"keys": [public_jwk(k8s.new_key().public_key(), "RS256")]}
+    keys.jwks = _Fetched({k8s.url + "/keys": k8s.jwks(), k8s.url + "/other": other})
+    kid = k8s.keys[0][0]
+    assert len(keys.candidates(issuer, kid, "RS256")) == 1
+    assert keys.candidates(issuer, kid, "ES256") == ()
+    for _ in range(50):
+        assert keys.candidates(issuer, secrets.token_hex(8), "RS256") == ()
+    assert [kid_alg for entry in keys._parsed.values() for kid_alg in entry[2]] == [(kid, "RS256")]
+    keys.documents.values[issuer.discovery_url] = {**document, "jwks_uri": k8s.url + "/other"}
+    assert keys.candidates(issuer, kid, "RS256") == ()
+    assert len(keys.candidates(issuer, other["keys"][0]["kid"], "RS256")) == 1
+    keys.documents.values[issuer.discovery_url] = {**document, "issuer": "https://someone-else"}
+    with pytest.raises(ValueError, match="not exactly the trusted issuer"):
+        keys.candidates(issuer, kid, "RS256")
 
 
 # ---- the failure throttle -------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from client_lib import (
     MissingClaim,
     WrongAudience,
     WrongIssuer,
+    WrongTokenType,
+    jose,
 )
 from client_lib.jose import (
     ACCESS_TOKEN_TYPES,
@@ -116,6 +118,47 @@ def test_parse_refuses_extensions_and_names_the_caller():
     with pytest.raises(MalformedToken, match="^client_assertion header is not valid JSON"):
         parse_jws(f"{b64url(b'{,')}.{b64url(json.dumps({}).encode())}.", noun="client_assertion")
     assert parse_jws(_token(key, "ES256", {}), ACCESS_TOKEN_TYPES).alg == "ES256"
+
+
+def test_a_kept_header_is_checked_like_a_new_one():
+    """parse_jws keeps a decoded header by its text once it passed the checks that do not depend on the
+    caller: the `typ` a caller asks for is still checked each time, and a refused header is never kept."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode({"a": 1}, key, algorithm="ES256", headers={"typ": "JWT"})
+    assert parse_jws(token).unverified_claims() == {"a": 1}
+    with pytest.raises(WrongTokenType):
+        parse_jws(token, ACCESS_TOKEN_TYPES)
+    unsigned = jwt.encode({"a": 1}, None, algorithm="none")
+    for _ in range(2):
+        with pytest.raises(DisallowedAlgorithm):
+            parse_jws(unsigned)
+    extended = _token(key, "ES256", {}, crit=["exp"], exp=1)
+    for _ in range(2):
+        with pytest.raises(MalformedToken, match="JWS extensions"):
+            parse_jws(extended)
+    long = _token(key, "ES256", {"a": 2}, x="x" * 2000)  # parsed, never kept: a header flood holds little
+    assert parse_jws(long).unverified_claims() == {"a": 2} and long.split(".")[0] not in jose._HEADERS
+    assert token.split(".")[0] in jose._HEADERS
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "{token}\n",  # a trailing newline is not base64url
+        "{token}.",  # four segments
+        "{header}..{signature}",  # no payload
+        ".{payload}.{signature}",  # no header
+        "{header}.{payload}=.{signature}",  # padding
+        "{header}.{payload}.{signature}\u00e9",  # not ASCII
+        "{header}.{payload}+/.{signature}",  # the standard base64 alphabet
+    ],
+)
+def test_only_the_compact_serialization_of_base64url_segments_is_parsed(shape):
+    token = _token(ec.generate_private_key(ec.SECP256R1()), "ES256", {"a": 1})
+    header, payload, signature = token.split(".")
+    assert parse_jws(token).unverified_claims() == {"a": 1}
+    with pytest.raises(MalformedToken, match="^token is not a compact JWS$"):
+        parse_jws(shape.format(token=token, header=header, payload=payload, signature=signature))
 
 
 def test_claim_check_with_injected_clock_leeway_and_skew():

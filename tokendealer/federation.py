@@ -14,6 +14,7 @@ Matching, as documented in the README ("Secretless services"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -119,22 +120,34 @@ def claim_at(claims: Any, path: str) -> Any:
     """The value at a dotted path whose keys may hold dots; _MISSING when absent or ambiguous."""
     if not isinstance(claims, dict):
         return _MISSING
-    found = [claims[path]] if path in claims else []
-    # Each key that is a dotted prefix of the path ends just before one of its dots.
+    found = claims.get(path, _MISSING)
+    for prefix, rest in _prefixes(path):
+        if prefix in claims:
+            nested = claim_at(claims[prefix], rest)
+            if nested is _MISSING:
+                continue
+            if found is _MISSING:
+                found = nested
+            elif json.dumps(nested, sort_keys=True, default=str) != json.dumps(found, sort_keys=True, default=str):
+                return _MISSING  # two ways to two different values
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _prefixes(path: str) -> tuple[tuple[str, str], ...]:
+    """Each dotted prefix of a path (a key it may reach first: it ends just before one of the path's dots),
+    with the rest of the path after it; once per path, as paths come from rules."""
+    out = []
     dot = path.find(".")
     while dot > 0:
-        if path[:dot] in claims:
-            nested = claim_at(claims[path[:dot]], path[dot + 1 :])
-            if nested is not _MISSING:
-                found.append(nested)
+        out.append((path[:dot], path[dot + 1 :]))
         dot = path.find(".", dot + 1)
-    if len(found) == 1:
-        return found[0]
-    distinct = {json.dumps(v, sort_keys=True, default=str) for v in found}
-    return found[0] if len(distinct) == 1 else _MISSING
+    return tuple(out)
 
 
+@functools.lru_cache(maxsize=1024)
 def _glob(pattern: str) -> re.Pattern[str]:
+    """A condition's glob compiled once (patterns come from rules)."""
     parts = [("[^/:]*" if c == "*" else "[^/:]" if c == "?" else re.escape(c)) for c in pattern]
     return re.compile("".join(parts), re.DOTALL)
 
@@ -295,36 +308,52 @@ class FederationVerifier:
         self.leeway = leeway
         self.clock = clock
         self.monotonic = monotonic
-        # token -> (checked until, issuer, the parsed token): see VERIFIED_SECONDS.
-        self._verified: dict[str, tuple[float, str, WorkloadToken]] = {}
+        # token -> (checked until, issuer, the parsed token once it was presented again): see VERIFIED_SECONDS.
+        self._verified: dict[str, tuple[float, str, WorkloadToken | None]] = {}
+        # The assertion parsed last, and its parsed form: with TOKENDEALER_RATELIMIT a request's claimed client id
+        # is read before and after it is authenticated, each time from its assertion (four parses a request).
+        self._last: tuple[str, WorkloadToken] | None = None
 
     def workload_token(self, assertion: str) -> WorkloadToken | None:
         """The assertion parsed (once a minute for a re-used token) when it is a workload token; None when it
         is not (a private_key_jwt assertion, or not a JWS of an accepted algorithm): see `is_federated`."""
-        seen = self._verified.get(assertion)
         try:
-            parsed = seen[2] if seen is not None else parse_workload_token(assertion)
+            parsed = self._parsed(assertion)
         except FederationRefused:
             return None
         return parsed if is_federated(parsed) else None
 
     def authenticate(self, client_id: str, assertion: WorkloadToken) -> Admission:
         """Federated client authentication: the token (from `workload_token`) matches one of `client_id`'s rules."""
-        return self._admit(assertion, lambda rule: rule.client_id == client_id)
+        if not client_id:  # never None: that would mean any client's rules
+            raise FederationRefused("no federation rule of this client names the assertion's issuer")
+        return self._admit(assertion, client_id)
 
     def grant(self, assertion: str, client_id: str | None = None) -> Admission:
         """The JWT bearer grant: the one client whose rules the token matches (narrowed by `client_id` when
         given); several clients are refused, never one picked."""
-        seen = self._verified.get(assertion)
-        token = seen[2] if seen is not None else parse_workload_token(assertion)
-        return self._admit(token, lambda rule: client_id is None or rule.client_id == client_id, one_client=True)
+        return self._admit(self._parsed(assertion), client_id, one_client=True)
 
-    def _admit(self, jws: WorkloadToken, wanted: Callable[[FederationRule], bool], one_client: bool = False) -> Admission:
+    def _parsed(self, assertion: str) -> WorkloadToken:
+        seen = self._verified.get(assertion)
+        if seen is not None and seen[2] is not None:
+            return seen[2]
+        last = self._last
+        if last is not None and last[0] == assertion:
+            return last[1]
+        token = parse_workload_token(assertion)
+        self._last = (assertion, token)
+        return token
+
+    def _admit(self, jws: WorkloadToken, client_id: str | None, one_client: bool = False) -> Admission:
+        """The client and rule admitting the token, among the rules of `client_id` (of every client if None)."""
         iss = jws.claims.get("iss")
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise FederationRefused("the assertion's issuer is not a trusted issuer")
-        rules = [r for r in self.rules.for_issuer(issuer.issuer) if wanted(r)]
+        rules = self.rules.for_issuer(issuer.issuer)
+        if client_id is not None:
+            rules = [r for r in rules if r.client_id == client_id]
         if not rules:
             raise FederationRefused("no federation rule of this client names the assertion's issuer")
         claims = self._verified_claims(issuer, jws)
@@ -345,19 +374,26 @@ class FederationVerifier:
                 "name one with client_id, or narrow the rules"
             )
         client, rule = next(iter(clients.values()))
-        if any(r.single_use for r in matching if r.client_id == client.client_id):
+        if [r for r in matching if r.single_use and r.client_id == client.client_id]:
             self._use_once(issuer.issuer, claims)
         return Admission(client, rule, claims)
 
     def _verified_claims(self, issuer: TrustedIssuer, jws: WorkloadToken) -> dict[str, Any]:
+        # The times first: an expired or over-long token is refused without a signature check. What the rules
+        # ask is only told (`mismatch`) once the signature is known good.
+        self._check_times(jws.claims)
         now = self.monotonic()
         seen = self._verified.get(jws.token)
         if seen is None or seen[0] <= now or seen[1] != issuer.issuer:
             self._verify_signature(issuer, jws)
             if len(self._verified) >= VERIFIED_MAX:
                 self._verified.clear()
-            self._verified[jws.token] = (now + VERIFIED_SECONDS, issuer.issuer, jws)
-        self._check_times(jws.claims)
+            # A token admitted once leaves only its text and two numbers behind: nothing the garbage collector
+            # has to walk again and again, as it would the parsed claims of every new token.
+            self._verified[jws.token] = (now + VERIFIED_SECONDS, issuer.issuer, None)
+        elif seen[2] is None:
+            # Admitted again: a re-used token, whose parsed form is now worth keeping.
+            self._verified[jws.token] = (seen[0], seen[1], jws)
         return jws.claims
 
     def _verify_signature(self, issuer: TrustedIssuer, token: WorkloadToken) -> None:

@@ -22,6 +22,7 @@ from . import db
 from .fetcher import FetchError, RemoteCache, get_json
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+_Keys = tuple[VerificationKey, ...]
 
 
 class IssuerError(Exception):
@@ -181,9 +182,14 @@ class IssuerKeys:
     def __init__(self, ttl: float = 300.0, cooldown: float = 30.0, deadline: float = 5.0, wait: float = 1.0):
         self.documents = RemoteCache(lambda value: value, ttl=ttl, cooldown=cooldown, deadline=deadline, wait=wait)
         self.jwks = RemoteCache(usable_keys, ttl=ttl, cooldown=cooldown, deadline=deadline, wait=wait)
-        self._parsed: dict[int, tuple[dict[str, Any], list[tuple[Any, VerificationKey]]]] = {}
+        # Both kept per object the caches hand out (the same one until they refetch), so a request that checks a
+        # signature neither re-reads a discovery document nor parses a key:
+        # (issuer, allow_http) -> (discovery document, its jwks_uri);
+        self._jwks_uris: dict[tuple[str, bool], tuple[Any, str]] = {}
+        # id(JWK Set) -> (the JWK Set, its keys by kid, and (kid, alg) -> the keys that match, once asked).
+        self._parsed: dict[int, tuple[dict[str, Any], list[tuple[Any, VerificationKey]], dict[tuple[str | None, str], _Keys]]] = {}
 
-    def candidates(self, issuer: TrustedIssuer, kid: str | None, alg: str) -> list[VerificationKey]:
+    def candidates(self, issuer: TrustedIssuer, kid: str | None, alg: str) -> _Keys:
         """The public keys of `issuer` that may have signed with (`kid`, `alg`); an unknown kid refetches the
         keys once per cooldown. FetchError (or ValueError) when the issuer's keys cannot be had."""
         jwks = issuer.jwks or self._fetched(issuer, force=False)
@@ -193,15 +199,29 @@ class IssuerKeys:
         return keys
 
     def _fetched(self, issuer: TrustedIssuer, force: bool) -> dict[str, Any]:
-        jwks_uri = discovered(issuer, self.documents.get(issuer.discovery_url))
+        document = self.documents.get(issuer.discovery_url)
+        known = self._jwks_uris.get((issuer.issuer, issuer.allow_http))
+        if known is not None and known[0] is document:
+            jwks_uri = known[1]
+        else:
+            jwks_uri = discovered(issuer, document)
+            if len(self._jwks_uris) > 1000:
+                self._jwks_uris.clear()
+            self._jwks_uris[(issuer.issuer, issuer.allow_http)] = (document, jwks_uri)
         return self.jwks.get(jwks_uri, force)
 
-    def _keys(self, jwks: dict[str, Any], kid: str | None, alg: str) -> list[VerificationKey]:
+    def _keys(self, jwks: dict[str, Any], kid: str | None, alg: str) -> _Keys:
         """The keys by kid that allow `alg`, parsed once per JWK Set object (the cache hands out the same one
         until it refetches), so a request verifies a signature without parsing a key."""
         entry = self._parsed.get(id(jwks))
         if entry is None or entry[0] is not jwks:
             if len(self._parsed) > 1000:
                 self._parsed.clear()
-            entry = self._parsed[id(jwks)] = (jwks, [(k.get("kid"), VerificationKey.from_jwk(k)) for k in usable_keys(jwks)["keys"]])
-        return [key for key_id, key in entry[1] if (kid is None or key_id == kid) and alg in key.algorithms]
+            keys = [(k.get("kid"), VerificationKey.from_jwk(k)) for k in usable_keys(jwks)["keys"]]
+            entry = self._parsed[id(jwks)] = (jwks, keys, {})
+        found = entry[2].get((kid, alg))
+        if found is None:
+            found = tuple(key for key_id, key in entry[1] if (kid is None or key_id == kid) and alg in key.algorithms)
+            if found:  # only what some key answers is kept: an unknown kid (a kid flood) adds nothing
+                entry[2][(kid, alg)] = found
+        return found
