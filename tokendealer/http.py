@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -32,18 +33,19 @@ def parse_form(content_type: str | None, body: bytes) -> Params:
     if (content_type or "").split(";", 1)[0].strip().lower() != FORM:
         raise InvalidRequest(f"the body must be {FORM}")
     text = body.decode("utf-8", "replace")
-    if text.count("&") >= MAX_PARAMS:
+    pairs = text.split("&", MAX_PARAMS) if text else []
+    if len(pairs) > MAX_PARAMS:
         raise InvalidRequest("too many parameters")
     params: dict[str, list[str]] = {}
     # urllib.parse.parse_qs(text, keep_blank_values=True), with the bounds, and unquoting only what is quoted.
-    for pair in text.split("&") if text else ():
+    for pair in pairs:
         if not pair:
             continue
         name, _, value = pair.partition("=")
         if "+" in name or "%" in name:
-            name = unquote(name.replace("+", " "))
+            name = _unquote_plus(name)
         if "+" in value or "%" in value:
-            value = unquote(value.replace("+", " "))
+            value = _unquote_plus(value) if len(value) <= 256 else unquote(value.replace("+", " "))
         if len(name) > 64 or len(value) > MAX_PARAM_LENGTH:
             raise InvalidRequest(f"parameter {name[:64]!r} is too long")
         if name in params:
@@ -51,6 +53,12 @@ def parse_form(content_type: str | None, body: bytes) -> Params:
         else:
             params[name] = [value]
     return params
+
+
+@functools.lru_cache(maxsize=512)
+def _unquote_plus(text: str) -> str:
+    """A short quoted form value (`client_assertion_type`, a quoted audience) unquoted, remembered: most repeat."""
+    return unquote(text.replace("+", " "))
 
 
 def request_id(incoming: str | None) -> str:

@@ -21,6 +21,7 @@ the master's whole session if it has not exited within `STOP_GRACE` seconds.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import shutil
 import signal
@@ -68,6 +69,11 @@ def _worker(admin: bool) -> Any:
     processes = 1 if admin else int(os.environ.get(WORKERS_ENV, "1"))
     app = create_app(config, processes=processes, serving=True, listener=listener)
     services = app.extensions["tokendealer"]
+    # What start-up built lives as long as the worker: moved out of the collector's reach, so a full collection
+    # (set off by per-request garbage such as new workload tokens) scans the requests' objects, not the whole
+    # application (~40-60 ms each before).
+    gc.collect()
+    gc.freeze()
     return Edge(
         app,
         AccessLog(LineBuffer(sys.stdout.fileno())),
