@@ -1,13 +1,15 @@
 """Federated token requests per second next to secret-authenticated ones, in the same run.
 
     .venv/bin/python benchmarks/federation.py [--seconds 3] [--rounds 5]
-    .venv/bin/python benchmarks/federation.py --serve [--seconds 3] [--rounds 3] [--connections 64] [--max-tokens 24000]
+    .venv/bin/python benchmarks/federation.py --serve [--seconds 3] [--rounds 3] [--connections 64] [--max-tokens 24000] [--checkout DIR]
 
 With `--serve`: a real `tokendealer serve` (2 workers, SQLite, ES256) on loopback, the same three kinds of
 request from wrk (`--connections`, 2 threads, `bodies.lua`, which sends the next body of a file with each
 request), rounds alternating the order of the kinds; each round's `--max-tokens` new tokens are signed
 before it starts, and wrk reports any sent a second time (the file ran out: then lower --seconds). Prints
-req/s and p99 per round, the medians and their ratios to secret.
+req/s and p99 per round, the medians and their ratios to secret. `--checkout DIR` serves another checkout's code
+(a git worktree of an older commit), started in that folder with PYTHONPATH pointing at it: run it and the
+plain command in turns for before and after.
 
 Without it:
 In-process: the server's WSGI application (the token endpoint's own fast path) is called in a loop, with no
@@ -32,6 +34,7 @@ import base64
 import io
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -185,7 +188,12 @@ def serve(args: argparse.Namespace) -> None:
     files["reused"].write_text((reused + "\n") * args.max_tokens)
     script = str(HERE / "bodies.lua")
     try:
-        with Server([str(BIN / "tokendealer"), "serve", "--port", str(port), "--workers", "2"], port, setup.env, "/readyz"):
+        env, cwd = setup.env, None
+        if args.checkout:
+            # granian's processes run `python -c`, which imports from the current folder first: start in the checkout.
+            cwd = os.path.abspath(args.checkout)
+            env = {**env, "PYTHONPATH": cwd}
+        with Server([str(BIN / "tokendealer"), "serve", "--port", str(port), "--workers", "2"], port, env, "/readyz", cwd=cwd):
             rates: dict[str, list[float]] = {"secret": [], "reused": [], "new": []}
             refused = again = 0
             for number in range(args.rounds):
@@ -234,6 +242,7 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help="against a real `tokendealer serve` instead of in process")
     parser.add_argument("--connections", type=int, default=64, help="--serve: wrk connections")
     parser.add_argument("--max-tokens", type=int, default=24000, help="--serve: new workload tokens signed per round")
+    parser.add_argument("--checkout", help="--serve: serve another checkout's code (say a git worktree of an older commit)")
     args = parser.parse_args()
     if args.serve:
         serve(args)

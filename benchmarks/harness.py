@@ -121,6 +121,19 @@ class Server:
                 leaves.append(pid)
         return leaves
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system) used so far by the server and every process under it."""
+        pids, total = [self.process.pid], 0.0
+        while pids:
+            pid = pids.pop()
+            pids.extend(child_pids(pid))
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def rss_mb(self) -> list[float]:
         """Resident memory of each child process (the workers), in MB."""
         return [worker_memory(pid)["rss"] for pid in self.worker_pids()]

@@ -1,6 +1,6 @@
 """TokenDealer against its peers, in one run on this machine, the same wrk load against each, alternating.
 
-    .venv/bin/python benchmarks/peers.py [--seconds 10] [--rounds 2] [--connections 16 64]
+    .venv/bin/python benchmarks/peers.py [--seconds 10] [--rounds 2] [--connections 16 64] [--without-node] [--baseline CHECKOUT]
 
 Peers:
 - the token floor (`peers/token_floor.py`): the irreducible work of a token response (form, HMAC-checked
@@ -11,7 +11,12 @@ Peers:
 - a bare Flask endpoint that parses the same form and returns JSON, no crypto, on the same server stack
   as `tokendealer serve` (granian, same workers and threads, access log on): the ceiling of this stack.
 
-Prints each figure (median of the rounds), TokenDealer's req/s and p99 ratios to each peer, and writes
+With `--baseline CHECKOUT` (say a `git worktree` of an older commit), that checkout's code is served too, by
+this venv's `tokendealer serve` started in that folder with PYTHONPATH pointing at it (granian's processes run
+`python -c`, which imports from the current folder first): before and after in the same run.
+
+Prints each figure (median of the rounds) with the server's CPU time per request (all its processes), TokenDealer's
+req/s, p99 and CPU-per-request ratios to each peer, and writes
 benchmarks/out/peers.json for chart.py.
 """
 
@@ -58,12 +63,19 @@ def oidc_provider_env(port: int, workers: int, client_id: str, secret: str) -> d
     }
 
 
+def targets_td_command(port: int) -> list:
+    return [BIN / "tokendealer", "serve", "--port", str(port)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--without-node", action="store_true", help="skip oidc-provider (TokenDealer, floor and bare Flask only)")
+    parser.add_argument(
+        "--baseline", metavar="CHECKOUT", help="also serve another checkout's code (on PYTHONPATH), as `tokendealer @ CHECKOUT`"
+    )
     args = parser.parse_args()
     if not args.without_node:
         install_oidc_provider()
@@ -72,7 +84,7 @@ def main() -> None:
     auth = basic_header(setup.client_id, setup.client_secret)
     workers = default_workers()
     targets = {
-        "tokendealer": ([BIN / "tokendealer", "serve", "--port", str(port)], setup.env, None, token_body()),
+        "tokendealer": (targets_td_command(port), setup.env, None, token_body()),
         "token floor (granian)": (
             granian_command(port, "token_floor:create_app", workers, access_log=False),
             {**os.environ, "PYTHONPATH": str(HERE / "peers"), "FLOOR_CLIENT_ID": setup.client_id, "FLOOR_SECRET": setup.client_secret},
@@ -98,6 +110,11 @@ def main() -> None:
             f"grant_type=client_credentials&resource={AUDIENCE}&scope=read",
         ),
     }
+    if args.baseline:
+        checkout = os.path.abspath(args.baseline)
+        # Started in the checkout: granian's processes run `python -c`, whose first import path is the current folder.
+        baseline = (targets_td_command(port), {**setup.env, "PYTHONPATH": checkout}, checkout, token_body())
+        targets = {"tokendealer": targets.pop("tokendealer"), f"tokendealer @ {args.baseline}": baseline, **targets}
     if args.without_node:
         targets = {name: target for name, target in targets.items() if "oidc" not in name}
     runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in args.connections} for name in targets}
@@ -109,7 +126,11 @@ def main() -> None:
                     check_token(server.url + ("/oauth/token" if "oidc" not in name else "/token"), auth, body)
                     for connections in args.connections:
                         url = server.url + ("/oauth/token" if "oidc" not in name else "/token")
-                        runs[name][connections].append(wrk(url, auth, body, connections, args.seconds))
+                        cpu_before = server.cpu_seconds()
+                        result = wrk(url, auth, body, connections, args.seconds)
+                        # The server's own CPU per request: steadier than req/s when other work shares the cores.
+                        result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(1.0, result["requests"]) * 1e6
+                        runs[name][connections].append(result)
     finally:
         setup.cleanup()
     medians = {
@@ -122,8 +143,10 @@ def main() -> None:
         for name in targets:
             m = medians[name][connections]
             ours_p99 = medians["tokendealer"][connections]["p99_ms"]
-            ratio = "" if name == "tokendealer" else f"   tokendealer/peer: req/s {ours / m['rps']:.2f}x, p99 {ours_p99 / m['p99_ms']:.2f}x"
-            print(f"c{connections:<3} {name:<24} {fmt(m)}{ratio}")
+            ours_cpu = medians["tokendealer"][connections]["cpu_us"]
+            ratios = f"req/s {ours / m['rps']:.2f}x, p99 {ours_p99 / m['p99_ms']:.2f}x, cpu/req {ours_cpu / m['cpu_us']:.2f}x"
+            ratio = "" if name == "tokendealer" else f"   tokendealer/peer: {ratios}"
+            print(f"c{connections:<3} {name:<24} {fmt(m)}  server cpu {m['cpu_us']:6.1f} us/req{ratio}")
     OUT.mkdir(exist_ok=True)
     (OUT / "peers.json").write_text(json.dumps({"seconds": args.seconds, "rounds": args.rounds, "medians": medians}, indent=2))
 
