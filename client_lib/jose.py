@@ -258,6 +258,22 @@ class CompactJws:
 _HEADERS: dict[str, dict[str, Any]] = {}
 _HEADERS_MAX = 4096
 _HEADER_KEPT_LENGTH = 1024
+# Short text can still decode to many objects (768 bytes of `[],` are 256 lists): only a header of a few string
+# members, and a `jwk` of a few strings, is kept.
+_HEADER_KEPT_MEMBERS = 8
+
+
+def _plain(header: dict[str, Any]) -> bool:
+    """Whether `header` is small once decoded: a few members, each a string or an object of a few strings."""
+    if len(header) > _HEADER_KEPT_MEMBERS:
+        return False
+    for value in header.values():
+        if isinstance(value, dict):
+            if len(value) > _HEADER_KEPT_MEMBERS or not all(isinstance(member, str) for member in value.values()):
+                return False
+        elif not isinstance(value, str):
+            return False
+    return True
 
 
 def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "token") -> CompactJws:
@@ -287,7 +303,7 @@ def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "tok
             raise DisallowedAlgorithm(f"{noun} algorithm {header.get('alg')!r:.40} is not accepted")
         if "crit" in header or "b64" in header:
             raise MalformedToken(f"{noun} uses JWS extensions that are not supported")
-        if len(header_b64) <= _HEADER_KEPT_LENGTH:
+        if len(header_b64) <= _HEADER_KEPT_LENGTH and _plain(header):
             if len(_HEADERS) >= _HEADERS_MAX:
                 _HEADERS.clear()
             _HEADERS[header_b64] = header
