@@ -154,6 +154,41 @@ def test_a_body_that_never_arrives_is_answered_408_within_the_deadline(served, t
     assert not edge.reading and not edge.expired
 
 
+class LateProtocol(Protocol):
+    """A body that arrives `delay` seconds after it is asked for."""
+
+    def __init__(self, body: bytes, delay: float):
+        super().__init__(body)
+        self.delay = delay
+
+    def __call__(self) -> asyncio.Future[bytes]:
+        future = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.delay, future.set_result, self.body)
+        return future
+
+
+def test_a_deadline_shorter_than_a_reapers_round_still_gives_the_body_its_time(served, tmp_path):
+    """TOKENDEALER_BODY_TIMEOUT may be below REAP_INTERVAL: a round that comes just after a read began does not
+    cancel it (its deadline falls before the next round of REAP_INTERVAL, not before its own), so a body that
+    arrives well within the deadline is answered, not 408."""
+    app, registry = served
+    client, secret = registry.create("svc", scopes=["read"], audiences=[AUDIENCE])
+    edge = make_edge(app, tmp_path, body_timeout=REAP_INTERVAL * 0.8)
+    scope, on_time = token_request(client.client_id, secret)
+    protocol = LateProtocol(on_time.body or b"", delay=edge.body_timeout / 4)
+
+    async def main() -> None:
+        edge.loop = asyncio.get_running_loop()
+        task = asyncio.create_task(edge.__rsgi__(scope, protocol))
+        await asyncio.sleep(0)  # the read has begun
+        edge.reap()  # and a round comes at once
+        await task
+
+    asyncio.run(main())
+    assert protocol.answer is not None and protocol.answer[0] == 200, protocol.answer
+    assert not edge.reading and not edge.expired
+
+
 def test_a_cancellation_that_is_not_the_deadline_is_not_answered(served, tmp_path):
     """granian cancels a request whose client went away: that is not turned into a 408."""
     app, _ = served
