@@ -309,6 +309,23 @@ def test_an_expired_token_is_refused_before_its_signature_is_checked(http, billi
     assert checked == []
 
 
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"exp": 10**400},  # its lifetime is exp - now, a float: past a float's range
+        {"exp": 10**400, "iat": 1.5},
+        {"exp": 10**400, "iat": -(10**400)},
+        {"exp": 1.5e308, "iat": -1.5e308},  # inf - ... : a float overflow is inf, not an error
+    ],
+)
+def test_unsigned_times_past_a_floats_range_are_refused_never_500(http, billing, k8s, times):
+    """The times are checked before the signature, so a forged token's numbers reach them: any JSON number
+    there is a refusal (401 or 400), never an OverflowError and a 500."""
+    forged = k8s.sign({"sub": "system:serviceaccount:prod:billing", "aud": [ISSUER], **times}, key=k8s.new_key(), kid=k8s.keys[0][0])
+    for response in (authenticate(http, forged), bearer(http, forged)):
+        assert response.status_code in (400, 401), response.get_json()
+
+
 def test_a_token_seen_once_leaves_only_its_text_behind(http, billing, k8s, services, monkeypatch):
     """A new token's signature is checked once and only its text is remembered (nothing for the garbage
     collector to walk); admitted again, its parsed form is kept, so a re-used token is parsed at most twice
