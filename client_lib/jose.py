@@ -335,6 +335,9 @@ class DPoPProof:
 # header (and its thumbprint) is kept by the header's exact text, a bounded number of them.
 _PROOF_KEYS: dict[str, tuple[VerificationKey, str]] = {}
 _PROOF_KEYS_MAX = 4096
+# Kept by headers of at most 2 KB (a proof with an RSA key of 4096 bits is ~1.1 KB): the key is kept before the
+# signature is checked, so 4096 made-up proofs padded to 8 KB held ~45 MB per process (~18 MB at this bound).
+_PROOF_HEADER_KEPT_LENGTH = 2048
 
 
 def _proof_key(jws: CompactJws) -> tuple[VerificationKey, str]:
@@ -351,9 +354,10 @@ def _proof_key(jws: CompactJws) -> tuple[VerificationKey, str]:
     key = VerificationKey.from_jwk(jwk)
     # The thumbprint of the key as it is re-encoded here, so one key has one jkt however its JWK was written.
     known = (key, public_jwk(key.key, jws.alg)["kid"])
-    if len(_PROOF_KEYS) >= _PROOF_KEYS_MAX:
-        _PROOF_KEYS.clear()
-    _PROOF_KEYS[header] = known
+    if len(header) <= _PROOF_HEADER_KEPT_LENGTH:
+        if len(_PROOF_KEYS) >= _PROOF_KEYS_MAX:
+            _PROOF_KEYS.clear()
+        _PROOF_KEYS[header] = known
     return known
 
 

@@ -163,6 +163,30 @@ def test_a_flood_of_made_up_headers_holds_little_however_they_are_written():
     assert parse_jws(proof_like).unverified_claims() == {"a": 1} and proof_like.split(".")[0] in jose._HEADERS
 
 
+def test_a_flood_of_made_up_dpop_proof_headers_holds_little():
+    """A proof's key is kept by its header's text before the signature is checked: only short headers (an
+    RSA key of 4096 bits fits), so 4096 proofs padded to 8 KB do not hold ~34 MB."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = {k: v for k, v in public_jwk(key.public_key(), "ES256").items() if k in ("kty", "crv", "x", "y")}
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(jose._PROOF_KEYS_MAX - 1):
+            header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "pad": f"{i:05}" + "p" * 5600}
+            with pytest.raises(InvalidDPoPProof, match="signature"):
+                parse_dpop_proof(f"{b64url(json.dumps(header).encode())}.e30.AAAA")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 8_000_000, f"{held / 1e6:.0f} MB held by made-up proof headers"
+    modulus = ((1 << 4095) | 1).to_bytes(512, "big")  # an RSA public key of 4096 bits, as its JWK reads
+    header = b64url(json.dumps({"typ": "dpop+jwt", "alg": "PS256", "jwk": {"kty": "RSA", "n": b64url(modulus), "e": "AQAB"}}).encode())
+    with pytest.raises(InvalidDPoPProof, match="signature"):
+        parse_dpop_proof(f"{header}.e30.AAAA")
+    assert header in jose._PROOF_KEYS
+
+
 @pytest.mark.parametrize(
     "shape",
     [
