@@ -232,7 +232,10 @@ def test_two_dpop_headers_are_refused_on_the_direct_path(served, tmp_path):
         (PROXY, "198.51.100.1, 203.0.113.9"),
         (PROXY, ""),
         (PROXY, " , "),
+        (PROXY, '""'),  # a quoted empty hop: ProxyFix keeps the peer, it is not an address
+        (PROXY, '198.51.100.1, ""'),
         ("192.0.2.1", "203.0.113.9"),
+        ("192.0.2.1", '""'),
     ],
 )
 @pytest.mark.parametrize("hops", [None, "1", "2"])
