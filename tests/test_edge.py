@@ -141,6 +141,18 @@ def test_request_rate_limits_keep_the_token_endpoint_on_flask(tmp_path):
         app.extensions["tokendealer"].audit.close()
 
 
+def test_only_the_public_listener_without_limits_or_spans_calls_the_token_endpoint_directly(tmp_path):
+    """The admin listener answers 404 to /oauth/token through its gate, so it never gets the direct path."""
+    config = make_config(tmp_path, admin_listen="127.0.0.1:47999")
+    initialise(config)
+    apps = {listener: create_app(config, listener=listener) for listener in ("public", "admin")}
+    try:
+        assert DIRECT_TOKEN_PATH in apps["public"].extensions and DIRECT_TOKEN_PATH not in apps["admin"].extensions
+    finally:
+        for app in apps.values():
+            app.extensions["tokendealer"].audit.close()
+
+
 def test_a_body_that_never_arrives_is_answered_408_within_the_deadline(served, tmp_path):
     app, _ = served
     edge = make_edge(app, tmp_path, body_timeout=0.6)
