@@ -258,6 +258,22 @@ class CompactJws:
 _HEADERS: dict[str, dict[str, Any]] = {}
 _HEADERS_MAX = 4096
 _HEADER_KEPT_LENGTH = 1024
+# Short text can still decode to many objects (768 bytes of `[],` are 256 lists): only a header of a few string
+# members, and a `jwk` of a few strings, is kept.
+_HEADER_KEPT_MEMBERS = 8
+
+
+def _plain(header: dict[str, Any]) -> bool:
+    """Whether `header` is small once decoded: a few members, each a string or an object of a few strings."""
+    if len(header) > _HEADER_KEPT_MEMBERS:
+        return False
+    for value in header.values():
+        if isinstance(value, dict):
+            if len(value) > _HEADER_KEPT_MEMBERS or not all(isinstance(member, str) for member in value.values()):
+                return False
+        elif not isinstance(value, str):
+            return False
+    return True
 
 
 def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "token") -> CompactJws:
@@ -287,7 +303,7 @@ def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "tok
             raise DisallowedAlgorithm(f"{noun} algorithm {header.get('alg')!r:.40} is not accepted")
         if "crit" in header or "b64" in header:
             raise MalformedToken(f"{noun} uses JWS extensions that are not supported")
-        if len(header_b64) <= _HEADER_KEPT_LENGTH:
+        if len(header_b64) <= _HEADER_KEPT_LENGTH and _plain(header):
             if len(_HEADERS) >= _HEADERS_MAX:
                 _HEADERS.clear()
             _HEADERS[header_b64] = header
@@ -319,6 +335,9 @@ class DPoPProof:
 # header (and its thumbprint) is kept by the header's exact text, a bounded number of them.
 _PROOF_KEYS: dict[str, tuple[VerificationKey, str]] = {}
 _PROOF_KEYS_MAX = 4096
+# Kept by headers of at most 2 KB (a proof with an RSA key of 4096 bits is ~1.1 KB): the key is kept before the
+# signature is checked, so 4096 made-up proofs padded to 8 KB held ~45 MB per process (~18 MB at this bound).
+_PROOF_HEADER_KEPT_LENGTH = 2048
 
 
 def _proof_key(jws: CompactJws) -> tuple[VerificationKey, str]:
@@ -335,9 +354,10 @@ def _proof_key(jws: CompactJws) -> tuple[VerificationKey, str]:
     key = VerificationKey.from_jwk(jwk)
     # The thumbprint of the key as it is re-encoded here, so one key has one jkt however its JWK was written.
     known = (key, public_jwk(key.key, jws.alg)["kid"])
-    if len(_PROOF_KEYS) >= _PROOF_KEYS_MAX:
-        _PROOF_KEYS.clear()
-    _PROOF_KEYS[header] = known
+    if len(header) <= _PROOF_HEADER_KEPT_LENGTH:
+        if len(_PROOF_KEYS) >= _PROOF_KEYS_MAX:
+            _PROOF_KEYS.clear()
+        _PROOF_KEYS[header] = known
     return known
 
 

@@ -5,8 +5,10 @@ the same way on the direct path as on the WSGI one."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import tracemalloc
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -139,6 +141,18 @@ def test_request_rate_limits_keep_the_token_endpoint_on_flask(tmp_path):
         app.extensions["tokendealer"].audit.close()
 
 
+def test_only_the_public_listener_without_limits_or_spans_calls_the_token_endpoint_directly(tmp_path):
+    """The admin listener answers 404 to /oauth/token through its gate, so it never gets the direct path."""
+    config = make_config(tmp_path, admin_listen="127.0.0.1:47999")
+    initialise(config)
+    apps = {listener: create_app(config, listener=listener) for listener in ("public", "admin")}
+    try:
+        assert DIRECT_TOKEN_PATH in apps["public"].extensions and DIRECT_TOKEN_PATH not in apps["admin"].extensions
+    finally:
+        for app in apps.values():
+            app.extensions["tokendealer"].audit.close()
+
+
 def test_a_body_that_never_arrives_is_answered_408_within_the_deadline(served, tmp_path):
     app, _ = served
     edge = make_edge(app, tmp_path, body_timeout=0.6)
@@ -149,6 +163,41 @@ def test_a_body_that_never_arrives_is_answered_408_within_the_deadline(served, t
     assert status == 408 and headers["connection"] == "close" and body["error"] == "invalid_request"
     # The reaper cancels a read in the round before its deadline: never later, at most one round earlier.
     assert 0.6 - REAP_INTERVAL - 0.05 <= elapsed <= 0.6 + 0.2
+    assert not edge.reading and not edge.expired
+
+
+class LateProtocol(Protocol):
+    """A body that arrives `delay` seconds after it is asked for."""
+
+    def __init__(self, body: bytes, delay: float):
+        super().__init__(body)
+        self.delay = delay
+
+    def __call__(self) -> asyncio.Future[bytes]:
+        future = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.delay, future.set_result, self.body)
+        return future
+
+
+def test_a_deadline_shorter_than_a_reapers_round_still_gives_the_body_its_time(served, tmp_path):
+    """TOKENDEALER_BODY_TIMEOUT may be below REAP_INTERVAL: a round that comes just after a read began does not
+    cancel it (its deadline falls before the next round of REAP_INTERVAL, not before its own), so a body that
+    arrives well within the deadline is answered, not 408."""
+    app, registry = served
+    client, secret = registry.create("svc", scopes=["read"], audiences=[AUDIENCE])
+    edge = make_edge(app, tmp_path, body_timeout=REAP_INTERVAL * 0.8)
+    scope, on_time = token_request(client.client_id, secret)
+    protocol = LateProtocol(on_time.body or b"", delay=edge.body_timeout / 4)
+
+    async def main() -> None:
+        edge.loop = asyncio.get_running_loop()
+        task = asyncio.create_task(edge.__rsgi__(scope, protocol))
+        await asyncio.sleep(0)  # the read has begun
+        edge.reap()  # and a round comes at once
+        await task
+
+    asyncio.run(main())
+    assert protocol.answer is not None and protocol.answer[0] == 200, protocol.answer
     assert not edge.reading and not edge.expired
 
 
@@ -195,7 +244,10 @@ def test_two_dpop_headers_are_refused_on_the_direct_path(served, tmp_path):
         (PROXY, "198.51.100.1, 203.0.113.9"),
         (PROXY, ""),
         (PROXY, " , "),
+        (PROXY, '""'),  # a quoted empty hop: ProxyFix keeps the peer, it is not an address
+        (PROXY, '198.51.100.1, ""'),
         ("192.0.2.1", "203.0.113.9"),
+        ("192.0.2.1", '""'),
     ],
 )
 @pytest.mark.parametrize("hops", [None, "1", "2"])
@@ -262,6 +314,22 @@ def test_parse_form_keeps_its_bounds():
         parse_form(FORM, b"a=" + b"%41" * (MAX_PARAM_LENGTH + 1))
     with pytest.raises(InvalidRequest, match="must be"):
         parse_form("application/json", b"a=1")
+
+
+def test_parse_form_remembers_no_long_quoted_names():
+    """Only short quoted text is remembered: 512 bodies each one long quoted name (refused as too long, read
+    by no one) would otherwise hold ~80 MB per worker until other names push them out."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(600):
+            with pytest.raises(InvalidRequest, match="too long"):
+                parse_form(FORM, b"%%%02x" % (i % 256) + b"+" * 60000 + str(i).encode() + b"=x")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4_000_000, f"{held / 1e6:.0f} MB held by refused names"
 
 
 JSON_VALUES = st.recursive(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import socket
 import stat
 import time
+import tracemalloc
 
 import pytest
 
@@ -72,6 +74,27 @@ def test_access_log_escapes_control_characters_and_quotes(live_factory):
     log = server.log()
     assert "/forged" not in log.replace(paths[0], "")
     assert "\x1b" not in log and "hunter2" not in log
+
+
+class _Discard:
+    def append(self, line: bytes) -> None:
+        pass
+
+
+def test_access_log_remembers_no_long_request_lines():
+    """Only short request lines are remembered: 256 requests for a 60 000-character path (granian takes
+    URIs up to 64 KB) would otherwise hold ~30 MB per worker, control characters (escaped to four) more."""
+    log = AccessLog(_Discard())  # type: ignore[arg-type]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(300):
+            log.record("10.0.0.1", "GET", f"/{i}" + "a" * 60000, "HTTP/1.1", 404, time.perf_counter())
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4_000_000, f"{held / 1e6:.0f} MB held by access-log fields"
 
 
 def test_access_lines_are_buffered_and_flushed_whole(tmp_path):

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import hmac
 import json
 import secrets
 import time
+import tracemalloc
 
 import jwt
 import pytest
@@ -307,6 +309,40 @@ def test_an_expired_token_is_refused_before_its_signature_is_checked(http, billi
     response = authenticate(http, forged)
     assert response.status_code == 401 and "expired" in response.get_json()["error_description"]
     assert checked == []
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"exp": 10**400},  # its lifetime is exp - now, a float: past a float's range
+        {"exp": 10**400, "iat": 1.5},
+        {"exp": 10**400, "iat": -(10**400)},
+        {"exp": 1.5e308, "iat": -1.5e308},  # inf - ... : a float overflow is inf, not an error
+    ],
+)
+def test_unsigned_times_past_a_floats_range_are_refused_never_500(http, billing, k8s, times):
+    """The times are checked before the signature, so a forged token's numbers reach them: any JSON number
+    there is a refusal (401 or 400), never an OverflowError and a 500."""
+    forged = k8s.sign({"sub": "system:serviceaccount:prod:billing", "aud": [ISSUER], **times}, key=k8s.new_key(), kid=k8s.keys[0][0])
+    for response in (authenticate(http, forged), bearer(http, forged)):
+        assert response.status_code in (400, 401), response.get_json()
+
+
+def test_unknown_issuers_named_by_forged_tokens_hold_little(services):
+    """The issuer a token names is looked up before its signature is checked (from any made-up token, at the
+    JWT bearer grant): a flood of long unknown `iss` values is not remembered, while a short one still is."""
+    store = IssuerStore(services.engine, cache_seconds=2.0)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            assert store.get(f"https://{i}.example/" + "x" * 12000) is None
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 3_000_000, f"{held / 1e6:.0f} MB held by unknown issuers"  # ~12 MB before
+    assert store.get("https://unknown.example") is None and "https://unknown.example" in store._cache
 
 
 def test_a_token_seen_once_leaves_only_its_text_behind(http, billing, k8s, services, monkeypatch):

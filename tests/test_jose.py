@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 
 import jwt
 import pytest
@@ -139,6 +141,52 @@ def test_a_kept_header_is_checked_like_a_new_one():
     long = _token(key, "ES256", {"a": 2}, x="x" * 2000)  # parsed, never kept: a header flood holds little
     assert parse_jws(long).unverified_claims() == {"a": 2} and long.split(".")[0] not in jose._HEADERS
     assert token.split(".")[0] in jose._HEADERS
+
+
+def test_a_flood_of_made_up_headers_holds_little_however_they_are_written():
+    """A header under the kept length can still decode to many objects (768 bytes of `[],` are 256 lists):
+    only headers of a few string members (and a `jwk` of strings) are kept, so 4096 made-up ones hold a few
+    MB, not ~70 MB of lists a full garbage collection walks (~17 MB for the 1000 made here)."""
+    jose._HEADERS.clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            header = json.dumps({"alg": "ES256", "kid": str(i), "x": [[]] * 240}, separators=(",", ":"))
+            parse_jws(f"{b64url(header.encode())}.e30.AAAA")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4_000_000, f"{held / 1e6:.0f} MB held by made-up headers"
+    key = ec.generate_private_key(ec.SECP256R1())
+    proof_like = _token(key, "ES256", {"a": 1}, typ="dpop+jwt", jwk={"kty": "EC", "crv": "P-256", "x": "x", "y": "y"})
+    assert parse_jws(proof_like).unverified_claims() == {"a": 1} and proof_like.split(".")[0] in jose._HEADERS
+
+
+def test_a_flood_of_made_up_dpop_proof_headers_holds_little():
+    """A proof's key is kept by its header's text before the signature is checked: only short headers (an
+    RSA key of 4096 bits fits), so proofs padded to 8 KB are not kept (1000 held ~8 MB, 4096 ~34 MB)."""
+    jose._PROOF_KEYS.clear()
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = {k: v for k, v in public_jwk(key.public_key(), "ES256").items() if k in ("kty", "crv", "x", "y")}
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "pad": f"{i:05}" + "p" * 5600}
+            with pytest.raises(InvalidDPoPProof, match="signature"):
+                parse_dpop_proof(f"{b64url(json.dumps(header).encode())}.e30.AAAA")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2_000_000, f"{held / 1e6:.0f} MB held by made-up proof headers"
+    modulus = ((1 << 4095) | 1).to_bytes(512, "big")  # an RSA public key of 4096 bits, as its JWK reads
+    header = b64url(json.dumps({"typ": "dpop+jwt", "alg": "PS256", "jwk": {"kty": "RSA", "n": b64url(modulus), "e": "AQAB"}}).encode())
+    with pytest.raises(InvalidDPoPProof, match="signature"):
+        parse_dpop_proof(f"{header}.e30.AAAA")
+    assert header in jose._PROOF_KEYS
 
 
 @pytest.mark.parametrize(

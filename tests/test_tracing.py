@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from client_lib import AsyncTokenClient, HttpxTokenAuth
 from client_lib import tracing as client_tracing
 from tokendealer import tracing
-from tokendealer.app import create_app
+from tokendealer.app import DIRECT_TOKEN_PATH, create_app
 from tokendealer.fetcher import RemoteCache
 from tokendealer.logs import JsonFormatter, RequestIdFilter
 
@@ -67,6 +67,11 @@ def traced_http(traced_app):
 def secret_client(traced_app):
     client, secret = traced_app.extensions["tokendealer"].clients.create("svc", scopes=("read",), audiences=(AUDIENCE,))
     return client.client_id, secret
+
+
+def test_a_traced_app_keeps_the_token_endpoint_on_wsgi(traced_app):
+    """`serve`'s edge calls the token endpoint directly only when no span must see the request first."""
+    assert DIRECT_TOKEN_PATH not in traced_app.extensions
 
 
 def issue(http, client_id, secret, **headers):

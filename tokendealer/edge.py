@@ -11,8 +11,9 @@ The token endpoint, when nothing else has to see it first (no request-rate limit
 called directly with the request's headers, not through WSGI and Flask (`fastpath.DirectTokenPath`).
 
 Body deadlines are kept by one reaper per worker, not a timer per request: it wakes every `REAP_INTERVAL`
-seconds and cancels the reads whose deadline falls before its next round, so a body gets between
-`body_timeout - REAP_INTERVAL` and `body_timeout` seconds.
+seconds (every half deadline when the body deadline is shorter than two rounds) and cancels the reads whose
+deadline falls before its next round, so a body gets between `body_timeout - round` and `body_timeout` seconds,
+never less than half of `body_timeout`.
 
 The access log is written here too, one escaped line per request (`logs.AccessLog`).
 """
@@ -68,6 +69,8 @@ class Edge:
         self.inline = INLINE if inline_token_path else INLINE - {TOKEN_PATH}
         self.token_path = token_path if inline_token_path else None
         self.on_close = on_close
+        # A round never longer than half the deadline: a read that began just before one keeps half its time.
+        self.reap_interval = min(REAP_INTERVAL, body_timeout / 2)
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="flask")
         self.loop: asyncio.AbstractEventLoop | None = None
         # Requests whose body is being read, with their deadlines (loop time); the reaper's cancelled ones.
@@ -83,11 +86,11 @@ class Edge:
         assert self.loop is not None
         now = self.loop.time()
         for task, deadline in list(self.reading.items()):
-            if deadline <= now + REAP_INTERVAL:
+            if deadline <= now + self.reap_interval:
                 del self.reading[task]
                 self.expired.add(task)
                 task.cancel()
-        self.loop.call_later(REAP_INTERVAL, self.reap)
+        self.loop.call_later(self.reap_interval, self.reap)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         """Worker shutdown: let the pool finish what it holds, then write out the buffered logs."""

@@ -427,8 +427,9 @@ class FederationVerifier:
         if claims.get("iat", 0) > now + self.leeway:
             raise FederationRefused("the assertion iat is in the future")
         # A long-lived workload token is a standing credential: past the bound it is refused outright.
-        lifetime = exp - claims["iat"] if "iat" in claims else exp - now
-        if lifetime > self.max_lifetime:
+        # Compared, not subtracted: a forged token's exp may be an integer past a float's range (10**400 - now
+        # raises OverflowError), and the times are checked before its signature.
+        if exp > (claims["iat"] if "iat" in claims else now) + self.max_lifetime:
             raise FederationRefused(f"the assertion lives longer than {self.max_lifetime} seconds (TOKENDEALER_FEDERATION_MAX_LIFETIME)")
 
     def _use_once(self, issuer: str, claims: dict[str, Any]) -> None:

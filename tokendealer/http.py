@@ -43,9 +43,9 @@ def parse_form(content_type: str | None, body: bytes) -> Params:
             continue
         name, _, value = pair.partition("=")
         if "+" in name or "%" in name:
-            name = _unquote_plus(name)
+            name = _unquoted(name)
         if "+" in value or "%" in value:
-            value = _unquote_plus(value) if len(value) <= 256 else unquote(value.replace("+", " "))
+            value = _unquoted(value)
         if len(name) > 64 or len(value) > MAX_PARAM_LENGTH:
             raise InvalidRequest(f"parameter {name[:64]!r} is too long")
         if name in params:
@@ -53,6 +53,11 @@ def parse_form(content_type: str | None, body: bytes) -> Params:
         else:
             params[name] = [value]
     return params
+
+
+def _unquoted(text: str) -> str:
+    """A quoted form name or value unquoted; remembered only when short, so what is kept stays small."""
+    return _unquote_plus(text) if len(text) <= 256 else unquote(text.replace("+", " "))
 
 
 @functools.lru_cache(maxsize=512)

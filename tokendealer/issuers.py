@@ -22,6 +22,8 @@ from . import db
 from .fetcher import FetchError, RemoteCache, get_json
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+# The longest unknown issuer name whose absence is remembered (`IssuerStore.get`).
+MAX_REMEMBERED_UNKNOWN = 256
 _Keys = tuple[VerificationKey, ...]
 
 
@@ -129,7 +131,9 @@ class IssuerStore:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(db.trusted_issuers).where(db.trusted_issuers.c.issuer == issuer)).first()
         found = TrustedIssuer(**row._mapping) if row else None
-        if self.cache_seconds:
+        # An unknown issuer is whatever a made-up token names (read before its signature is checked): only a
+        # short one is remembered, so 10 000 of them hold a few MB, not ~120 MB of 12 KB names.
+        if self.cache_seconds and (found is not None or len(issuer) <= MAX_REMEMBERED_UNKNOWN):
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()

@@ -170,7 +170,11 @@ class AccessLog:
 
     def record(self, address: str, method: str, path: str, protocol: str, status: int, started: float) -> None:
         """Log one request that began at `started` (time.perf_counter())."""
-        line = f'{_escaped(address)} "{_request_line(method, path, protocol)}" {status} {(time.perf_counter() - started) * 1000:.3f}ms\n'
+        if len(method) + len(path) <= 256:
+            request = _request_line(method, path, protocol)
+        else:  # a long path (URIs up to 64 KB) is escaped each time: remembering 256 of them could hold ~30 MB
+            request = f"{escape(method)} {escape(path)} {escape(protocol)}"
+        line = f'{_escaped(address)} "{request}" {status} {(time.perf_counter() - started) * 1000:.3f}ms\n'
         self.out.append(line.encode("ascii"))
 
     def flush(self) -> None:

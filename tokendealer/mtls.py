@@ -87,7 +87,9 @@ class ProxyHeaders:
             return peer
         hops = self.hops or 1
         forwarded = parse_list_header(headers.get("x-forwarded-for") or "")
-        return forwarded[-hops] if len(forwarded) >= hops else peer
+        # An empty hop (`""`) is no address: ProxyFix keeps the peer, and so must this (an empty address would
+        # escape the per-address failure limit).
+        return (forwarded[-hops] if len(forwarded) >= hops else "") or peer
 
 
 def load_trust_anchors(path: str) -> tuple[x509.Certificate, ...]:
