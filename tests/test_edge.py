@@ -75,6 +75,15 @@ class Protocol:
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.answer = (status, headers, body)
 
+    def __aiter__(self) -> Protocol:
+        self.chunks = [self.body] if self.body else []
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
 
 @pytest.fixture
 def served(tmp_path):
@@ -350,3 +359,14 @@ def test_compact_json_refuses_what_json_cannot_hold_unless_told():
     with pytest.raises(TypeError):
         dumps({"a": object()})
     assert compact(ensure_ascii=True, default=str)({"a": b"x"}) == '{"a":"b\'x\'"}'
+
+
+def test_an_http2_body_without_a_length_is_read(served, tmp_path):
+    """HTTP/2 frames a body whatever its headers say: one sent without Content-Length is read, not taken as empty."""
+    app, registry = served
+    client, secret = registry.create("svc", scopes=["read"], audiences=[AUDIENCE])
+    scope, protocol = token_request(client.client_id, secret)
+    scope.headers.pairs = [(name, value) for name, value in scope.headers.pairs if name != "content-length"]
+    scope.http_version = "2"
+    status, _, body = run(make_edge(app, tmp_path), scope, protocol)
+    assert status == 200, body

@@ -132,7 +132,8 @@ class Edge:
         has not all arrived within `body_timeout` seconds of the headers (as the reaper keeps them)."""
         headers = scope.headers
         length = headers.get("content-length")
-        if length is None and "transfer-encoding" not in headers:
+        # HTTP/1.1 without either header has no body (RFC 9112 §6.3); an HTTP/2 body is framed, with or without a length.
+        if length is None and "transfer-encoding" not in headers and scope.http_version != "2":
             return b""
         if length is not None:
             if not length.isdigit():
