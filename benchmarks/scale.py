@@ -129,7 +129,9 @@ class Point:
                 "extra_env": {"WRK_CLIENTS": " ".join(self.clients), "WRK_SECRET": self.secret},
             }
             wrk(url, "", rest, connections, WARM_UP, **spread)  # every worker has read its clients once: steady state
+            cpu_before = server.cpu_seconds()
             result = wrk(url, "", rest, connections, seconds, **spread)
+            result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(1.0, result["requests"]) * 1e6
             result["rss_mb"] = max(server.rss_mb())
         self.runs.append(result)
 
@@ -225,18 +227,20 @@ def main() -> None:
                 point.measure(args.seconds, args.connections)
                 run = point.runs[-1]
                 print(
-                    f"round {round_ + 1} {point.series:<30} {point.size:>9,}  {run['rps']:7.0f} req/s  p99 {run['p99_ms']:6.1f} ms",
+                    f"round {round_ + 1} {point.series:<30} {point.size:>9,}  {run['rps']:7.0f} req/s  p99 {run['p99_ms']:6.1f} ms"
+                    f"  server cpu {run['cpu_us']:6.1f} us/req",
                     flush=True,
                 )
         print(f"\n{os.cpu_count()} cores, {args.connections} connections, {args.seconds} s per run, medians of {args.rounds} rounds")
-        print("| series | size | req/s | vs smallest | p99 ms | non-200 | largest worker RSS MB |")
-        print("|---|---|---|---|---|---|---|")
+        print("| series | size | req/s | vs smallest | p99 ms | server CPU µs/request | non-200 | largest worker RSS MB |")
+        print("|---|---|---|---|---|---|---|---|")
         base: dict[str, float] = {}
         for point in points:
             rps = point.median("rps")
             base.setdefault(point.series, rps)
             print(
                 f"| {point.series} | {point.size:,} | {rps:,.0f} | {rps / base[point.series]:.2f}x | {point.median('p99_ms'):.1f} | "
+                f"{point.median('cpu_us'):.0f} | "
                 f"{int(sum(r['non200'] for r in point.runs))} | {point.median('rss_mb'):.1f} |"
             )
         chart(points, Path(args.chart))
