@@ -34,7 +34,6 @@ import base64
 import io
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.harness import BIN, HERE, SCOPE, Server, Setup, basic_header, free_port, wrk  # noqa: E402
+from benchmarks.harness import BIN, HERE, SCOPE, Server, Setup, basic_header, checkout_env, free_port, wrk  # noqa: E402
 from client_lib.jose import public_jwk  # noqa: E402
 from tokendealer.app import create_app  # noqa: E402
 from tokendealer.config import Config  # noqa: E402
@@ -188,11 +187,7 @@ def serve(args: argparse.Namespace) -> None:
     files["reused"].write_text((reused + "\n") * args.max_tokens)
     script = str(HERE / "bodies.lua")
     try:
-        env, cwd = setup.env, None
-        if args.checkout:
-            # granian's processes run `python -c`, which imports from the current folder first: start in the checkout.
-            cwd = os.path.abspath(args.checkout)
-            env = {**env, "PYTHONPATH": cwd}
+        env, cwd = checkout_env(setup.env, args.checkout) if args.checkout else (setup.env, None)
         with Server([str(BIN / "tokendealer"), "serve", "--port", str(port), "--workers", "2"], port, env, "/readyz", cwd=cwd):
             rates: dict[str, list[float]] = {"secret": [], "reused": [], "new": []}
             refused = again = 0

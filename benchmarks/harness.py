@@ -139,6 +139,13 @@ class Server:
         return [worker_memory(pid)["rss"] for pid in self.worker_pids()]
 
 
+def checkout_env(env: dict[str, str], checkout: str) -> tuple[dict[str, str], str]:
+    """The environment and working folder that make this venv's `tokendealer serve` run `checkout`'s code: granian's
+    processes run `python -c`, whose first import path is the current folder, so PYTHONPATH alone is not enough."""
+    folder = os.path.abspath(checkout)
+    return {**env, "PYTHONPATH": folder}, folder
+
+
 def child_pids(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(child) for child in out.split()]

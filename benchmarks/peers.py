@@ -32,7 +32,21 @@ import sys
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from harness import AUDIENCE, BIN, HERE, Server, Setup, basic_header, check_token, fmt, free_port, granian_command, token_body, wrk
+from harness import (
+    AUDIENCE,
+    BIN,
+    HERE,
+    Server,
+    Setup,
+    basic_header,
+    check_token,
+    checkout_env,
+    fmt,
+    free_port,
+    granian_command,
+    token_body,
+    wrk,
+)
 
 sys.path.insert(0, str(HERE.parent))
 from tokendealer.serving import default_workers  # noqa: E402
@@ -111,9 +125,7 @@ def main() -> None:
         ),
     }
     if args.baseline:
-        checkout = os.path.abspath(args.baseline)
-        # Started in the checkout: granian's processes run `python -c`, whose first import path is the current folder.
-        baseline = (targets_td_command(port), {**setup.env, "PYTHONPATH": checkout}, checkout, token_body())
+        baseline = (targets_td_command(port), *checkout_env(setup.env, args.baseline), token_body())
         targets = {"tokendealer": targets.pop("tokendealer"), f"tokendealer @ {args.baseline}": baseline, **targets}
     if args.without_node:
         targets = {name: target for name, target in targets.items() if "oidc" not in name}
