@@ -37,13 +37,13 @@ from .logs import AccessLog
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+TOKEN_PATH = ("POST", "/oauth/token")
 # Served at once on the loop: CPU only (the token path's client and key lookups are cached), no waiting.
-INLINE = frozenset({("POST", "/oauth/token"), ("GET", "/healthz")})
+INLINE = frozenset({TOKEN_PATH, ("GET", "/healthz")})
 # Flask views that wait on the database or a remote (introspection, admin, readiness) run here.
 POOL_THREADS = 4
 # Seconds between two rounds of the body-deadline reaper.
 REAP_INTERVAL = 0.25
-TOKEN_PATH = ("POST", "/oauth/token")
 # The token endpoint called with the peer's address, the request's headers (`Edge.headers`) and its body.
 TokenPath = Callable[[str, dict[str, str], bytes], tuple[int, list[tuple[str, str]], bytes]]
 
@@ -110,7 +110,7 @@ class Edge:
         method = scope.method
         try:
             body = await self.read_body(scope, protocol)
-            if self.token_path is not None and method == "POST" and path == "/oauth/token":
+            if self.token_path is not None and (method, path) == TOKEN_PATH:
                 status, headers, payload = self.token_path(address, self.headers(scope), body)
             elif (method, path) in self.inline:
                 status, headers, payload = self.call(self.environ(scope, path, address, body))
