@@ -16,7 +16,7 @@ import pytest
 from pkcs11 import Attribute
 
 from tokendealer.db import make_engine, upgrade_schema
-from tokendealer.keyring import KeyringError, KeyringSource
+from tokendealer.keyring import STAT_INTERVAL, KeyringError, KeyringSource
 from tokendealer.keystores import DatabaseKeyStore, FileKeyStore
 
 from .conftest import AUDIENCE, TOKENDEALER, all_at_once, fetch_token, make_config, run_cli, server_env
@@ -218,12 +218,20 @@ def test_two_concurrent_rotations_leave_a_consistent_keyring(tmp_path):
 
 
 @FILE_ONLY
-def test_hot_reload_of_a_file_keyring_is_immediate(key_store):
-    """A file keyring's version is a stat of its manifest: cheap enough to look at on every use."""
-    source = KeyringSource(key_store, interval=5, monotonic=lambda: 0.0)
+def test_hot_reload_of_a_file_keyring_within_a_stat_interval_or_when_asked(key_store):
+    """A file keyring's version is a stat of its manifest: looked at every STAT_INTERVAL seconds of use,
+    and at once by `check=True` (the JWKS, verification)."""
+    now = [100.0]
+    source = KeyringSource(key_store, interval=5, monotonic=lambda: now[0])
     first = source.current().active.kid
     key_store.rotate()
-    assert source.current().active.kid != first
+    assert source.current().active.kid == first  # looked at less than STAT_INTERVAL ago
+    now[0] += STAT_INTERVAL
+    second = source.current().active.kid
+    assert second != first
+    key_store.rotate()
+    assert source.current(check=True).active.kid != second
+    assert source.current().active.kid == source.current(check=True).active.kid
 
 
 def test_hot_reload_of_a_database_keyring_within_the_interval_or_when_asked(tmp_path):

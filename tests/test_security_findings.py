@@ -17,6 +17,7 @@ from tokendealer import db
 from tokendealer.app import create_app
 from tokendealer.audit import AuditLog
 from tokendealer.db import make_engine, upgrade_schema
+from tokendealer.keyring import STAT_INTERVAL
 from tokendealer.keystores import make_key_store
 
 from .conftest import AUDIENCE, basic, fetch_token, initialise, make_config
@@ -266,7 +267,8 @@ def test_workers_agree_right_after_an_emergency_rotation(tmp_path, keyring):
             app.extensions["tokendealer"].engine.dispose()
 
 
-def test_file_keyring_signs_with_the_rotated_key_at_once(tmp_path):
+def test_file_keyring_signs_with_the_rotated_key_within_a_stat_interval(tmp_path):
+    """Not after `keyring_reload_interval`: a file keyring's manifest is looked at every STAT_INTERVAL."""
     config = make_config(tmp_path, keyring_reload_interval=60)
     store = initialise(config)
     app = create_app(config)
@@ -274,6 +276,7 @@ def test_file_keyring_signs_with_the_rotated_key_at_once(tmp_path):
         _, secret = app.extensions["tokendealer"].clients.create("svc", scopes=["read"], audiences=[AUDIENCE])
         fetch_token(app.test_client(), "svc", secret)
         active = store.rotate(emergency=True).active.kid
+        time.sleep(STAT_INTERVAL)
         assert jwt.get_unverified_header(fetch_token(app.test_client(), "svc", secret)["access_token"])["kid"] == active
     finally:
         app.extensions["tokendealer"].engine.dispose()

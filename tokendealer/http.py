@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import secrets
 from urllib.parse import unquote
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import tracing
+from . import identifiers, tracing
 from .errors import InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
 from .jsontext import dumps
 from .keyring import KeyringError
@@ -68,7 +67,7 @@ def _unquote_plus(text: str) -> str:
 
 def request_id(incoming: str | None) -> str:
     """The caller's X-Request-ID when it is a short safe token, else a fresh one."""
-    return incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else secrets.token_hex(16)
+    return incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else identifiers.request_id()
 
 
 def as_oauth_error(exc: Exception) -> OAuthError:

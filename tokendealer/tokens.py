@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from client_lib.jose import ACCESS_TOKEN_TYPES, MAX_TOKEN_LENGTH, ClaimCheck, Ve
 from . import db, tracing
 from .clients import Client, ClientStore
 from .config import MAX_EXCHANGE_DEPTH, Config
+from .identifiers import token_id
 from .jsontext import dumps
 from .keyring import KeyringSource
 
@@ -114,7 +114,7 @@ class TokenService:
             "iat": now,
             "nbf": now,
             "exp": now + self.lifetime_for(client),
-            "jti": secrets.token_urlsafe(18),
+            "jti": token_id(),
             "scope": " ".join(scopes),
         }
         if cnf:
@@ -143,7 +143,7 @@ class TokenService:
             "iat": now,
             "nbf": now,
             "exp": min(now + self.lifetime_for(subject_client), int(subject["exp"])),
-            "jti": secrets.token_urlsafe(18),
+            "jti": token_id(),
             "scope": " ".join(scopes),
             ACT: act,
             EXCHANGED_FROM: [*subject.get(EXCHANGED_FROM, ()), subject["jti"]],
