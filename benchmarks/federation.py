@@ -7,9 +7,9 @@ With `--serve`: a real `tokendealer serve` (2 workers, SQLite, ES256) on loopbac
 request from wrk (`--connections`, 2 threads, `bodies.lua`, which sends the next body of a file with each
 request), rounds alternating the order of the kinds; each round's `--max-tokens` new tokens are signed
 before it starts, and wrk reports any sent a second time (the file ran out: then lower --seconds). Prints
-req/s and p99 per round, the medians and their ratios to secret. `--checkout DIR` serves another checkout's code
-(a git worktree of an older commit), started in that folder with PYTHONPATH pointing at it: run it and the
-plain command in turns for before and after.
+req/s, p99 and the server's CPU per request (all its processes) per round, the medians and their ratios to
+secret. `--checkout DIR` serves another checkout's code (a git worktree of an older commit), started in that
+folder with PYTHONPATH pointing at it: run it and the plain command in turns for before and after.
 
 Without it:
 In-process: the server's WSGI application (the token endpoint's own fast path) is called in a loop, with no
@@ -188,8 +188,9 @@ def serve(args: argparse.Namespace) -> None:
     script = str(HERE / "bodies.lua")
     try:
         env, cwd = checkout_env(setup.env, args.checkout) if args.checkout else (setup.env, None)
-        with Server([str(BIN / "tokendealer"), "serve", "--port", str(port), "--workers", "2"], port, env, "/readyz", cwd=cwd):
+        with Server([str(BIN / "tokendealer"), "serve", "--port", str(port), "--workers", "2"], port, env, "/readyz", cwd=cwd) as server:
             rates: dict[str, list[float]] = {"secret": [], "reused": [], "new": []}
+            cpu: dict[str, list[float]] = {"secret": [], "reused": [], "new": []}
             refused = again = 0
             for number in range(args.rounds):
                 print(f"round {number + 1}: signing {args.max_tokens} workload tokens...", flush=True)
@@ -200,6 +201,7 @@ def serve(args: argparse.Namespace) -> None:
                 runs = {}
                 for kind in order:
                     env = {"WRK_BODIES": str(files[kind]), "WRK_THREADS": "2"}
+                    before = server.cpu_seconds()
                     runs[kind] = wrk(
                         url + "/oauth/token",
                         authorization if kind == "secret" else "",
@@ -209,14 +211,19 @@ def serve(args: argparse.Namespace) -> None:
                         script=script,
                         extra_env=env,
                     )
+                    # The server's own CPU per request: what each kind costs it, whatever wrk spends on the bodies.
+                    runs[kind]["cpu_us"] = (server.cpu_seconds() - before) / max(1.0, runs[kind]["requests"]) * 1e6
                 for kind, run in runs.items():
                     rates[kind].append(run["rps"])
+                    cpu[kind].append(run["cpu_us"])
                     refused += int(run["non200"] + run["errors"])
                 again += int(runs["new"]["reused"])
                 print(
                     f"round {number + 1}: "
                     + ", ".join(
-                        f"{kind} {runs[kind]['rps']:.0f} req/s (p99 {runs[kind]['p99_ms']:.1f} ms)" for kind in ("secret", "reused", "new")
+                        f"{kind} {runs[kind]['rps']:.0f} req/s "
+                        f"(p99 {runs[kind]['p99_ms']:.1f} ms, server cpu {runs[kind]['cpu_us']:.0f} us/req)"
+                        for kind in ("secret", "reused", "new")
                     ),
                     flush=True,
                 )
@@ -225,6 +232,12 @@ def serve(args: argparse.Namespace) -> None:
                 f"median: secret {median['secret']:.0f} req/s; federated, re-used token {median['reused']:.0f} req/s "
                 f"({median['reused'] / median['secret']:.2f}x); federated, new token each request {median['new']:.0f} req/s "
                 f"({median['new'] / median['secret']:.2f}x); non-200 or socket errors: {refused}; new tokens sent twice: {again}"
+            )
+            per_request = {kind: statistics.median(values) for kind, values in cpu.items()}
+            print(
+                f"median server cpu per request: secret {per_request['secret']:.0f} us; re-used {per_request['reused']:.0f} us "
+                f"(capacity {per_request['secret'] / per_request['reused']:.2f}x); new {per_request['new']:.0f} us "
+                f"(capacity {per_request['secret'] / per_request['new']:.2f}x)"
             )
     finally:
         setup.cleanup()
