@@ -5,18 +5,21 @@
 Each round runs wrk's token load twice, alternating: alone, and while `--slow` connections each send a token
 request's headers (Content-Length: 1000) and then trickle the body one byte per second (a connection the
 server closes is opened again, so the count holds for the whole run). Meanwhile /healthz is asked every
-50 ms on its own connection. Prints the load's req/s and p99 with and without (medians of the rounds, and
-the ratios), /healthz latency during the slow phase, and what the server did to the slow connections: the
-answer each got (408, or a reset) and how long after its headers.
+50 ms on its own connection. The slow connections and the probe each run in a process and session of their
+own. Prints the load's req/s and p99 with and without (medians of the rounds, and the ratios), /healthz
+latency during each phase, and what the server did to the slow connections: the answer each got (408, or a
+reset) and how long after its headers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import os
 import statistics
-import threading
 import time
+from typing import Any
 
 import requests
 from harness import BIN, Server, Setup, basic_header, check_token, fmt, free_port, token_body, wrk
@@ -27,70 +30,111 @@ HEADERS = (
 )
 
 
+# The slow clients and the /healthz probe each run in a process and a session of their own, as they would on other
+# machines: sharing this script's interpreter (and GIL), a burst of reconnections on the slow clients' loop delayed
+# the probe's own timing, and sharing wrk's session, Linux's autogroup scheduler let wrk's two busy threads hold the
+# core a woken probe needed (`harness.Server` gives each server its own session for the same reason).
+SPAWN = multiprocessing.get_context("spawn")
+
+
 class SlowClients:
-    """`count` connections trickling bodies on an event loop in a thread, until `stop()`."""
+    """`count` connections trickling bodies on an event loop in a process of their own, until `stop()`."""
 
     def __init__(self, port: int, authorization: str, count: int):
-        self.port, self.headers, self.count = port, HEADERS % authorization.encode(), count
-        self.outcomes: list[tuple[str, float]] = []  # (answer, seconds from headers to close)
-        self.stopping = False
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()))
+        self.stopping = SPAWN.Event()
+        self.results: Any = SPAWN.Queue()
+        headers = HEADERS % authorization.encode()
+        self.process = SPAWN.Process(target=_trickle_all, args=(port, headers, count, self.stopping, self.results))
 
     def start(self) -> None:
-        self.thread.start()
+        self.process.start()
 
-    def stop(self) -> None:
-        self.stopping = True
-        self.thread.join(30)
-
-    async def _main(self) -> None:
-        await asyncio.gather(*(self._one() for _ in range(self.count)))
-
-    async def _one(self) -> None:
-        while not self.stopping:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            writer.write(self.headers)
-            sent_at = time.monotonic()
-            answer = await self._trickle(reader, writer)
-            if answer is not None:
-                self.outcomes.append((answer, time.monotonic() - sent_at))
-            writer.close()
-
-    async def _trickle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
-        """One byte a second until the server answers or closes; None when stopped first."""
-        for _ in range(1000):
-            if self.stopping:
-                return None
-            try:
-                line = await asyncio.wait_for(reader.readline(), 1.0)
-                return line.split(b"\r\n")[0].decode(errors="replace") or "closed"
-            except TimeoutError:
-                pass
-            except ConnectionError:
-                return "reset"
-            try:
-                writer.write(b"a")
-                await writer.drain()
-            except ConnectionError:
-                return "reset"
-        return "never closed"
+    def stop(self) -> list[tuple[str, float]]:
+        """Stop; each closed connection's (answer, seconds from its headers to the close)."""
+        self.stopping.set()
+        outcomes = self.results.get(timeout=60)
+        self.process.join(30)
+        return outcomes
 
 
-def probe(url: str, stop: threading.Event, latencies: list[float]) -> None:
-    """GET /healthz every 50 ms on one keep-alive connection; a failure counts as 5 s."""
+def _trickle_all(port: int, headers: bytes, count: int, stopping: Any, results: Any) -> None:
+    os.setsid()
+    outcomes: list[tuple[str, float]] = []
+    asyncio.run(_all(port, headers, count, stopping, outcomes))
+    results.put(outcomes)
+
+
+async def _all(port: int, headers: bytes, count: int, stopping: Any, outcomes: list[tuple[str, float]]) -> None:
+    await asyncio.gather(*(_one(port, headers, stopping, outcomes) for _ in range(count)))
+
+
+async def _one(port: int, headers: bytes, stopping: Any, outcomes: list[tuple[str, float]]) -> None:
+    while not stopping.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.write(headers)
+        sent_at = time.monotonic()
+        answer = await _trickle(reader, writer, stopping)
+        if answer is not None:
+            outcomes.append((answer, time.monotonic() - sent_at))
+        writer.close()
+
+
+async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stopping: Any) -> str | None:
+    """One byte a second until the server answers or closes; None when stopped first."""
+    for _ in range(1000):
+        if stopping.is_set():
+            return None
+        try:
+            line = await asyncio.wait_for(reader.readline(), 1.0)
+            return line.split(b"\r\n")[0].decode(errors="replace") or "closed"
+        except TimeoutError:
+            pass
+        except ConnectionError:
+            return "reset"
+        try:
+            writer.write(b"a")
+            await writer.drain()
+        except ConnectionError:
+            return "reset"
+    return "never closed"
+
+
+class Probe:
+    """GET /healthz every 50 ms on one keep-alive connection, in a process of their own, until `stop()`."""
+
+    def __init__(self, url: str):
+        self.stopping = SPAWN.Event()
+        self.results: Any = SPAWN.Queue()
+        self.process = SPAWN.Process(target=_probe, args=(url, self.stopping, self.results))
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> list[float]:
+        """Stop; each probe's seconds (a failure counts as 5 s)."""
+        self.stopping.set()
+        latencies = self.results.get(timeout=60)
+        self.process.join(30)
+        return latencies
+
+
+def _probe(url: str, stopping: Any, results: Any) -> None:
+    os.setsid()
+    latencies: list[float] = []
     with requests.Session() as session:
-        while not stop.is_set():
+        while not stopping.is_set():
             started = time.monotonic()
             try:
                 ok = session.get(url + "/healthz", timeout=5).status_code == 200
             except requests.RequestException:
                 ok = False
             latencies.append(time.monotonic() - started if ok else 5.0)
-            stop.wait(0.05)
+            stopping.wait(0.05)
+    results.put(latencies)
 
 
 def main() -> None:
@@ -113,25 +157,21 @@ def main() -> None:
             url = server.url + "/oauth/token"
             check_token(url, auth, body)
             for _ in range(args.rounds):
-                stop = threading.Event()
-                prober = threading.Thread(target=probe, args=(server.url, stop, quiet_latencies))
+                prober = Probe(server.url)
                 prober.start()
+                time.sleep(1.0)  # the probe's process has started
                 alone.append(wrk(url, auth, body, args.connections, args.seconds))
-                stop.set()
-                prober.join()
+                quiet_latencies += prober.stop()
                 slow = SlowClients(port, auth, args.slow)
-                stop = threading.Event()
-                prober = threading.Thread(target=probe, args=(server.url, stop, latencies))
+                prober = Probe(server.url)
                 slow.start()
-                time.sleep(1.0)  # the slow connections are open and trickling
                 prober.start()
+                time.sleep(2.0)  # both processes have started; the slow connections are open and trickling
                 slowed.append(wrk(url, auth, body, args.connections, args.seconds))
                 # Let the first wave reach the body deadline (10 s) before stopping.
                 time.sleep(max(0.0, 12.0 - args.seconds))
-                stop.set()
-                prober.join()
-                slow.stop()
-                outcomes += slow.outcomes
+                latencies += prober.stop()
+                outcomes += slow.stop()
     finally:
         setup.cleanup()
     median = {k: statistics.median(r[k] for r in alone) for k in alone[0]}
