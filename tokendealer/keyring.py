@@ -255,7 +255,7 @@ def new_key(alg: str, now: float) -> tuple[KeyRecord, bytes]:
 class KeyStore(Protocol):
     """Where a keyring lives: a directory of PEM files, or (for several instances) the database."""
 
-    # True when version() costs no more than a stat, so it may be asked on every use.
+    # True when version() costs no more than a stat, so it may be asked every STAT_INTERVAL seconds of use.
     cheap_version: bool
 
     def version(self) -> Any: ...
