@@ -44,7 +44,7 @@ class SlowClients:
         self.stopping = SPAWN.Event()
         self.results: Any = SPAWN.Queue()
         headers = HEADERS % authorization.encode()
-        self.process = SPAWN.Process(target=_trickle_all, args=(port, headers, count, self.stopping, self.results))
+        self.process = SPAWN.Process(target=_trickle_all, args=(port, headers, count, self.stopping, self.results), daemon=True)
 
     def start(self) -> None:
         self.process.start()
@@ -109,7 +109,7 @@ class Probe:
     def __init__(self, url: str):
         self.stopping = SPAWN.Event()
         self.results: Any = SPAWN.Queue()
-        self.process = SPAWN.Process(target=_probe, args=(url, self.stopping, self.results))
+        self.process = SPAWN.Process(target=_probe, args=(url, self.stopping, self.results), daemon=True)
 
     def start(self) -> None:
         self.process.start()
