@@ -8,7 +8,6 @@ Every refusal is an `InvalidToken` subclass whose message starts with the `noun`
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -60,6 +59,7 @@ _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"),
 # The base64url alphabet (RFC 4648 §5), without padding: deleted from a compact JWS, only its two dots remain.
 _B64URL_ALPHABET = (string.ascii_letters + string.digits + "-_").encode("ascii")
 _JWA = get_default_algorithms()
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PRIVATE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
 
 
@@ -68,7 +68,12 @@ _PRIVATE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519P
 
 def b64url(data: bytes) -> str:
     """Base64url without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return b64url_bytes(data).decode("ascii")
+
+
+def b64url_bytes(data: bytes) -> bytes:
+    """Base64url without padding (RFC 7515 §2) as ASCII bytes (base64.urlsafe_b64encode's work, without its two wrappers)."""
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
 
 
 def b64url_decode(segment: str) -> bytes:

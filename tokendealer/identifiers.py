@@ -7,15 +7,14 @@ granian each release on the request path hands it to one of the server's own thr
 
 from __future__ import annotations
 
-import binascii
 import ssl
 
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
+from client_lib.jose import b64url
 
 
 def token_id() -> str:
     """144 random bits, base64url without padding (24 characters, as `secrets.token_urlsafe(18)`)."""
-    return binascii.b2a_base64(ssl.RAND_bytes(18), newline=False).translate(_URLSAFE).decode("ascii")
+    return b64url(ssl.RAND_bytes(18))
 
 
 def request_id() -> str:

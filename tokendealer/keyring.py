@@ -7,8 +7,6 @@ JWK stays in the manifest, so a leaked keys directory cannot forge tokens with r
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import threading
@@ -22,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import get_default_algorithms
 
-from client_lib.jose import ALGORITHMS, ALGS_BY_KEY, public_jwk
+from client_lib.jose import ALGORITHMS, ALGS_BY_KEY, b64url_bytes, public_jwk
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,6 @@ STATES = ("next", "active", "retired", "revoked")
 RSA_BITS = 2048
 
 _JWA = get_default_algorithms()
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
 # ECDSA signing by alg: the signature scheme and the byte length of R and of S.
 _ECDSA = {"ES256": (ec.ECDSA(hashes.SHA256()), 32), "ES384": (ec.ECDSA(hashes.SHA384()), 48), "ES512": (ec.ECDSA(hashes.SHA512()), 66)}
 
@@ -121,7 +118,7 @@ class SigningKey:
 
     def sign(self, payload: bytes) -> str:
         """A compact JWS (RFC 7515 §7.1) of `payload` with header alg, kid and typ at+jwt (RFC 9068 §2.1)."""
-        signing_input = self.header_b64 + b"." + _b64url(payload)
+        signing_input = self.header_b64 + b"." + b64url_bytes(payload)
         if self.signer:
             signature = self.signer(signing_input)
         elif self.alg in _ECDSA:
@@ -131,19 +128,14 @@ class SigningKey:
             signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
         else:
             signature = _JWA[self.alg].sign(signing_input, self.private_key)
-        return (signing_input + b"." + _b64url(signature)).decode("ascii")
-
-
-def _b64url(data: bytes) -> bytes:
-    """RFC 7515 §2 base64url without padding (base64.urlsafe_b64encode's work, without its two wrappers)."""
-    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
+        return (signing_input + b"." + b64url_bytes(signature)).decode("ascii")
 
 
 def make_signing_key(record: KeyRecord, private_key: Any) -> SigningKey:
     """Bind a record to its private key, precomputing the JWS header once per key. A key held elsewhere
     (`hsm.TokenKey`) offers `sign_jws` and signs there."""
     header = json.dumps({"alg": record.alg, "kid": record.kid, "typ": "at+jwt"}, separators=(",", ":"))
-    return SigningKey(record, private_key, base64.urlsafe_b64encode(header.encode()).rstrip(b"="), getattr(private_key, "sign_jws", None))
+    return SigningKey(record, private_key, b64url_bytes(header.encode()), getattr(private_key, "sign_jws", None))
 
 
 @dataclass(frozen=True)
