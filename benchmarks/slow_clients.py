@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -42,33 +43,42 @@ SPAWN = multiprocessing.get_context("spawn")
 PER_PROCESS = 100
 
 
-class SlowClients:
-    """`count` connections trickling bodies on event loops in processes of their own, until `stop()`."""
+class ClientProcesses:
+    """Spawned processes, each in a session of its own, each running `target(*args, stopping, results)`: it works
+    until `stopping` is set, then puts one list on `results`. `stop()` returns those lists joined."""
 
-    def __init__(self, port: int, authorization: str, count: int):
+    def __init__(self, target: Callable[..., None], each_args: list[tuple[Any, ...]]):
         self.stopping = SPAWN.Event()
         self.results: Any = SPAWN.Queue()
-        headers = HEADERS % authorization.encode()
-        shares = [min(PER_PROCESS, count - start) for start in range(0, count, PER_PROCESS)]
         self.processes = [
-            SPAWN.Process(target=_trickle_all, args=(port, headers, share, self.stopping, self.results), daemon=True) for share in shares
+            SPAWN.Process(target=_in_own_session, args=(target, *args, self.stopping, self.results), daemon=True) for args in each_args
         ]
 
     def start(self) -> None:
         for process in self.processes:
             process.start()
 
-    def stop(self) -> list[tuple[str, float]]:
-        """Stop; each closed connection's (answer, seconds from its headers to the close)."""
+    def stop(self) -> list[Any]:
         self.stopping.set()
-        outcomes = [outcome for _ in self.processes for outcome in self.results.get(timeout=60)]
+        found = [item for _ in self.processes for item in self.results.get(timeout=60)]
         for process in self.processes:
             process.join(30)
-        return outcomes
+        return found
+
+
+def _in_own_session(target: Callable[..., None], *args: Any) -> None:
+    os.setsid()
+    target(*args)
+
+
+def slow_clients(port: int, authorization: str, count: int) -> ClientProcesses:
+    """`count` connections trickling bodies, PER_PROCESS to a process; `stop()` gives each closed connection's
+    (answer, seconds from its headers to the close)."""
+    headers = HEADERS % authorization.encode()
+    return ClientProcesses(_trickle_all, [(port, headers, min(PER_PROCESS, count - start)) for start in range(0, count, PER_PROCESS)])
 
 
 def _trickle_all(port: int, headers: bytes, count: int, stopping: Any, results: Any) -> None:
-    os.setsid()
     outcomes: list[tuple[str, float]] = []
     asyncio.run(_all(port, headers, count, stopping, outcomes))
     results.put(outcomes)
@@ -113,27 +123,13 @@ async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s
     return "never closed"
 
 
-class Probe:
-    """GET /healthz every 50 ms on one keep-alive connection, in a process of their own, until `stop()`."""
-
-    def __init__(self, url: str):
-        self.stopping = SPAWN.Event()
-        self.results: Any = SPAWN.Queue()
-        self.process = SPAWN.Process(target=_probe, args=(url, self.stopping, self.results), daemon=True)
-
-    def start(self) -> None:
-        self.process.start()
-
-    def stop(self) -> list[float]:
-        """Stop; each probe's seconds (a failure counts as 5 s)."""
-        self.stopping.set()
-        latencies = self.results.get(timeout=60)
-        self.process.join(30)
-        return latencies
+def probe(url: str) -> ClientProcesses:
+    """GET /healthz every 50 ms on one keep-alive connection; `stop()` gives each probe's seconds (a failure
+    counts as 5 s)."""
+    return ClientProcesses(_probe, [(url,)])
 
 
 def _probe(url: str, stopping: Any, results: Any) -> None:
-    os.setsid()
     latencies: list[float] = []
     with requests.Session() as session:
         while not stopping.is_set():
@@ -167,13 +163,13 @@ def main() -> None:
             url = server.url + "/oauth/token"
             check_token(url, auth, body)
             for _ in range(args.rounds):
-                prober = Probe(server.url)
+                prober = probe(server.url)
                 prober.start()
                 time.sleep(1.0)  # the probe's process has started
                 alone.append(wrk(url, auth, body, args.connections, args.seconds))
                 quiet_latencies += prober.stop()
-                slow = SlowClients(port, auth, args.slow)
-                prober = Probe(server.url)
+                slow = slow_clients(port, auth, args.slow)
+                prober = probe(server.url)
                 slow.start()
                 prober.start()
                 time.sleep(2.0)  # both processes have started; the slow connections are open and trickling
