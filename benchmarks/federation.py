@@ -201,8 +201,9 @@ def serve(args: argparse.Namespace) -> None:
                 runs = {}
                 for kind in order:
                     env = {"WRK_BODIES": str(files[kind]), "WRK_THREADS": "2"}
-                    before = server.cpu_seconds()
-                    runs[kind] = wrk(
+                    # With the server's own CPU per request: what each kind costs it, whatever wrk spends on the bodies.
+                    runs[kind] = server.loaded(
+                        wrk,
                         url + "/oauth/token",
                         authorization if kind == "secret" else "",
                         "",
@@ -211,8 +212,6 @@ def serve(args: argparse.Namespace) -> None:
                         script=script,
                         extra_env=env,
                     )
-                    # The server's own CPU per request: what each kind costs it, whatever wrk spends on the bodies.
-                    runs[kind]["cpu_us"] = (server.cpu_seconds() - before) / max(1.0, runs[kind]["requests"]) * 1e6
                 for kind, run in runs.items():
                     rates[kind].append(run["rps"])
                     cpu[kind].append(run["cpu_us"])

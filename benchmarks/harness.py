@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -127,6 +128,14 @@ class Server:
             elif pid != self.process.pid:
                 leaves.append(pid)
         return leaves
+
+    def loaded(self, run: Callable[..., dict[str, float]], *args: Any, **kwargs: Any) -> dict[str, float]:
+        """`run(*args, **kwargs)`'s wrk result, with the server's own CPU time per request it served (`cpu_us`, all
+        its processes): what the requests cost the server, steadier than req/s when other work (wrk too) shares the cores."""
+        before = self.cpu_seconds()
+        result = run(*args, **kwargs)
+        result["cpu_us"] = (self.cpu_seconds() - before) / max(1.0, result["requests"]) * 1e6
+        return result
 
     def cpu_seconds(self) -> float:
         """CPU time (user and system) used so far by the server and every process under it."""

@@ -138,10 +138,7 @@ def main() -> None:
                     check_token(server.url + ("/oauth/token" if "oidc" not in name else "/token"), auth, body)
                     for connections in args.connections:
                         url = server.url + ("/oauth/token" if "oidc" not in name else "/token")
-                        cpu_before = server.cpu_seconds()
-                        result = wrk(url, auth, body, connections, args.seconds)
-                        # The server's own CPU per request: steadier than req/s when other work shares the cores.
-                        result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(1.0, result["requests"]) * 1e6
+                        result = server.loaded(wrk, url, auth, body, connections, args.seconds)
                         runs[name][connections].append(result)
     finally:
         setup.cleanup()

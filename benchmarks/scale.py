@@ -129,9 +129,7 @@ class Point:
                 "extra_env": {"WRK_CLIENTS": " ".join(self.clients), "WRK_SECRET": self.secret},
             }
             wrk(url, "", rest, connections, WARM_UP, **spread)  # every worker has read its clients once: steady state
-            cpu_before = server.cpu_seconds()
-            result = wrk(url, "", rest, connections, seconds, **spread)
-            result["cpu_us"] = (server.cpu_seconds() - cpu_before) / max(1.0, result["requests"]) * 1e6
+            result = server.loaded(wrk, url, "", rest, connections, seconds, **spread)
             result["rss_mb"] = max(server.rss_mb())
         self.runs.append(result)
 
