@@ -11,8 +11,8 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
-import string
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -56,8 +56,6 @@ MAX_JSON_DEPTH = 32  # deeper JSON is refused, so nothing recurses on what an at
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
 # RFC 7638 §3.2: the members of each key type that enter the thumbprint.
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
-# The base64url alphabet (RFC 4648 §5), without padding: deleted from a compact JWS, only its two dots remain.
-_B64URL_ALPHABET = (string.ascii_letters + string.digits + "-_").encode("ascii")
 _JWA = get_default_algorithms()
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PRIVATE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
@@ -78,8 +76,11 @@ def b64url_bytes(data: bytes) -> bytes:
 
 def b64url_decode(segment: str) -> bytes:
     """The bytes of an unpadded base64url segment; ValueError if it is not one."""
-    # What base64.urlsafe_b64decode does (non-ASCII refused, other characters skipped), in two fewer layers.
-    return binascii.a2b_base64(segment.replace("-", "+").replace("_", "/") + "=" * (-len(segment) % 4))
+    # Strict: any character outside the base64url alphabet is refused (base64.urlsafe_b64decode would skip it),
+    # and so are standard base64's `+` and `/` and padding, which the mapping to standard base64 would let by.
+    if "+" in segment or "/" in segment or "=" in segment:
+        raise ValueError("not unpadded base64url")
+    return binascii.a2b_base64(segment.replace("-", "+").replace("_", "/") + "=" * (-len(segment) % 4), strict_mode=True)
 
 
 def _refuse_constant(name: str) -> None:
@@ -87,8 +88,11 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-# One decoder for every JWS segment (json.loads with a hook builds a new one per call).
+# One decoder for every JWS segment (json.loads with a hook builds a new one per call), and its scanner: a segment
+# that is one JSON value with no whitespace around it (what signers write) is scanned without `decode`'s two
+# whitespace matches; anything else goes through `decode`, which decides.
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+_SCAN_JSON: Callable[[str, int], tuple[Any, int]] = _STRICT_JSON.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
 
 
 def _nests_within(value: Any, limit: int) -> bool:
@@ -107,12 +111,26 @@ def json_object(segment: str, what: str) -> dict[str, Any]:
     """A JWS header or payload segment as a JSON object: base64url of UTF-8 JSON (RFC 7515 §7.1, RFC 8259),
     nested at most MAX_JSON_DEPTH deep; anything else, however deep or odd, is MalformedToken naming `what`."""
     try:
-        text = b64url_decode(segment).decode("utf-8")
-        value = _STRICT_JSON.decode(text)
+        data = b64url_decode(segment)
+    except ValueError:
+        raise MalformedToken(f"{what} is not valid JSON") from None
+    return json_object_of(data, what)
+
+
+def json_object_of(data: bytes, what: str) -> dict[str, Any]:
+    """`json_object` of a segment already decoded from base64url."""
+    try:
+        text = data.decode("utf-8")
+        try:
+            value, end = _SCAN_JSON(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            value = _STRICT_JSON.decode(text)
     except (ValueError, RecursionError):
         raise MalformedToken(f"{what} is not valid JSON") from None
     # Fewer brackets than the limit cannot nest deeper than it: most tokens skip the walk.
-    shallow = text.count("{") + text.count("[") <= MAX_JSON_DEPTH
+    shallow = data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH
     if not isinstance(value, dict) or not (shallow or _nests_within(value, MAX_JSON_DEPTH)):
         raise MalformedToken(f"{what} is not a JSON object")
     return value
@@ -226,16 +244,18 @@ def verification_keys(data: Any) -> dict[str, VerificationKey]:
 # ---- compact JWS ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CompactJws:
-    """A compact JWS split and decoded once (RFC 7515 §7.1); nothing in it is trusted yet. Its `header` may be
-    shared with other tokens of the same header text: read it, never change it."""
+    """A compact JWS split and decoded once (RFC 7515 §7.1); nothing in it is trusted yet. Read it, never change
+    it: its `header` may be shared with other tokens of the same header text. (Slotted rather than frozen: a frozen
+    dataclass's `__init__` cost more than the rest of splitting a token.)"""
 
     header: dict[str, Any]
     signing_input: bytes
-    payload_b64: str
+    payload: bytes  # decoded from base64url, not yet from JSON
     signature: bytes
     noun: str = "token"
+    _claims: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def alg(self) -> str:
@@ -249,10 +269,9 @@ class CompactJws:
     def unverified_claims(self) -> dict[str, Any]:
         """The payload as a JSON object, decoded once per JWS (also what `verify_signature` returns); before
         a signature check it serves only to choose the key."""
-        # Kept in the instance's own dict: functools.cached_property takes a lock on every first access.
-        claims = self.__dict__.get("_claims")
+        claims = self._claims
         if claims is None:
-            claims = self.__dict__["_claims"] = json_object(self.payload_b64, f"{self.noun} payload")
+            claims = self._claims = json_object_of(self.payload, f"{self.noun} payload")
         return claims
 
 
@@ -287,20 +306,24 @@ def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "tok
     RFC 7797) and, when `types` is given, a `typ` not exactly one of them."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         raise MalformedToken(f"{noun} is not a compact JWS")
-    # One pass in C instead of a regular expression per segment (a workload token is about 1 KB).
-    if not token.isascii() or token.encode("ascii").translate(None, _B64URL_ALPHABET) != b"..":
+    segments = token.split(".")
+    if len(segments) != 3 or not token.isascii():
         raise MalformedToken(f"{noun} is not a compact JWS")
-    header_b64, payload_b64, signature_b64 = token.split(".")
-    if not header_b64 or not payload_b64:
-        raise MalformedToken(f"{noun} is not a compact JWS")
+    header_b64, payload_b64, signature_b64 = segments
+    # A known header text decoded before; the other segments are decoded strictly here (b64url_decode refuses any
+    # character outside the base64url alphabet), so a token either is a compact JWS or is refused as one.
     header = _HEADERS.get(header_b64)
     known = header is not None
-    if header is None:
-        header = json_object(header_b64, f"{noun} header")
     try:
+        if not header_b64 or not payload_b64:
+            raise ValueError
+        header_json = b"" if known else b64url_decode(header_b64)
+        payload = b64url_decode(payload_b64)
         signature = b64url_decode(signature_b64)
     except ValueError:
-        raise MalformedToken(f"{noun} signature is not base64url") from None
+        raise MalformedToken(f"{noun} is not a compact JWS") from None
+    if header is None:
+        header = json_object_of(header_json, f"{noun} header")
     if types is not None and header.get("typ") not in types:
         raise WrongTokenType(f"{noun} typ is not {types[0]}")
     if not known:
@@ -312,7 +335,7 @@ def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "tok
             if len(_HEADERS) >= _HEADERS_MAX:
                 _HEADERS.clear()
             _HEADERS[header_b64] = header
-    return CompactJws(header, token[: len(header_b64) + len(payload_b64) + 1].encode("ascii"), payload_b64, signature, noun)
+    return CompactJws(header, token[: len(header_b64) + len(payload_b64) + 1].encode("ascii"), payload, signature, noun)
 
 
 def verify_signature(jws: CompactJws, key: VerificationKey) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from client_lib.jose import (
     JwkError,
     VerificationKey,
     b64url,
+    b64url_decode,
     checked_jwk_set,
     default_algorithm,
     jwk_thumbprint,
@@ -199,6 +200,11 @@ def test_a_flood_of_made_up_dpop_proof_headers_holds_little():
         "{header}.{payload}=.{signature}",  # padding
         "{header}.{payload}.{signature}\u00e9",  # not ASCII
         "{header}.{payload}+/.{signature}",  # the standard base64 alphabet
+        "{header}.{payload}.{signature}!",  # a character outside both alphabets, in any segment
+        "{header}.{payload}!.{signature}",
+        "{header}!.{payload}.{signature}",
+        "{header}.{payload} .{signature}",
+        "{header}.{payload}.{signature}=",
     ],
 )
 def test_only_the_compact_serialization_of_base64url_segments_is_parsed(shape):
@@ -207,6 +213,26 @@ def test_only_the_compact_serialization_of_base64url_segments_is_parsed(shape):
     assert parse_jws(token).unverified_claims() == {"a": 1}
     with pytest.raises(MalformedToken, match="^token is not a compact JWS$"):
         parse_jws(shape.format(token=token, header=header, payload=payload, signature=signature))
+
+
+@pytest.mark.parametrize("segment", ["QUJD!", "QU JD", "QUJD\n", "QUJD=", "QUJ+", "QUJ/", "Q", "QUJDR", "é"])
+def test_base64url_decoding_refuses_what_is_not_unpadded_base64url(segment):
+    # base64.urlsafe_b64decode would skip the odd character, or take standard base64 and its padding.
+    with pytest.raises(ValueError):
+        b64url_decode(segment)
+
+
+@pytest.mark.parametrize("data", [b"", b"A", b"AB", b"ABC", bytes(range(256)), b"\xfb\xff\xbf"])
+def test_base64url_decoding_inverts_the_encoding(data):
+    assert b64url_decode(b64url(data)) == data
+
+
+def test_a_payload_with_whitespace_around_its_json_is_still_read():
+    header = b64url(json.dumps({"alg": "ES256"}).encode())
+    for text in (' {"a":1}', '{"a":1} ', '\n{"a":1}\n'):
+        assert parse_jws(f"{header}.{b64url(text.encode())}.AAAA").unverified_claims() == {"a": 1}
+    with pytest.raises(MalformedToken, match="payload is not valid JSON"):
+        parse_jws(f"{header}.{b64url(b'{}x')}.AAAA").unverified_claims()
 
 
 def test_claim_check_with_injected_clock_leeway_and_skew():

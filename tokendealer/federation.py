@@ -97,7 +97,7 @@ class FederationRule:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Admission:
     """A workload token accepted by a rule: what the audit log and metrics name."""
 
@@ -253,9 +253,10 @@ def _rule(row: Any) -> FederationRule:
     return FederationRule(**data)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class WorkloadToken:
-    """A workload token split and decoded once; nothing in it is trusted until `FederationVerifier` says so."""
+    """A workload token split and decoded once; nothing in it is trusted until `FederationVerifier` says so.
+    Read it, never change it (slotted rather than frozen, as `CompactJws`: one is made for every new token)."""
 
     token: str = field(repr=False)
     jws: CompactJws
