@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import tracemalloc
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joserfc.jwk import JWKRegistry
 
 from client_lib import (
@@ -16,6 +19,7 @@ from client_lib import (
     ExpiredToken,
     ImmatureToken,
     InvalidDPoPProof,
+    InvalidToken,
     MalformedToken,
     MissingClaim,
     WrongAudience,
@@ -225,6 +229,37 @@ def test_base64url_decoding_refuses_what_is_not_unpadded_base64url(segment):
 @pytest.mark.parametrize("data", [b"", b"A", b"AB", b"ABC", bytes(range(256)), b"\xfb\xff\xbf"])
 def test_base64url_decoding_inverts_the_encoding(data):
     assert b64url_decode(b64url(data)) == data
+
+
+_B64URL_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("AQw09-_+/=.! \n\u00e9"), max_size=12) | st.binary(max_size=40).map(b64url))
+def test_base64url_decoding_accepts_exactly_unpadded_base64url(segment):
+    # RFC 4648 §5 without padding: the alphabet, and no length of 1 more than a multiple of 4.
+    valid = _B64URL_SEGMENT.fullmatch(segment) is not None and len(segment) % 4 != 1
+    try:
+        data = b64url_decode(segment)
+    except ValueError:
+        assert not valid
+    else:
+        assert valid and len(data) == len(segment) * 3 // 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_mutated_token_is_parsed_or_refused_as_a_token(data):
+    token = _token(ec.generate_private_key(ec.SECP256R1()), "ES256", {"a": 1, "b": [1, {"c": "d"}]})
+    position = data.draw(st.integers(0, len(token)))
+    inserted = data.draw(st.text(alphabet=st.sampled_from("A.-_+/=!{}\u00e9 "), max_size=3))
+    cut = data.draw(st.integers(0, 3))
+    mutated = token[:position] + inserted + token[position + cut :]
+    try:
+        claims = parse_jws(mutated).unverified_claims()
+    except InvalidToken:
+        return
+    assert isinstance(claims, dict)
 
 
 def test_a_payload_with_whitespace_around_its_json_is_still_read():
