@@ -310,13 +310,13 @@ def parse_jws(token: Any, types: tuple[str, ...] | None = None, noun: str = "tok
     if len(segments) != 3 or not token.isascii():
         raise MalformedToken(f"{noun} is not a compact JWS")
     header_b64, payload_b64, signature_b64 = segments
+    if not header_b64 or not payload_b64:
+        raise MalformedToken(f"{noun} is not a compact JWS")
     # A known header text decoded before; the other segments are decoded strictly here (b64url_decode refuses any
     # character outside the base64url alphabet), so a token either is a compact JWS or is refused as one.
     header = _HEADERS.get(header_b64)
     known = header is not None
     try:
-        if not header_b64 or not payload_b64:
-            raise ValueError
         header_json = b"" if known else b64url_decode(header_b64)
         payload = b64url_decode(payload_b64)
         signature = b64url_decode(signature_b64)
