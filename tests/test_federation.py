@@ -254,6 +254,52 @@ def test_refused_both_ways_in(http, billing, k8s, case):
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant", response.get_json()
 
 
+def _with_times(k8s, **times):
+    """A Kubernetes-shaped token of the trusted issuer with these time claims as given: a JSON null where None,
+    and without the claim where it is MISSING."""
+    claims = {"iss": k8s.url, "sub": "system:serviceaccount:prod:billing", "aud": [ISSUER], "kubernetes.io": {"namespace": "prod"}}
+    claims.update(k8s.times())
+    for name, value in times.items():
+        if value is MISSING:
+            del claims[name]
+        else:
+            claims[name] = value
+    kid, key = k8s.keys[0]
+    return jwt.encode(claims, key, algorithm=k8s.alg, headers={"kid": kid})
+
+
+MISSING = object()
+
+
+@pytest.mark.parametrize(
+    "times, why",
+    [
+        ({"exp": "4102444800"}, "exp is not a number"),
+        ({"exp": True}, "exp is not a number"),
+        ({"exp": None}, "exp is not a number"),
+        ({"exp": [1]}, "exp is not a number"),
+        ({"iat": "now"}, "iat is not a number"),
+        ({"nbf": None}, "nbf is not a number"),
+        ({"nbf": False, "exp": "x"}, "exp is not a number"),  # exp, iat, nbf: the first one told
+        ({"exp": MISSING}, "lacks the exp claim"),
+        ({"exp": MISSING, "iat": MISSING, "nbf": MISSING}, "lacks the exp claim"),
+        ({"iat": 4102444800, "exp": 4102444900}, "iat is in the future"),
+        ({"nbf": 4102444800}, "not valid yet"),
+    ],
+)
+def test_time_claims_must_be_numbers_and_exp_present(http, billing, k8s, times, why):
+    token = _with_times(k8s, **times)
+    response = authenticate(http, token)
+    assert response.status_code == 401 and why in response.get_json()["error_description"], response.get_json()
+    response = bearer(http, token)
+    assert response.status_code == 400 and why in response.get_json()["error_description"], response.get_json()
+
+
+def test_iat_and_nbf_may_be_absent(http, billing, k8s):
+    assert authenticate(http, _with_times(k8s, iat=MISSING, nbf=MISSING)).status_code == 200
+    assert authenticate(http, _with_times(k8s, nbf=MISSING, iat=1.5 + int(k8s.clock()), exp=3600.5 + int(k8s.clock()))).status_code == 200
+
+
 def test_wrong_issuer_is_refused(http, billing, clock):
     stranger = WorkloadIssuer(clock)
     try:
