@@ -6,9 +6,10 @@
 With `--serve`: a real `tokendealer serve` (2 workers, SQLite, ES256) on loopback, the same three kinds of
 request from wrk (`--connections`, 2 threads, `bodies.lua`, which sends the next body of a file with each
 request), rounds alternating the order of the kinds; each round's `--max-tokens` new tokens are signed
-before it starts, and wrk reports any sent a second time (the file ran out: then lower --seconds). Prints
-req/s, p99 and the server's CPU per request (all its processes) per round, the medians and their ratios to
-secret. `--checkout DIR` serves another checkout's code (a git worktree of an older commit), started in that
+before it starts (by one process per core), and wrk reports any sent a second time (the file ran out: then lower
+--seconds). Prints req/s, p99 and the server's CPU per request (all its processes) per round, the medians and their
+ratios to secret, and the median of each round's own ratio to the secret run beside it (the machine's drift
+between rounds cancels out of those). `--checkout DIR` serves another checkout's code (a git worktree of an older commit), started in that
 folder with PYTHONPATH pointing at it: run it and the plain command in turns for before and after.
 
 Without it:
@@ -34,6 +35,7 @@ import base64
 import io
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,11 +43,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -120,6 +124,20 @@ def federated_request(key: Any, kid: str, audience: str = ISSUER) -> dict[str, b
     return {"body": urlencode(form).encode()}
 
 
+def signed_bodies(pem: bytes, kid: str, audience: str, count: int) -> str:
+    """`count` federated request bodies, one per line, each with a new token (signed by as many processes as cores)."""
+    processes = os.cpu_count() or 1
+    shares = [count // processes + (1 if n < count % processes else 0) for n in range(processes)]
+    with ProcessPoolExecutor(processes) as pool:
+        return "".join(pool.map(_signed_share, [(pem, kid, audience, share) for share in shares]))
+
+
+def _signed_share(task: tuple[bytes, str, str, int]) -> str:
+    pem, kid, audience, count = task
+    key = serialization.load_pem_private_key(pem, None)
+    return "".join(federated_request(key, kid, audience)["body"].decode() + "\n" for _ in range(count))
+
+
 def call(app: Any, request: dict[str, Any]) -> str:
     body = request["body"]
     environ = {
@@ -171,6 +189,7 @@ def serve(args: argparse.Namespace) -> None:
     url = setup.env["TOKENDEALER_ISSUER"]
     key = rsa.generate_private_key(65537, 2048)
     jwk = public_jwk(key.public_key(), "RS256")
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     (setup.directory / "cluster-jwks.json").write_text(json.dumps({"keys": [jwk]}))
     for command in (
         ["client", "create", "billing", "--no-secret", "--scope", SCOPE, "--audience", AUDIENCE],
@@ -191,12 +210,13 @@ def serve(args: argparse.Namespace) -> None:
         with Server([str(BIN / "tokendealer"), "serve", "--port", str(port), "--workers", "2"], port, env, "/readyz", cwd=cwd) as server:
             rates: dict[str, list[float]] = {"secret": [], "reused": [], "new": []}
             cpu: dict[str, list[float]] = {"secret": [], "reused": [], "new": []}
+            # Each round's ratio of a kind to the secret run beside it (seconds apart): the machine's drift between
+            # rounds cancels out of these, not out of the ratio of the medians.
+            paired: dict[str, list[float]] = {"reused": [], "new": []}
             refused = again = 0
             for number in range(args.rounds):
                 print(f"round {number + 1}: signing {args.max_tokens} workload tokens...", flush=True)
-                files["new"].write_text(
-                    "".join(federated_request(key, jwk["kid"], url)["body"].decode() + "\n" for _ in range(args.max_tokens))
-                )
+                files["new"].write_text(signed_bodies(pem, jwk["kid"], url, args.max_tokens))
                 order = ["secret", "reused", "new"] if number % 2 == 0 else ["new", "reused", "secret"]
                 runs = {}
                 for kind in order:
@@ -216,6 +236,8 @@ def serve(args: argparse.Namespace) -> None:
                     rates[kind].append(run["rps"])
                     cpu[kind].append(run["cpu_us"])
                     refused += int(run["non200"] + run["errors"])
+                for kind in ("reused", "new"):
+                    paired[kind].append(runs[kind]["rps"] / runs["secret"]["rps"])
                 again += int(runs["new"]["reused"])
                 print(
                     f"round {number + 1}: "
@@ -223,7 +245,8 @@ def serve(args: argparse.Namespace) -> None:
                         f"{kind} {runs[kind]['rps']:.0f} req/s "
                         f"(p99 {runs[kind]['p99_ms']:.1f} ms, server cpu {runs[kind]['cpu_us']:.0f} us/req)"
                         for kind in ("secret", "reused", "new")
-                    ),
+                    )
+                    + f"; this round's ratios to secret: re-used {paired['reused'][-1]:.2f}x, new {paired['new'][-1]:.2f}x",
                     flush=True,
                 )
             median = {kind: statistics.median(values) for kind, values in rates.items()}
@@ -231,6 +254,13 @@ def serve(args: argparse.Namespace) -> None:
                 f"median: secret {median['secret']:.0f} req/s; federated, re-used token {median['reused']:.0f} req/s "
                 f"({median['reused'] / median['secret']:.2f}x); federated, new token each request {median['new']:.0f} req/s "
                 f"({median['new'] / median['secret']:.2f}x); non-200 or socket errors: {refused}; new tokens sent twice: {again}"
+            )
+            print(
+                "median of the rounds' own ratios to secret: "
+                + "; ".join(
+                    f"{name} {statistics.median(paired[kind]):.2f}x (rounds {min(paired[kind]):.2f}-{max(paired[kind]):.2f}x)"
+                    for kind, name in (("reused", "re-used token"), ("new", "new token each request"))
+                )
             )
             per_request = {kind: statistics.median(values) for kind, values in cpu.items()}
             print(
