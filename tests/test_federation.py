@@ -479,7 +479,7 @@ def test_issuer_down_cached_keys_keep_working(http, billing, k8s):
 def test_never_fetched_issuer_is_a_clear_refusal(http, billing, k8s):
     k8s.down = True
     response = authenticate(http, k8s.kubernetes_token(ISSUER))
-    assert response.status_code == 401 and "keys could not be had" in response.get_json()["error_description"]
+    assert response.status_code == 401 and "keys could not be fetched" in response.get_json()["error_description"]
     response = bearer(http, k8s.kubernetes_token(ISSUER))
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
     k8s.down = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 from click.testing import CliRunner
@@ -71,12 +72,24 @@ def test_issuer_with_a_jwks_file_is_not_fetched(cli, tmp_path, cluster):
 def test_issuer_discovery_must_name_the_issuer_exactly(cli, cluster):
     result = cli("issuers", "add", cluster.url + "/")
     assert result.exit_code == 1 and "not exactly the trusted issuer" in result.output
+    # what the document names is shown, so the trailing `/` is seen; no --jwks hint, since the issuer answered
+    assert f"names the issuer {cluster.url!r}, not exactly the trusted issuer {cluster.url + '/'!r}" in result.output
+    assert "--jwks" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_unreachable_issuer_is_refused_with_a_hint(cli, cluster):
     cluster.down = True
     result = cli("issuers", "add", cluster.url)
     assert result.exit_code == 1 and "--jwks FILE" in result.output
+
+
+def test_an_issuer_nothing_listens_on_is_refused_in_words(cli, tmp_path):
+    with socket.socket() as sock:  # a loopback port that was free a moment ago, now closed: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = cli("issuers", "add", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1, result.output
+    assert "failed: connection refused; give its keys instead" in result.output and "Error" not in result.output
 
 
 def test_private_keys_in_a_jwks_file_are_refused(cli, tmp_path):

@@ -114,7 +114,7 @@ def test_a_never_fetched_issuer_that_is_down_is_a_clear_refusal(pair):
         form = {"grant_type": "client_credentials", "client_id": "spire-workload", "client_assertion_type": ASSERTION_TYPE}
         response = requests.post(server.url + "/oauth/token", data={**form, "client_assertion": token}, timeout=10)
         assert response.status_code == 401, response.text
-        assert "keys could not be had" in response.json()["error_description"]
+        assert "keys could not be fetched" in response.json()["error_description"]
         response = requests.post(server.url + "/oauth/token", data={"grant_type": JWT_BEARER, "assertion": token}, timeout=10)
         assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
     finally:

@@ -82,7 +82,7 @@ def remote():
 def test_overall_deadline_not_per_read(remote):
     remote.answer = trickle
     started = time.monotonic()
-    with pytest.raises(FetchError):
+    with pytest.raises(FetchError, match="^did not answer within 1 s$"):
         get_json(remote.url, deadline=1.0)
     assert time.monotonic() - started < 1.8
 
@@ -100,6 +100,20 @@ def test_hostile_answers_are_fetch_errors(remote, answer, why):
     remote.answer = answer
     with pytest.raises(FetchError, match=why):
         get_json(remote.url, deadline=2.0)
+
+
+def test_failures_are_told_in_words(remote):
+    remote.answer = lambda conn: None  # reads the request, closes without a word
+    with pytest.raises(FetchError, match="^failed: the connection was closed before a whole answer$"):
+        get_json(remote.url, deadline=2.0)
+    remote.answer = lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+    with pytest.raises(FetchError, match="^failed: not an HTTP answer$"):
+        get_json(remote.url, deadline=2.0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/jwks"
+    with pytest.raises(FetchError, match="^failed: connection refused$"):
+        get_json(closed, deadline=2.0)
 
 
 def jwks_of(key) -> bytes:

@@ -402,7 +402,7 @@ class FederationVerifier:
         try:
             keys = self.keys.candidates(issuer, kid if isinstance(kid, str) else None, token.jws.alg)
         except (FetchError, ValueError):
-            raise FederationRefused("the issuer's keys could not be had (never fetched, or the issuer is unusable); retry later") from None
+            raise FederationRefused("the issuer's keys could not be fetched (never reached yet, or unusable); retry later") from None
         if not keys:
             raise FederationRefused("the assertion is not signed by a key the issuer publishes")
         for key in keys:  # each pinned to the algorithms its own type allows

@@ -10,6 +10,7 @@ import http.client
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ MAX_BYTES = 65536
 
 
 class FetchError(Exception):
-    """A remote document could not be had; the message says why, without echoing its content."""
+    """A remote document could not be fetched; the message says why, without echoing its content."""
 
 
 @tracing.traced("GET", kind="client")
@@ -39,10 +40,11 @@ def get_json(url: str, deadline: float, max_bytes: int = MAX_BYTES) -> Any:
     tracing.annotate(method="GET", url=url, server_address=parts.hostname)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError("not an http(s) URL")
+    started = time.monotonic()
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = connection_class(parts.hostname, parts.port, timeout=deadline)
     done = threading.Event()
-    threading.Thread(target=_abort_at, args=(conn, done, time.monotonic() + deadline), daemon=True).start()
+    threading.Thread(target=_abort_at, args=(conn, done, started + deadline), daemon=True).start()
     try:
         conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=tracing.inject(dict(_HEADERS)))
         response = conn.getresponse()
@@ -51,7 +53,7 @@ def get_json(url: str, deadline: float, max_bytes: int = MAX_BYTES) -> Any:
             raise FetchError(f"answered HTTP {response.status}")
         body = response.read(max_bytes + 1)
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise FetchError(f"failed ({exc.__class__.__name__})") from None
+        raise FetchError(_late(started, deadline) or f"failed: {_reason(exc)}") from None
     finally:
         done.set()
         conn.close()
@@ -60,10 +62,35 @@ def get_json(url: str, deadline: float, max_bytes: int = MAX_BYTES) -> Any:
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
-        raise FetchError("did not answer JSON") from None
+        # A remote cut off at the deadline may have sent a status line and part of its headers, and nothing more.
+        raise FetchError(_late(started, deadline) or "did not answer JSON") from None
 
 
 _HEADERS = {"Accept": "application/json", "User-Agent": USER_AGENT}
+
+
+def _late(started: float, deadline: float) -> str | None:
+    """What to say of a failed fetch when its deadline had passed (its socket was shut down then)."""
+    return f"did not answer within {deadline:g} s" if time.monotonic() >= started + deadline else None
+
+
+def _reason(exc: Exception) -> str:
+    """Why a fetch failed, in words (the exception's class for anything unforeseen)."""
+    if isinstance(exc, socket.gaierror):
+        return "host not found"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "its TLS certificate is not trusted"
+    if isinstance(exc, ssl.SSLError):
+        return "the TLS handshake failed"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (ConnectionResetError, http.client.RemoteDisconnected, http.client.IncompleteRead)):
+        return "the connection was closed before a whole answer"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, http.client.HTTPException):
+        return "not an HTTP answer"
+    return exc.__class__.__name__
 
 
 def _abort_at(conn: http.client.HTTPConnection, done: threading.Event, end: float) -> None:

@@ -101,8 +101,12 @@ def usable_keys(jwks: Any) -> dict[str, Any]:
 def discovered(issuer: TrustedIssuer, metadata: Any) -> str:
     """The `jwks_uri` of an issuer's OIDC discovery document, whose `issuer` must be exactly the trusted one
     (OpenID Connect Discovery §4.3), and which is https unless the issuer itself may be http."""
-    if not isinstance(metadata, dict) or metadata.get("issuer") != issuer.issuer:
-        raise ValueError("the discovery document's issuer is not exactly the trusted issuer")
+    if not isinstance(metadata, dict):
+        raise ValueError("the discovery document is not a JSON object")
+    named = metadata.get("issuer")
+    if named != issuer.issuer:
+        # Shown to whoever adds the issuer, so a trailing `/` or a wrong host is seen at once; never to a token requester.
+        raise ValueError(f"the discovery document names the issuer {named!r:.200}, not exactly the trusted issuer {issuer.issuer!r}")
     jwks_uri = metadata.get("jwks_uri")
     if not isinstance(jwks_uri, str):
         raise ValueError("the discovery document has no jwks_uri")
@@ -159,10 +163,11 @@ class IssuerStore:
             try:
                 jwks_uri = discovered(record, get_json(record.discovery_url, deadline))
                 usable_keys(get_json(jwks_uri, deadline))
-            except (FetchError, ValueError) as exc:
-                where = record.discovery_url
+            except FetchError as exc:
                 hint = "give its keys instead (`--jwks FILE`, or `jwks` in an apply file) if it is not reachable"
-                raise IssuerError(f"discovery at {where}: {exc}; {hint}") from None
+                raise IssuerError(f"discovery at {record.discovery_url}: {exc}; {hint}") from None
+            except ValueError as exc:  # it answered, with something that is not this issuer's discovery or keys
+                raise IssuerError(f"discovery at {record.discovery_url}: {exc}") from None
             record = TrustedIssuer(issuer, jwks_uri, None, allow_http, record.created_at)
         row = dataclasses.asdict(record)
         with self.engine.begin() as conn:
