@@ -21,7 +21,7 @@ from client_lib.jose import public_jwk
 from tokendealer import federation
 from tokendealer.app import create_app
 from tokendealer.federation import RuleStore, claim_at, value_matches
-from tokendealer.issuers import IssuerKeys, IssuerStore, TrustedIssuer
+from tokendealer.issuers import IssuerKeys, IssuerStore, TrustedIssuer, discovered
 
 from .conftest import AUDIENCE, REDIS_URL, initialise, make_config
 from .workload_issuer import WorkloadIssuer
@@ -529,6 +529,23 @@ def test_issuer_keys_follow_each_refetched_document_and_keep_nothing_for_unknown
     keys.documents.values[issuer.discovery_url] = {**document, "issuer": "https://someone-else"}
     with pytest.raises(ValueError, match="not exactly the trusted issuer"):
         keys.candidates(issuer, kid, "RS256")
+
+
+@pytest.mark.parametrize(
+    ("issuer", "told"),
+    [
+        ("https://oidc.example.com/", "names 'https://oidc.example.com/', not exactly"),
+        ("x" * 100_000, "names 'xxxx"),  # only its start
+        (json.loads("[" * 900 + "]" * 900), "names a JSON list"),  # named by its type, not echoed
+        ({"a": 1}, "names a JSON dict"),
+        (None, "names no issuer"),
+    ],
+)
+def test_a_discovery_document_naming_another_issuer_is_told_safely(issuer, told):
+    trusted = TrustedIssuer("https://oidc.example.com", allow_http=False)
+    with pytest.raises(ValueError, match="not exactly the trusted issuer") as refused:
+        discovered(trusted, {"issuer": issuer, "jwks_uri": "https://oidc.example.com/keys"})
+    assert told in str(refused.value) and len(str(refused.value)) < 400
 
 
 # ---- the failure throttle -------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_issuer_discovery_must_name_the_issuer_exactly(cli, cluster):
     result = cli("issuers", "add", cluster.url + "/")
     assert result.exit_code == 1 and "not exactly the trusted issuer" in result.output
     # what the document names is shown, so the trailing `/` is seen; no --jwks hint, since the issuer answered
-    assert f"names the issuer {cluster.url!r}, not exactly the trusted issuer {cluster.url + '/'!r}" in result.output
+    assert f"names {cluster.url!r}, not exactly the trusted issuer {cluster.url + '/'!r}" in result.output
     assert "--jwks" not in result.output and len(result.output.strip().splitlines()) == 1
 
 

@@ -106,7 +106,9 @@ def discovered(issuer: TrustedIssuer, metadata: Any) -> str:
     named = metadata.get("issuer")
     if named != issuer.issuer:
         # Shown to whoever adds the issuer, so a trailing `/` or a wrong host is seen at once; never to a token requester.
-        raise ValueError(f"the discovery document names the issuer {named!r:.200}, not exactly the trusted issuer {issuer.issuer!r}")
+        # Only a string is quoted, and only its start: a remote's nested value is named by its type, not echoed.
+        told = f"{named[:200]!r}" if isinstance(named, str) else f"a JSON {type(named).__name__}" if named is not None else "no issuer"
+        raise ValueError(f"the discovery document names {told}, not exactly the trusted issuer {issuer.issuer!r}")
     jwks_uri = metadata.get("jwks_uri")
     if not isinstance(jwks_uri, str):
         raise ValueError("the discovery document has no jwks_uri")
