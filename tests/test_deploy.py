@@ -286,7 +286,9 @@ def test_the_image_builds_and_serves_read_only_as_non_root(tmp_path):
     finally:
         podman("stop", "-t", "10", name, check=False)
 
-    # The image as shipped (its CMD, port 5000 in a network namespace of its own): its HEALTHCHECK passes.
+    # The image as shipped (its CMD, port 5000 in a network namespace of its own): its HEALTHCHECK passes. A name of
+    # its own: `--rm` removes the stopped container above in the background, so its name may not be free yet.
+    name = f"tokendealer-test-{secrets.token_hex(4)}"
     podman("run", "-d", "--name", name, *common, "--network", "none", IMAGE)
     try:
         deadline = time.monotonic() + 60
