@@ -9,8 +9,9 @@ request), rounds alternating the order of the kinds; each round's `--max-tokens`
 before it starts (by one process per core), and wrk reports any sent a second time (the file ran out: then lower
 --seconds). Prints req/s, p99 and the server's CPU per request (all its processes) per round, the medians and their
 ratios to secret, and the median of each round's own ratio to the secret run beside it (the machine's drift
-between rounds cancels out of those). `--checkout DIR` serves another checkout's code (a git worktree of an older commit), started in that
-folder with PYTHONPATH pointing at it: run it and the plain command in turns for before and after.
+between rounds cancels out of those). `--checkout DIR` serves another checkout's code (a git worktree of an older
+commit), started in that folder with PYTHONPATH pointing at it: run it and the plain command in turns for before
+and after.
 
 Without it:
 In-process: the server's WSGI application (the token endpoint's own fast path) is called in a loop, with no
