@@ -254,6 +254,9 @@ def test_refused_both_ways_in(http, billing, k8s, case):
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant", response.get_json()
 
 
+MISSING = object()
+
+
 def _with_times(k8s, **times):
     """A Kubernetes-shaped token of the trusted issuer with these time claims as given: a JSON null where None,
     and without the claim where it is MISSING."""
@@ -266,9 +269,6 @@ def _with_times(k8s, **times):
             claims[name] = value
     kid, key = k8s.keys[0]
     return jwt.encode(claims, key, algorithm=k8s.alg, headers={"kid": kid})
-
-
-MISSING = object()
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from click.testing import CliRunner
 
 from tokendealer.cli import main
 
-from .conftest import FakeClock
+from .conftest import FakeClock, free_port
 from .workload_issuer import WorkloadIssuer
 
 
@@ -83,11 +82,8 @@ def test_unreachable_issuer_is_refused_with_a_hint(cli, cluster):
     assert result.exit_code == 1 and "--jwks FILE" in result.output
 
 
-def test_an_issuer_nothing_listens_on_is_refused_in_words(cli, tmp_path):
-    with socket.socket() as sock:  # a loopback port that was free a moment ago, now closed: connection refused
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = cli("issuers", "add", f"http://127.0.0.1:{port}")
+def test_an_issuer_nothing_listens_on_is_refused_in_words(cli):
+    result = cli("issuers", "add", f"http://127.0.0.1:{free_port()}")  # a port free a moment ago: connection refused
     assert result.exit_code == 1, result.output
     assert "failed: connection refused; give its keys instead" in result.output and "Error" not in result.output
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client_lib.jose import public_jwk
 from tokendealer.fetcher import FetchError, RemoteCache, get_json
 
-from .conftest import AUDIENCE, run_cli
+from .conftest import AUDIENCE, free_port, run_cli
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -109,11 +109,8 @@ def test_failures_are_told_in_words(remote):
     remote.answer = lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
     with pytest.raises(FetchError, match="^failed: not an HTTP answer$"):
         get_json(remote.url, deadline=2.0)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/jwks"
-    with pytest.raises(FetchError, match="^failed: connection refused$"):
-        get_json(closed, deadline=2.0)
+    with pytest.raises(FetchError, match="^failed: connection refused$"):  # a port free a moment ago: nothing listens
+        get_json(f"http://127.0.0.1:{free_port()}/jwks", deadline=2.0)
 
 
 def jwks_of(key) -> bytes:
