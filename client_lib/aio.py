@@ -18,6 +18,7 @@ import httpx
 from . import tracing
 from .core.credentials import Credentials
 from .core.dpop import MAX_AGE, DPoPKey, DPoPProof, MemoryProofReplay, Nonces, ProofCheck, replay_key
+from .core.failures import network_failure
 from .core.retries import RetrySchedule, retryable_status
 from .core.tokens import CacheKey, TokenCache, dpop_key, exchange_form, exchange_key, token_error, token_form, token_response
 from .core.verification import Verification
@@ -170,7 +171,7 @@ class AsyncTokenClient:
             try:
                 response = await self.http.post(endpoint, data={**form, **fields}, **_basic_auth(basic), headers=headers)
             except httpx.HTTPError as exc:
-                await self.sleep(schedule.next_wait(exc.__class__.__name__))
+                await self.sleep(schedule.next_wait(network_failure(exc)))
                 continue
             tracing.annotate(status=response.status_code)
             new_nonce = self.dpop is not None and self.dpop.remember_nonce(endpoint, response.headers.get("DPoP-Nonce"))
@@ -296,7 +297,7 @@ class AsyncTokenVerifier:
             self.policy.accept_keys(response.json(), response.headers.get("Cache-Control"), now)
         except (httpx.HTTPError, ValueError, DiscoveryError) as exc:
             self.policy.jwks.failed(now)
-            log.warning("JWKS fetch failed, keeping %d cached keys: %s", len(self.policy.jwks.keys), exc.__class__.__name__)
+            log.warning("JWKS fetch failed, keeping %d cached keys: %s", len(self.policy.jwks.keys), network_failure(exc))
 
     async def _check_active(self, token: str, claims: dict[str, Any], now: float) -> None:
         if self.policy.known_active(claims["jti"], now):

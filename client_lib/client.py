@@ -16,6 +16,7 @@ import requests
 from . import tracing
 from .core.credentials import Credentials
 from .core.dpop import DPoPKey, asks_for_nonce, presentation
+from .core.failures import network_failure
 from .core.origins import PinnedAuth
 from .core.retries import RetrySchedule, retryable_status
 from .core.tokens import CacheKey, TokenCache, dpop_key, exchange_form, exchange_key, token_error, token_form, token_response
@@ -176,7 +177,7 @@ class TokenClient:
                     endpoint, data={**form, **fields}, auth=basic, timeout=self.timeout, headers=headers, cert=self.cert
                 )
             except requests.RequestException as exc:
-                self.sleep(schedule.next_wait(exc.__class__.__name__))
+                self.sleep(schedule.next_wait(network_failure(exc)))
                 continue
             tracing.annotate(status=response.status_code)
             new_nonce = self.dpop is not None and self.dpop.remember_nonce(endpoint, response.headers.get("DPoP-Nonce"))

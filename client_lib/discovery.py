@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from . import tracing
+from .core.failures import network_failure
 from .exceptions import DiscoveryError
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def discover(session: requests.Session, issuer: str, timeout: Any) -> dict[str, 
         try:
             response = session.get(base + path, timeout=timeout, headers=tracing.inject())
         except requests.RequestException as exc:
-            raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
+            raise DiscoveryError(f"cannot reach {base + path}: {network_failure(exc)}") from None
         metadata = discovered_metadata(issuer, base + path, response)
         if metadata is not None:
             return metadata
@@ -53,7 +54,7 @@ async def discover_async(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]
         try:
             response = await http.get(base + path, headers=tracing.inject())
         except httpx.HTTPError as exc:
-            raise DiscoveryError(f"cannot reach {base + path}: {exc.__class__.__name__}") from None
+            raise DiscoveryError(f"cannot reach {base + path}: {network_failure(exc)}") from None
         metadata = discovered_metadata(issuer, base + path, response)
         if metadata is not None:
             return metadata

@@ -13,6 +13,7 @@ import requests
 from . import tracing
 from .client import DEFAULT_TIMEOUT, TokenClient
 from .core.dpop import MAX_AGE, DPoPProof, Nonces, ProofCheck, replay_key
+from .core.failures import network_failure
 from .core.jwks import JwksState
 from .core.verification import Verification
 from .discovery import discover
@@ -158,7 +159,7 @@ class TokenVerifier:
             self.policy.accept_keys(response.json(), response.headers.get("Cache-Control"), now)
         except (requests.RequestException, ValueError, TokenClientError) as exc:
             self.policy.jwks.failed(now)
-            log.warning("JWKS fetch failed, keeping %d cached keys: %s", len(self.policy.jwks.keys), exc.__class__.__name__)
+            log.warning("JWKS fetch failed, keeping %d cached keys: %s", len(self.policy.jwks.keys), network_failure(exc))
 
     def _check_active(self, token: str, claims: dict[str, Any], now: float) -> None:
         """Ask the issuer (RFC 7662) whether the token is still active; answers kept briefly."""

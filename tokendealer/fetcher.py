@@ -10,7 +10,6 @@ import http.client
 import json
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from client_lib.core.failures import network_failure
 
 from . import tracing
 
@@ -53,7 +54,7 @@ def get_json(url: str, deadline: float, max_bytes: int = MAX_BYTES) -> Any:
             raise FetchError(f"answered HTTP {response.status}")
         body = response.read(max_bytes + 1)
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise FetchError(_late(started, deadline) or f"failed: {_reason(exc)}") from None
+        raise FetchError(_late(started, deadline) or f"failed: {network_failure(exc)}") from None
     finally:
         done.set()
         conn.close()
@@ -72,25 +73,6 @@ _HEADERS = {"Accept": "application/json", "User-Agent": USER_AGENT}
 def _late(started: float, deadline: float) -> str | None:
     """What to say of a failed fetch when its deadline had passed (its socket was shut down then)."""
     return f"did not answer within {deadline:g} s" if time.monotonic() >= started + deadline else None
-
-
-def _reason(exc: Exception) -> str:
-    """Why a fetch failed, in words (the exception's class for anything unforeseen)."""
-    if isinstance(exc, socket.gaierror):
-        return "host not found"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "its TLS certificate is not trusted"
-    if isinstance(exc, ssl.SSLError):
-        return "the TLS handshake failed"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, (ConnectionResetError, http.client.RemoteDisconnected, http.client.IncompleteRead)):
-        return "the connection was closed before a whole answer"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, http.client.HTTPException):
-        return "not an HTTP answer"
-    return exc.__class__.__name__
 
 
 def _abort_at(conn: http.client.HTTPConnection, done: threading.Event, end: float) -> None:
