@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 
 import requests
 
@@ -106,16 +107,23 @@ def test_apply_round_trip_through_the_admin_api(live_factory, tmp_path):
     assert pruned.returncode == 1 and "--prune would delete the admin client 'ops' apply runs as" in pruned.stderr
     assert json.loads(run_cli("client", "show", "deployer", "--json", env=server.env).stdout)["client_id"] == "deployer"
 
-    # Every change in the server's audit log, made by the admin client through the admin API.
-    audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    changes = [(e["event"], e.get("client_id") or e.get("issuer")) for e in audit if e.get("via") == "admin_api"]
-    assert changes == [
+    # Every change in the server's audit log, made by the admin client through the admin API. Each worker writes
+    # its lines in batches, twice a second: the last change's line may still be on its way.
+    wanted = [
         ("issuer.added", GITHUB),
         ("client.created", "billing"),
         ("client.created", "deployer"),
         ("client.federated", "deployer"),
         ("client.updated", "billing"),
     ]
+    deadline = time.monotonic() + 10
+    while True:
+        audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+        changes = [(e["event"], e.get("client_id") or e.get("issuer")) for e in audit if e.get("via") == "admin_api"]
+        if changes == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert changes == wanted
     assert {e["actor"] for e in audit if e.get("via") == "admin_api"} == {"ops"}
 
     # A client changed by someone else after apply read it is not overwritten (the admin API's If-Match).

@@ -170,8 +170,9 @@ def test_a_body_that_never_arrives_is_answered_408_within_the_deadline(served, t
     status, headers, body = run(edge, scope, Protocol(None))
     elapsed = time.monotonic() - started
     assert status == 408 and headers["connection"] == "close" and body["error"] == "invalid_request"
-    # The reaper cancels a read in the round before its deadline: never later, at most one round earlier.
-    assert 0.6 - REAP_INTERVAL - 0.05 <= elapsed <= 0.6 + 0.2
+    # The reaper cancels a read in the round before its deadline: at most one round earlier, and (allowing for a
+    # loaded machine's stalls) not rounds later.
+    assert 0.6 - REAP_INTERVAL - 0.05 <= elapsed <= 0.6 + 2 * REAP_INTERVAL
     assert not edge.reading and not edge.expired
 
 

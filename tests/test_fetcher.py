@@ -139,7 +139,9 @@ def test_last_good_value_kept_while_the_remote_fails(remote):
     remote.answer = ok(b"", "500 Internal Server Error")
     now[0] = 11.0
     assert cache.get(remote.url) == {"v": 1}  # stale: served while a refresh runs in the background
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while remote.connections < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert cache.get(remote.url) == {"v": 1}
     assert remote.connections == 2
 
