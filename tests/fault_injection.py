@@ -674,10 +674,11 @@ def clock_jump(directory: Path, timing: Timing, jump: float = 300.0, redis_url: 
                 side.request("POST", "/oauth/revoke", f"token={fresh}", short_auth)
                 side.request("POST", "/oauth/token", ledger.assertion_form(lifetime=900))
                 if sign > 0:
-                    # Valid for 2 s more by the jumped clock (with leeway), for about 4.5 min by the true one.
-                    near = ledger.assertion_form(lifetime=int(jump) - config.leeway + 2)
+                    # Valid for 2-3 s more by the jumped clock (with leeway; `now` is truncated to the second), for
+                    # about 4.5 min by the true one; replayed on the true-time worker over 5 s later.
+                    near = ledger.assertion_form(lifetime=int(jump) - config.leeway + 3)
                     notes.append(
-                        f"an assertion with {int(jump) - config.leeway + 2} s to live, used on the jumped worker: "
+                        f"an assertion with {int(jump) - config.leeway + 3} s to live, used on the jumped worker: "
                         f"{side.request('POST', '/oauth/token', near).status}"
                     )
                     near_used_at = time.monotonic()
