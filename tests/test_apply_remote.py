@@ -8,6 +8,7 @@ import os
 import stat
 import time
 
+import pytest
 import requests
 
 from client_lib import TokenAuth, TokenClient
@@ -161,3 +162,9 @@ def test_bad_credentials_and_an_unreachable_server_are_one_line(live_factory, tm
     assert closed.returncode == 1 and closed.stderr.count("\n") == 1, closed.stderr
     missing = run_cli("apply", str(path), "--server", server.url, env={**operator_env(tmp_path, "ops", "x"), "TOKENDEALER_CLIENT_ID": ""})
     assert missing.returncode == 2 and "--client-id" in missing.stderr
+
+
+def test_an_admin_api_that_cannot_be_reached_is_told_in_words():
+    nobody = f"http://127.0.0.1:{free_port()}"  # bound once and closed: nothing listens there
+    with pytest.raises(reconcile.RegistryError, match=r"the admin API cannot be reached \(connection refused\)$"):
+        RemoteRegistry(requests.Session(), nobody).snapshot()

@@ -16,6 +16,7 @@ import requests
 from sqlalchemy.exc import SQLAlchemyError
 
 from client_lib import TokenClientError
+from client_lib.core.failures import network_failure
 
 from .clients import ClientError
 from .management import Management, ManagementError, etag
@@ -133,7 +134,7 @@ class RemoteRegistry:
         try:
             response = self.session.request(method, urljoin(self.base, path), json=body, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise RegistryError(f"{method} {path}: the admin API cannot be reached ({exc.__class__.__name__})") from None
+            raise RegistryError(f"{method} {path}: the admin API cannot be reached ({network_failure(exc)})") from None
         except TokenClientError as exc:
             raise RegistryError(f"cannot get an admin token: {exc}") from None
         if response.status_code >= 400:
