@@ -298,6 +298,48 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Remote:
+    """A loopback HTTP server whose behaviour the test sets: `answer(conn)`, called once the request was read,
+    writes the whole answer (or none); the connection is closed after it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks"
+        self.connections = 0
+        self.answer = lambda conn: None
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            self.answer(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def remote() -> Iterator[Remote]:
+    server = Remote()
+    yield server
+    server.close()
+
+
 class LiveServer:
     """`tokendealer serve` (granian, the production server) in a subprocess on a free loopback port."""
 

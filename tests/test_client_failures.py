@@ -4,9 +4,8 @@ token fetch and discovery (sync and async) and `tokendealer token`. Every remote
 from __future__ import annotations
 
 import os
+import re
 import socket
-import threading
-from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -17,57 +16,26 @@ from client_lib.core.failures import network_failure
 
 from .conftest import free_port, run_cli
 
-Answer = Callable[[socket.socket], None]
-
 
 def _silent(conn: socket.socket) -> None:
     conn.settimeout(5)
     try:
-        while conn.recv(65536):  # reads what comes and answers nothing, until the client gives up
+        while conn.recv(65536):  # reads what else comes and answers nothing, until the client gives up
             pass
     except OSError:
         pass
 
 
 def _closes(conn: socket.socket) -> None:
-    conn.recv(65536)
+    pass
 
 
 def _not_http(conn: socket.socket) -> None:
-    conn.recv(65536)
     conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
 
 
 def _cut_short(conn: socket.socket) -> None:
-    conn.recv(65536)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
-
-
-@pytest.fixture
-def remote() -> Iterator[Callable[[Answer], str]]:
-    """A loopback server answering each connection with the given function, then closing it; yields a
-    function that starts one and gives its URL."""
-    sockets: list[socket.socket] = []
-
-    def start(answer: Answer) -> str:
-        server = socket.create_server(("127.0.0.1", 0))
-        sockets.append(server)
-
-        def accept() -> None:
-            while True:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    return
-                with conn:
-                    answer(conn)
-
-        threading.Thread(target=accept, daemon=True).start()
-        return f"http://127.0.0.1:{server.getsockname()[1]}"
-
-    yield start
-    for server in sockets:
-        server.close()
 
 
 def refused() -> str:
@@ -85,7 +53,9 @@ CASES = [
 
 @pytest.mark.parametrize(("case", "answer", "with_requests", "with_httpx"), CASES, ids=[c[0] for c in CASES])
 def test_failures_of_both_libraries_are_told_in_words(remote, case, answer, with_requests, with_httpx):
-    url = (refused() if answer is None else remote(answer)) + "/x"
+    if answer is not None:
+        remote.answer = answer
+    url = refused() + "/x" if answer is None else remote.url
     timeout = 0.5 if answer is _silent else 5.0  # only the silent remote is waited out
     with pytest.raises(requests.RequestException) as failed:
         requests.get(url, timeout=timeout).json()
@@ -127,9 +97,9 @@ def test_client_lib_and_the_cli_say_why_the_server_could_not_be_reached():
 
 @pytest.mark.anyio
 async def test_the_async_client_says_why_too(remote):
-    url = remote(_silent)
-    client = AsyncTokenClient(url, "svc", "s", token_endpoint=url + "/oauth/token", retries=0, timeout=httpx.Timeout(0.5))
-    with pytest.raises(TokenEndpointUnavailable, match=r"/oauth/token failed: timed out$"):
+    remote.answer = _silent
+    client = AsyncTokenClient(remote.url, "svc", "s", token_endpoint=remote.url, retries=0, timeout=httpx.Timeout(0.5))
+    with pytest.raises(TokenEndpointUnavailable, match=rf"^token endpoint {re.escape(remote.url)} failed: timed out$"):
         await client.get_token()
     await client.aclose()
     closed = refused()

@@ -22,40 +22,6 @@ from .conftest import AUDIENCE, free_port, run_cli
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-class Remote:
-    """A loopback HTTP server whose behaviour the test sets: `serve(conn)` writes the whole answer."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/jwks"
-        self.connections = 0
-        self.answer = lambda conn: None
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        try:
-            conn.recv(65536)
-            self.answer(conn)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.closed.set()
-        self.sock.close()
-
-
 def ok(body: bytes, status: str = "200 OK", extra: str = ""):
     def answer(conn: socket.socket) -> None:
         conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -69,13 +35,6 @@ def trickle(conn: socket.socket) -> None:
     for _ in range(15):
         conn.sendall(b"X-Slow: abc\r\n")
         time.sleep(2)
-
-
-@pytest.fixture
-def remote():
-    server = Remote()
-    yield server
-    server.close()
 
 
 @pytest.mark.slow  # waits on the real clock
